@@ -1,0 +1,4 @@
+"""Backbones: image in, a list of multi-scale feature maps out (strides 4, 8, 16, 32)."""
+from segzoo.backbones.moganet import MogaNet
+
+__all__ = ["MogaNet"]

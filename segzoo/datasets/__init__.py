@@ -1,0 +1,1 @@
+"""Dataset metadata: class names and palettes."""

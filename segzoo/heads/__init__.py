@@ -1,0 +1,7 @@
+"""Necks and decode heads: multi-scale features in, class logits at the finest used stride out."""
+from segzoo.heads.base import DecodeHead
+from segzoo.heads.fcn import FCNHead
+from segzoo.heads.fpn import FPNHead, FPNNeck
+from segzoo.heads.uper import UPerHead
+
+__all__ = ["DecodeHead", "FCNHead", "FPNHead", "FPNNeck", "UPerHead"]

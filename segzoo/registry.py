@@ -1,0 +1,100 @@
+"""Find, describe and build zoo models by name."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+import warnings
+from pathlib import Path
+
+from segzoo.families import build_architecture
+from segzoo.segmentors import EncoderDecoder
+from segzoo.weights import fetch_weights, load_state_dict_strict, read_state_dict
+from segzoo.zoo import ENTRIES, ModelInfo
+
+log = logging.getLogger(__name__)
+
+_BY_NAME: dict[str, ModelInfo] = {info.name: info for info in ENTRIES}
+
+
+def _alias_of(info: ModelInfo) -> str:
+    """The name without its dataset suffix: ``moganet_s_fpn_ade20k`` -> ``moganet_s_fpn``."""
+    return info.name.rsplit("_", 1)[0]
+
+
+def _unambiguous_aliases() -> dict[str, str]:
+    targets: dict[str, list[str]] = {}
+    for info in ENTRIES:
+        targets.setdefault(_alias_of(info), []).append(info.name)
+    return {alias: names[0] for alias, names in targets.items() if len(names) == 1}
+
+
+_ALIASES = _unambiguous_aliases()
+
+
+class UnknownModelError(LookupError):
+    """No registered model has this name; the message suggests close ones."""
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Sorted registered names matching the fnmatch ``pattern``; with ``pretrained``, only those with weights."""
+    return sorted(
+        name for name, info in _BY_NAME.items()
+        if fnmatch.fnmatchcase(name, pattern) and (info.weights or not pretrained)
+    )
+
+
+def list_aliases() -> dict[str, str]:
+    """Short names (the full name without the dataset) and the entry each stands for."""
+    return dict(sorted(_ALIASES.items()))
+
+
+def resolve_name(name: str) -> str:
+    """The registered name for ``name`` or its alias."""
+    if name in _BY_NAME:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    close = difflib.get_close_matches(name, [*_BY_NAME, *_ALIASES], n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}{hint} (segzoo.list_models() lists all names)")
+
+
+def model_info(name: str) -> ModelInfo:
+    """The immutable record of a registered model (name or alias)."""
+    return _BY_NAME[resolve_name(name)]
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    num_classes: int | None = None,
+    checkpoint_path: str | Path | None = None,
+    **kwargs,
+) -> EncoderDecoder:
+    """Build a registered model, in eval mode, optionally with weights.
+
+    ``pretrained`` downloads (once) and loads the entry's published weights;
+    ``checkpoint_path`` loads a local file instead: an original mmseg
+    checkpoint or a segzoo ``.safetensors`` file. Loading is strict. A
+    ``num_classes`` other than the entry's keeps every loaded weight except the
+    classifier layers, which are freshly initialized. Other keyword arguments go
+    to the architecture builder (e.g. ``drop_path_rate``).
+    """
+    info = model_info(name)
+    classes = info.num_classes if num_classes is None else num_classes
+    model = build_architecture(info.architecture, **{**info.arch_args, **kwargs, "num_classes": classes})
+    model.info = info
+    if checkpoint_path is None and pretrained:
+        checkpoint_path = fetch_weights(info.weights[0])
+    if checkpoint_path is not None:
+        reinit = model.classifier_names() if classes != info.num_classes else []
+        load_state_dict_strict(model, read_state_dict(checkpoint_path), str(checkpoint_path), skip=reinit)
+        if reinit:
+            warnings.warn(
+                f"{info.name}: num_classes={classes} differs from the checkpoint's {info.num_classes}; "
+                f"kept all weights but re-initialized {', '.join(reinit)}",
+                stacklevel=2,
+            )
+        log.info("loaded %s weights from %s", info.name, checkpoint_path)
+    return model.eval()

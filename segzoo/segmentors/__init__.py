@@ -1,0 +1,4 @@
+"""Segmentors: a backbone, an optional neck and decode heads composed into one model."""
+from segzoo.segmentors.encoder_decoder import EncoderDecoder
+
+__all__ = ["EncoderDecoder"]

@@ -1,0 +1,91 @@
+"""Read checkpoint files without running untrusted code, find the state dict, load it strictly."""
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+# Published mmcv checkpoints keep evaluation scores as NumPy scalars in their meta data;
+# rebuilding a NumPy scalar or dtype runs no user code, so these are the only globals allowed.
+_NUMPY_SCALAR_GLOBALS = [
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"),
+    (np.dtype, "numpy.dtype"),
+    *((type(np.dtype(t)), f"numpy.dtypes.{type(np.dtype(t)).__name__}") for t in ("f8", "f4", "i8", "i4")),
+]
+
+MAX_KEYS_SHOWN = 10
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read or has no state dict."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A state dict does not match the model key for key and shape for shape."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a segzoo ``.safetensors`` file or of an mmseg ``.pth`` checkpoint, on the CPU.
+
+    ``.pth`` files are unpickled with ``weights_only=True``; a leading
+    ``module.`` (from a DataParallel wrapper) is removed from every key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        return safetensors.torch.load_file(path)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds more than tensors and plain data, and segzoo does not unpickle arbitrary "
+            f"objects (weights_only=True): {err}"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
+    return _find_state_dict(obj, path)
+
+
+def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]  # mmcv runner checkpoint: {"state_dict", "meta", "optimizer"}
+    if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{path} is neither a state dict nor an mmseg checkpoint with a 'state_dict'")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, skip: Iterable[str] = ()
+) -> None:
+    """Copy ``state_dict`` into ``model``, requiring every key and shape to match.
+
+    Keys under the module names in ``skip`` are ignored on both sides (they
+    keep their fresh initialization). On any mismatch nothing is loaded and the
+    error names ``source`` and the offending keys.
+    """
+    prefixes = tuple(f"{name}." for name in skip)
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    given = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(given[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in expected.keys() & given.keys()
+        if given[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = [f"{source} does not match {type(model).__name__}"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:MAX_KEYS_SHOWN]) + (" ..." if len(keys) > MAX_KEYS_SHOWN else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        raise CheckpointMismatchError("\n  ".join(parts))
+    model.load_state_dict(given, strict=False)

@@ -1,0 +1,108 @@
+"""Immutable records describing a zoo entry: what it is, where its weights live, what the paper reports."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+CheckpointFormat = Literal["mmseg", "safetensors"]
+
+
+def _freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    arxiv_id: str
+    venue: str
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A downloadable checkpoint. ``sha256``/``size`` are ``None`` until someone has pinned them."""
+
+    url: str
+    format: CheckpointFormat
+    sha256: str | None = None
+    size: int | None = None
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How pixels become model input: ``(pixel - mean) / std`` on ``channel_order`` values in [0, 255]."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+
+
+@dataclass(frozen=True)
+class TestPipeline:
+    """The upstream test-time preprocessing and inference mode.
+
+    ``scale`` is mmseg's ``img_scale`` (long edge, short edge) for a keep-ratio
+    resize; ``size_divisor`` rounds the resized image up to a multiple of it by
+    a second resize (MogaNet's ``AlignResize``), or is ``None``.
+    """
+
+    scale: tuple[int, int]
+    size_divisor: int | None = None
+    mode: Literal["whole", "slide"] = "whole"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    repo: str
+    path: str
+    commit: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Everything segzoo knows about one published model; numbers are as the source README reports them."""
+
+    name: str
+    family: str
+    paper: Paper
+    backbone: str
+    head: str
+    dataset: str
+    num_classes: int
+    crop_size: tuple[int, int]
+    normalization: Normalization
+    test_pipeline: TestPipeline
+    align_corners: bool
+    metrics: Mapping[str, float]
+    params_m: float
+    flops_g: float
+    flops_input_shape: tuple[int, int, int]
+    num_params: int
+    train_iters: int
+    train_batch_size: int
+    weights: tuple[WeightSource, ...]
+    license: str
+    citation: str
+    upstream: UpstreamConfig
+    architecture: str
+    arch_args: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", _freeze(self.metrics))
+        object.__setattr__(self, "arch_args", _freeze(self.arch_args))
+
+    @property
+    def summary(self) -> str:
+        """One line: what the model is and how well it does."""
+        scores = ", ".join(f"{k} {v}" for k, v in self.metrics.items())
+        return (
+            f"{self.backbone} + {self.head} on {self.dataset} ({self.num_classes} classes): "
+            f"{scores}; {self.params_m}M params ({self.paper.title}, arXiv:{self.paper.arxiv_id})"
+        )
