@@ -1,1 +1,16 @@
 """Dataset metadata: class names and palettes."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from segzoo.datasets import ade20k
+
+_METADATA = {"ADE20K": (ade20k.CLASSES, ade20k.PALETTE)}
+
+
+def dataset_metadata(dataset: str) -> tuple[Sequence[str], Sequence[tuple[int, int, int]]]:
+    """Class names and palette of a dataset named as in ``ModelInfo.dataset``."""
+    try:
+        return _METADATA[dataset]
+    except KeyError:
+        raise KeyError(f"no class names for dataset {dataset!r}; known: {sorted(_METADATA)}") from None

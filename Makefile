@@ -1,0 +1,23 @@
+# The two quick-start commands: `make demo` and `make test`. Both set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+# The torch the dev environment is pinned to (a CPU or CUDA build of it both work).
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test docs
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/segzoo --verbose predict --out demo.png
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+docs: $(BIN)/.installed
+	$(BIN)/python -m segzoo.cards --write
