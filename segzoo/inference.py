@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from segzoo.segmentors import EncoderDecoder
-from segzoo.zoo.records import ModelInfo, TestPipeline
+from segzoo.zoo.records import InferencePipeline, ModelInfo
 
 
-def test_resize_shape(height: int, width: int, pipeline: TestPipeline) -> tuple[int, int]:
+def keep_ratio_shape(height: int, width: int, pipeline: InferencePipeline) -> tuple[int, int]:
     """(H, W) after the keep-ratio resize into ``pipeline.scale`` (mmcv's rule), before alignment."""
     long_edge, short_edge = max(pipeline.scale), min(pipeline.scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
@@ -43,7 +43,7 @@ def preprocess(image: Image.Image, info: ModelInfo) -> torch.Tensor:
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy())
     pixels = pixels.permute(2, 0, 1).unsqueeze(0)
     pipeline = info.test_pipeline
-    pixels = _resize_like_uint8(pixels, test_resize_shape(image.height, image.width, pipeline))
+    pixels = _resize_like_uint8(pixels, keep_ratio_shape(image.height, image.width, pipeline))
     if pipeline.size_divisor:
         d = pipeline.size_divisor
         aligned = (math.ceil(pixels.shape[2] / d) * d, math.ceil(pixels.shape[3] / d) * d)

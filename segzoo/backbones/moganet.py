@@ -170,7 +170,8 @@ class MogaNet(nn.Module):
             raise ValueError(f"unknown MogaNet arch {arch!r}; choose one of {sorted(MOGANET_ARCHS)}")
         spec = MOGANET_ARCHS[arch]
         self.out_channels: tuple[int, ...] = spec.embed_dims
-        rates = torch.linspace(0, drop_path_rate, sum(spec.depths)).tolist()
+        total = sum(spec.depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear in depth
         prev = in_channels
         for i, (dim, depth, ratio) in enumerate(zip(spec.embed_dims, spec.depths, spec.ffn_ratios), start=1):
             embed = StemEmbed(prev, dim) if i == 1 else DownsampleEmbed(prev, dim)

@@ -76,7 +76,7 @@ def _stream(url: str, out, source: WeightSource, target: Path, progress: bool) -
             f"could not download {url}: {err}\n"
             f"To load these weights offline, fetch {source.url} on a machine with network access and "
             f"either put it at {target} (set SEGZOO_CACHE to change the folder) or pass "
-            f"checkpoint_path=<file> to segzoo.create_model."
+            f"checkpoint_path=<file> to segzoo.create_model (--checkpoint <file> on the command line)."
         ) from err
     return sha.hexdigest()
 

@@ -1,7 +1,7 @@
 """The ten MogaNet ADE20K models of the MogaNet segmentation README (Semantic FPN and UperNet tables)."""
 from __future__ import annotations
 
-from segzoo.zoo.records import ModelInfo, Normalization, Paper, TestPipeline, UpstreamConfig, WeightSource
+from segzoo.zoo.records import InferencePipeline, ModelInfo, Normalization, Paper, UpstreamConfig, WeightSource
 
 PAPER = Paper("Efficient Multi-order Gated Aggregation Network", "2211.03295", "ICLR 2024")
 CITATION = """@inproceedings{iclr2024MogaNet,
@@ -15,7 +15,7 @@ COMMIT = "386b548c5f0b0287b45c04397aa4ef46a28f7a26"
 RELEASE = "https://github.com/Westlake-AI/MogaNet/releases/download/moganet-seg-weights/"
 ADE20K_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB")
 # The ADE20K test pipeline of the MogaNet configs: keep-ratio resize into 2048x512, then align to 32.
-ADE20K_TEST = TestPipeline(scale=(2048, 512), size_divisor=32, mode="whole")
+ADE20K_TEST = InferencePipeline(scale=(2048, 512), size_divisor=32, mode="whole")
 SIZE_NAMES = {"xt": ("xtiny", "XT"), "t": ("tiny", "T"), "s": ("small", "S"), "b": ("base", "B"), "l": ("large", "L")}
 DROP_PATH = {"xt": 0.05, "t": 0.1, "s": 0.1, "b": 0.2, "l": 0.3}
 

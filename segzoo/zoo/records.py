@@ -55,7 +55,7 @@ class Normalization:
 
 
 @dataclass(frozen=True)
-class TestPipeline:
+class InferencePipeline:
     """The upstream test-time preprocessing and inference mode.
 
     ``scale`` is mmseg's ``img_scale`` (long edge, short edge) for a keep-ratio
@@ -88,7 +88,7 @@ class ModelInfo:
     num_classes: int
     crop_size: tuple[int, int]
     normalization: Normalization
-    test_pipeline: TestPipeline
+    test_pipeline: InferencePipeline
     align_corners: bool
     metrics: Mapping[str, float]
     params_m: float

@@ -1,0 +1,126 @@
+"""Reading checkpoints: original mmseg files and segzoo safetensors, strictly, without unsafe unpickling."""
+import os
+import pickle
+
+import pytest
+import safetensors.torch
+import torch
+
+import segzoo
+from segzoo.weights import CheckpointError, CheckpointMismatchError, read_state_dict
+from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
+
+
+def _assert_loaded(model, state_dict):
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state_dict[key]), key
+
+
+@pytest.mark.parametrize("name", segzoo.list_models())
+def test_original_checkpoint_loads_strictly(tmp_path, name):
+    state_dict = synthetic_state_dict(name)
+    path = save_mmseg_checkpoint(tmp_path / f"{name}.pth", state_dict)
+    model = segzoo.create_model(name, checkpoint_path=path)
+    assert not model.training and model.info.name == name
+    _assert_loaded(model, state_dict)
+
+
+def test_module_prefix_is_stripped(tmp_path):
+    name = "moganet_xt_fpn_ade20k"
+    state_dict = synthetic_state_dict(name)
+    path = save_mmseg_checkpoint(tmp_path / "ddp.pth", {f"module.{k}": v for k, v in state_dict.items()})
+    _assert_loaded(segzoo.create_model(name, checkpoint_path=path), state_dict)
+
+
+def test_bare_state_dict_and_safetensors_load(tmp_path):
+    name = "moganet_xt_upernet_ade20k"
+    state_dict = synthetic_state_dict(name)
+    torch.save(state_dict, tmp_path / "bare.pth")
+    _assert_loaded(segzoo.create_model(name, checkpoint_path=tmp_path / "bare.pth"), state_dict)
+    model = segzoo.create_model(name, checkpoint_path=tmp_path / "bare.pth")
+    safetensors.torch.save_file(model.state_dict(), tmp_path / "model.safetensors")
+    _assert_loaded(segzoo.create_model(name, checkpoint_path=tmp_path / "model.safetensors"), state_dict)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda sd: sd.pop("decode_head.conv_seg.bias"), "1 missing: decode_head.conv_seg.bias"),
+        (lambda sd: sd.__setitem__("decode_head.extra.weight", torch.zeros(1)), "1 unexpected: decode_head.extra"),
+        (lambda sd: sd.__setitem__("neck.fpn_convs.0.conv.bias", torch.zeros(7)), "1 wrong shape: neck.fpn_convs.0"),
+    ],
+)
+def test_mismatch_names_file_and_keys(tmp_path, edit, message):
+    state_dict = synthetic_state_dict("moganet_xt_fpn_ade20k")
+    edit(state_dict)
+    path = save_mmseg_checkpoint(tmp_path / "broken.pth", state_dict)
+    with pytest.raises(CheckpointMismatchError) as err:
+        segzoo.create_model("moganet_xt_fpn_ade20k", checkpoint_path=path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_checkpoint_of_another_model_is_rejected(tmp_path):
+    path = save_mmseg_checkpoint(tmp_path / "t.pth", synthetic_state_dict("moganet_t_fpn_ade20k"))
+    with pytest.raises(CheckpointMismatchError, match="wrong shape"):
+        segzoo.create_model("moganet_xt_fpn_ade20k", checkpoint_path=path)
+
+
+def test_new_num_classes_reinitializes_only_classifiers(tmp_path):
+    name = "moganet_xt_upernet_ade20k"
+    state_dict = synthetic_state_dict(name)
+    path = save_mmseg_checkpoint(tmp_path / "ckpt.pth", state_dict)
+    with pytest.warns(UserWarning, match="decode_head.conv_seg, auxiliary_head.conv_seg"):
+        model = segzoo.create_model(name, checkpoint_path=path, num_classes=19)
+    assert model.num_classes == 19
+    for key, value in model.state_dict().items():
+        if "conv_seg" in key:
+            assert value.shape[0] == 19
+        else:
+            assert torch.equal(value, state_dict[key]), key
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_pickled_code_never_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"w": torch.zeros(1)}, "meta": _RunsCode()}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="does not unpickle arbitrary objects"):
+        read_state_dict(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unreadable_files_get_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        read_state_dict(tmp_path / "junk.pth")
+    torch.save({"model": "nothing"}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="neither a state dict nor an mmseg checkpoint"):
+        read_state_dict(tmp_path / "odd.pth")
+
+
+def test_numpy1_scalars_in_meta_are_accepted(tmp_path):
+    """Checkpoints written under NumPy 1.x name the scalar type numpy.core.multiarray.scalar."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.ones(2)}, "meta": {"best": np.float64(0.5)}}, buffer)
+    path = tmp_path / "numpy1.pth"
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as src, zipfile.ZipFile(path, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(item, data)
+    assert torch.equal(read_state_dict(path)["w"], torch.ones(2))
