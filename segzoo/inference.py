@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from segzoo.segmentors import EncoderDecoder
 from segzoo.zoo.records import InferencePipeline, ModelInfo
@@ -29,10 +29,13 @@ def _resize_like_uint8(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Ten
 
 
 def load_image(image: str | Path | Image.Image | np.ndarray) -> Image.Image:
-    """An RGB PIL image from a path, a PIL image or an (H, W, 3) uint8 RGB array."""
+    """An RGB PIL image from a path, a PIL image or an (H, W, 3) uint8 RGB array.
+
+    Files are turned upright by their EXIF orientation, as OpenCV's decoder does upstream.
+    """
     if isinstance(image, (str, Path)):
         with Image.open(image) as opened:
-            return opened.convert("RGB")
+            return ImageOps.exif_transpose(opened).convert("RGB")
     if isinstance(image, np.ndarray):
         return Image.fromarray(image).convert("RGB")
     return image.convert("RGB")

@@ -47,3 +47,11 @@ def test_predict_whole_returns_labels_at_original_size():
     model = segzoo.create_model("moganet_xt_fpn")
     labels = predict_whole(model, Image.new("RGB", (75, 50), (10, 200, 30)))
     assert labels.shape == (50, 75) and labels.dtype == np.uint8 and labels.max() < 150
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (60, 40))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").size == (40, 60)

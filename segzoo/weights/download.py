@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 import torch
@@ -60,7 +61,7 @@ def fetch_weights(source: WeightSource, progress: bool = True) -> Path:
     return target
 
 
-def _stream(url: str, out, source: WeightSource, target: Path, progress: bool) -> str:
+def _stream(url: str, out: BinaryIO, source: WeightSource, target: Path, progress: bool) -> str:
     sha = hashlib.sha256()
     try:
         with requests.get(url, stream=True, timeout=TIMEOUT_S) as response:
