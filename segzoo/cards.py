@@ -7,9 +7,11 @@ Regenerate the committed copies after changing the zoo::
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
+from segzoo.datasets import HF_DATASET_IDS
 from segzoo.registry import list_aliases, list_models, model_info
 from segzoo.zoo.records import ModelInfo
 
@@ -29,18 +31,47 @@ def _pipeline(info: ModelInfo) -> str:
     return f"{text}; {p.mode} inference"
 
 
-def render_model_card(info: ModelInfo) -> str:
-    """A Markdown model card with Hugging Face style YAML front matter."""
+# How the hub's model-index names the metrics segzoo records.
+_METRIC_TYPES = {"mIoU": "mean_iou", "mAcc": "mean_accuracy", "aAcc": "accuracy"}
+
+
+def _front_matter(info: ModelInfo) -> list[str]:
+    """YAML front matter as the Hugging Face hub reads it; values are JSON, which YAML accepts."""
+    dataset_id = HF_DATASET_IDS.get(info.dataset, info.dataset.lower())
+    fields = {
+        "library_name": "segzoo",
+        "license": info.license.lower(),
+        "pipeline_tag": "image-segmentation",
+        "tags": ["semantic-segmentation", "segzoo", info.family, info.dataset.lower()],
+        "datasets": [dataset_id],
+    }
+    if info.metrics:
+        fields["model-index"] = [{
+            "name": info.name,
+            "results": [{
+                "task": {"type": "image-segmentation", "name": "Semantic Segmentation"},
+                "dataset": {"type": dataset_id, "name": info.dataset, "split": "validation"},
+                "metrics": [
+                    {"type": _METRIC_TYPES.get(k, k), "name": k, "value": v} for k, v in info.metrics.items()
+                ],
+                "source": {"name": f"{info.upstream.repo} README", "url": f"https://github.com/{info.upstream.repo}"},
+            }],
+        }]
+    return ["---", *(f"{key}: {json.dumps(value)}" for key, value in fields.items()), "---"]
+
+
+def render_model_card(info: ModelInfo, hf_repo_id: str | None = None) -> str:
+    """A Markdown model card with Hugging Face YAML front matter; ``hf_repo_id`` shows loading from the hub."""
     aliases = [alias for alias, name in list_aliases().items() if name == info.name]
     norm = info.normalization
     weights = "<br>".join(
         f"{w.url} ({w.format}; sha256 {w.sha256 or 'not pinned yet'})" for w in info.weights
-    )
+    ) or "this repository's model.safetensors"
     rows = [
         ("Paper", f"{info.paper.title} ({info.paper.venue}, [arXiv:{info.paper.arxiv_id}]"
                   f"(https://arxiv.org/abs/{info.paper.arxiv_id}))"),
         ("Dataset", f"{info.dataset}, {info.num_classes} classes"),
-        ("Reported", _metrics(info) + " (single scale)"),
+        ("Reported", _metrics(info) + " (single scale)" if info.metrics else "nothing for these weights"),
         ("Params", f"{info.params_m} M as reported; {info.num_params:,} exactly"),
         ("FLOPs", f"{info.flops_g} G as reported, input {info.flops_input_shape}"),
         ("Training", f"{info.train_iters:,} iterations, batch {info.train_batch_size}, "
@@ -53,13 +84,9 @@ def render_model_card(info: ModelInfo) -> str:
         ("License", info.license),
         ("Aliases", ", ".join(f"`{a}`" for a in aliases) or "none"),
     ]
+    model_id = f"hf-hub:{hf_repo_id}" if hf_repo_id else info.name
     lines = [
-        "---",
-        "library_name: segzoo",
-        f"license: {info.license.lower()}",
-        "pipeline_tag: image-segmentation",
-        f"tags: [semantic-segmentation, {info.family}, {info.dataset.lower()}]",
-        "---",
+        *_front_matter(info),
         "",
         f"# {info.name}",
         "",
@@ -73,12 +100,12 @@ def render_model_card(info: ModelInfo) -> str:
         "",
         "```python",
         "import segzoo",
-        f'model = segzoo.create_model("{info.name}", pretrained=True)',
+        f'model = segzoo.create_model("{model_id}", pretrained=True)',
         "logits = model(images)  # normalized (N, 3, H, W) -> (N, num_classes, H, W)",
         "```",
         "",
         "```bash",
-        f"segzoo predict my_image.jpg --model {info.name}",
+        f"segzoo predict my_image.jpg --model {model_id}",
         "```",
         "",
     ]

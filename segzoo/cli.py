@@ -50,6 +50,41 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    import segzoo
+    from segzoo.mirror import download_to_folder
+
+    names = segzoo.list_models() if args.all else args.models
+    print(f"wrote {download_to_folder(names, Path(args.to), progress=not args.quiet and None)}")
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    import segzoo
+    from segzoo.mirror import pin
+    from segzoo.zoo.pins import PINS_FILE
+
+    names = segzoo.list_models() if args.all else args.models
+    for name, sha256 in pin(names, Path(args.pins_file or PINS_FILE), progress=not args.quiet and None).items():
+        print(f"{name}: sha256 {sha256}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import segzoo
+    from segzoo.hub import save_pretrained
+
+    model = segzoo.create_model(args.model, checkpoint_path=args.checkpoint)
+    print(f"wrote {save_pretrained(model, args.out)}")
+    return 0
+
+
+def _names_or_all(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", help="registered names or aliases")
+    parser.add_argument("--all", action="store_true", help="every registered model")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segzoo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (downloads, cache hits)")
@@ -70,18 +105,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="output PNG (default: <image>_<model>.png in the current folder)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.set_defaults(run=_predict)
+
+    p = commands.add_parser("download", help="fill a folder with weights and a manifest, to serve as SEGZOO_MIRROR")
+    _names_or_all(p)
+    p.add_argument("--to", required=True, help="destination folder")
+    p.set_defaults(run=_download)
+
+    p = commands.add_parser("pin", help="(maintainers) record verified sha256 and size in the registry's pins")
+    _names_or_all(p)
+    p.add_argument("--pins-file", help="pins file to update (default: the package's zoo/pins.json)")
+    p.set_defaults(run=_pin)
+
+    p = commands.add_parser("convert", help="write an original checkpoint in segzoo's native layout")
+    p.add_argument("model", help="registered name or alias")
+    p.add_argument("--checkpoint", required=True, help="the original checkpoint file")
+    p.add_argument("--out", required=True, help="folder for model.safetensors, config.json and README.md")
+    p.set_defaults(run=_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "all", False) == bool(getattr(args, "models", [])) and hasattr(args, "models"):
+        parser.error(f"{args.command}: name models or pass --all (not both)")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     from segzoo.registry import UnknownModelError
-    from segzoo.weights import CheckpointError, ChecksumMismatchError, WeightsDownloadError
+    from segzoo.weights import WeightsError
 
     try:
         return args.run(args)
-    except (UnknownModelError, CheckpointError, ChecksumMismatchError, WeightsDownloadError) as err:
+    except (UnknownModelError, WeightsError) as err:
         print(f"segzoo: error: {err}", file=sys.stderr)
         return 1
 

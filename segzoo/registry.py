@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import logging
+import json
 import warnings
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from segzoo.families import build_architecture
 from segzoo.segmentors import EncoderDecoder
-from segzoo.weights import fetch_weights, load_state_dict_strict, read_state_dict
+from segzoo.weights import hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict
 from segzoo.zoo import ENTRIES, ModelInfo
-
-log = logging.getLogger(__name__)
+from segzoo.zoo.records import HF_HUB_PREFIX, from_plain
 
 _BY_NAME: dict[str, ModelInfo] = {info.name: info for info in ENTRIES}
 
@@ -70,31 +72,45 @@ def create_model(
     pretrained: bool = False,
     num_classes: int | None = None,
     checkpoint_path: str | Path | None = None,
-    **kwargs,
+    allow_unsafe_pickle: bool = False,
+    progress: bool | None = None,
+    **kwargs: Any,
 ) -> EncoderDecoder:
     """Build a registered model, in eval mode, optionally with weights.
 
-    ``pretrained`` downloads (once) and loads the entry's published weights;
-    ``checkpoint_path`` loads a local file instead: an original mmseg
-    checkpoint or a segzoo ``.safetensors`` file. Loading is strict. A
-    ``num_classes`` other than the entry's keeps every loaded weight except the
-    classifier layers, which are freshly initialized. Other keyword arguments go
-    to the architecture builder (e.g. ``drop_path_rate``).
+    ``pretrained`` loads the entry's published weights, trying its sources in
+    order (downloaded once into the cache, verified); ``checkpoint_path`` loads
+    a local file instead: an original mmseg checkpoint or a segzoo
+    ``.safetensors`` file. ``hf-hub:ORG/REPO[@REVISION]`` names a segzoo-native
+    Hugging Face repository, whose weights are always loaded. Loading is strict,
+    and a model that gets weights is built on the meta device, never randomly
+    initialized. A ``num_classes`` other than the entry's keeps every loaded
+    weight except the classifier layers, which are freshly initialized. Other
+    keyword arguments go to the architecture builder (e.g. ``drop_path_rate``).
     """
-    info = model_info(name)
+    if name.startswith(HF_HUB_PREFIX):
+        config_path = hf_hub.download_file(name, hf_hub.CONFIG_NAME, local_only=offline())
+        info = from_plain(ModelInfo, json.loads(config_path.read_text())["info"])
+    else:
+        info = model_info(name)
+    with_weights = pretrained or checkpoint_path is not None or name.startswith(HF_HUB_PREFIX)
     classes = info.num_classes if num_classes is None else num_classes
-    model = build_architecture(info.architecture, **{**info.arch_args, **kwargs, "num_classes": classes})
+    with torch.device("meta" if with_weights else "cpu"):
+        model = build_architecture(info.architecture, **{**info.arch_args, **kwargs, "num_classes": classes})
     model.info = info
-    if checkpoint_path is None and pretrained:
-        checkpoint_path = fetch_weights(info.weights[0])
-    if checkpoint_path is not None:
-        reinit = model.classifier_names() if classes != info.num_classes else []
-        load_state_dict_strict(model, read_state_dict(checkpoint_path), str(checkpoint_path), skip=reinit)
-        if reinit:
-            warnings.warn(
-                f"{info.name}: num_classes={classes} differs from the checkpoint's {info.num_classes}; "
-                f"kept all weights but re-initialized {', '.join(reinit)}",
-                stacklevel=2,
-            )
-        log.info("loaded %s weights from %s", info.name, checkpoint_path)
+    reinit = model.classifier_names() if classes != info.num_classes else []
+    if name.startswith(HF_HUB_PREFIX):
+        path = hf_hub.download_file(name, hf_hub.WEIGHTS_NAME, local_only=offline())
+        load_state_dict_strict(model, read_state_dict(path), f"{name} ({path})", skip=reinit)
+    elif checkpoint_path is not None:
+        state_dict = read_state_dict(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
+        load_state_dict_strict(model, state_dict, str(checkpoint_path), skip=reinit)
+    elif pretrained:
+        load_pretrained(model, info, skip=reinit, progress=progress)
+    if reinit and with_weights:
+        warnings.warn(
+            f"{info.name}: num_classes={classes} differs from the checkpoint's {info.num_classes}; "
+            f"kept all weights but re-initialized {', '.join(reinit)}",
+            stacklevel=2,
+        )
     return model.eval()

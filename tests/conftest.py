@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import re
 import threading
+import time
 from collections.abc import Iterator
 from functools import cache
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -50,37 +53,77 @@ def save_mmseg_checkpoint(path: Path, state_dict: dict[str, torch.Tensor]) -> Pa
 
 
 class FileServer:
-    """Serves the files of ``root`` on 127.0.0.1 and records the paths requested."""
+    """Serves the files of ``root`` on 127.0.0.1 like a release host: ETag, Range and If-Range.
+
+    Knobs for fault tests: ``truncate`` (close the connection after half of the
+    next N bodies), ``fail`` (answer the next requests with these statuses),
+    ``corrupt`` (serve altered bytes), ``chunk_delay_s`` (slow bodies down).
+    ``requests`` records (path, Range header) of every GET.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.requests: list[str] = []
-        self.truncate_at: int | None = None  # send only this many bytes of a body, then close
+        self.requests: list[tuple[str, str | None]] = []
+        self.truncate = 0
+        self.fail: list[int] = []
+        self.corrupt = False
+        self.chunk_delay_s = 0.0
+        self.lock = threading.Lock()
         server = self
 
-        class Handler(SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(root), **kwargs)
-
+        class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
                 pass
 
             def do_GET(self):
-                server.requests.append(self.path)
-                if server.truncate_at is None:
-                    return super().do_GET()
-                data = (root / self.path.lstrip("/")).read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
+                with server.lock:
+                    server.requests.append((self.path, self.headers.get("Range")))
+                    status = server.fail.pop(0) if server.fail else None
+                    truncate = server.truncate > 0
+                    server.truncate -= truncate
+                if status:
+                    self.send_error(status)
+                    return
+                path = root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+                if server.corrupt:
+                    data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+                start = 0
+                ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                if ranged and self.headers.get("If-Range") in (None, etag):
+                    start = int(ranged.group(1))
+                    if start >= len(data):
+                        self.send_error(416)
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", etag)
+                self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                self.wfile.write(data[: server.truncate_at])
-                self.wfile.flush()
-                self.close_connection = True
+                if truncate:
+                    body = body[: len(body) // 2]
+                for i in range(0, len(body), 65536):
+                    self.wfile.write(body[i : i + 65536])
+                    time.sleep(server.chunk_delay_s)
+                if truncate:
+                    self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def gets(self, path: str) -> list[str | None]:
+        """The Range headers of the GETs of ``path`` so far."""
+        return [rng for p, rng in self.requests if p == path]
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -98,10 +141,13 @@ def file_server(tmp_path: Path) -> Iterator[FileServer]:
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own empty weights cache and no mirror."""
+    """Every test gets its own empty weights and Hugging Face caches, online, no mirror, quick retries."""
     cache_dir = tmp_path / "cache"
     monkeypatch.setenv("SEGZOO_CACHE", str(cache_dir))
-    monkeypatch.delenv("SEGZOO_MIRROR", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    for var in ("SEGZOO_MIRROR", "SEGZOO_OFFLINE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("segzoo.weights.download.BACKOFF_S", 0.01)
     return cache_dir
 
 

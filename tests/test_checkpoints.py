@@ -124,3 +124,20 @@ def test_numpy1_scalars_in_meta_are_accepted(tmp_path):
                 data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
             dst.writestr(item, data)
     assert torch.equal(read_state_dict(path)["w"], torch.ones(2))
+
+
+class TrainingState:
+    """Stands for the custom objects some training frameworks pickle into checkpoints."""
+
+    def __init__(self, step):
+        self.step = step
+
+
+def test_checkpoints_needing_more_than_weights_only_require_opt_in(tmp_path):
+    name = "moganet_xt_fpn_ade20k"
+    path = tmp_path / "custom.pth"
+    torch.save({"state_dict": synthetic_state_dict(name), "meta": TrainingState(7)}, path)
+    with pytest.raises(CheckpointError, match="allow_unsafe_pickle=True"):
+        segzoo.create_model(name, checkpoint_path=path)
+    model = segzoo.create_model(name, checkpoint_path=path, allow_unsafe_pickle=True)
+    _assert_loaded(model, synthetic_state_dict(name))

@@ -19,7 +19,7 @@ def test_demo_predict_on_bundled_sample(file_server, monkeypatch, tmp_path, caps
     sample = Image.open(sample_image_path())
     with Image.open(out) as result:
         assert result.mode == "RGB" and result.height >= sample.height and result.width > sample.width
-    assert file_server.requests == [f"/{filename}"]
+    assert file_server.gets(f"/{filename}") == [None]
 
 
 def test_predict_with_local_checkpoint(tmp_path):

@@ -1,16 +1,24 @@
-"""Downloading weights: cache, verification, failures, and create_model(pretrained=True)."""
+"""Getting weights over HTTP: cache, verification, resume, retries, locking, and the faults they guard against."""
+import dataclasses
 import hashlib
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
 import segzoo
-from segzoo.weights import ChecksumMismatchError, WeightsDownloadError, fetch_weights
+from segzoo.weights import ChecksumMismatchError, WeightsUnavailableError, fetch_weights
+from segzoo.weights.cache import LOCK_FILE_NAME
+from segzoo.weights.download import partial_path
 from segzoo.zoo import WeightSource
-from tests.conftest import closed_port_url, save_mmseg_checkpoint, synthetic_state_dict
+from tests.conftest import REPO, closed_port_url, save_mmseg_checkpoint, synthetic_state_dict
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 @pytest.fixture
@@ -19,63 +27,218 @@ def served(file_server):
     return file_server
 
 
-def _source(server, sha256=hashlib.sha256(PAYLOAD).hexdigest()):
+def _source(server, sha256=PAYLOAD_SHA):
     return WeightSource(url=f"{server.url}/weights.pth", format="mmseg", sha256=sha256)
 
 
+def _cache_files(cache):
+    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) if cache.exists() else []
+
+
 def test_first_download_then_cache_hit_without_network(served, isolated_cache):
-    path = fetch_weights(_source(served), progress=False)
-    assert path == isolated_cache / "weights.pth" and path.read_bytes() == PAYLOAD
+    fetched = fetch_weights(_source(served), progress=False)
+    assert fetched.path == isolated_cache / "weights.pth" and fetched.path.read_bytes() == PAYLOAD
+    assert fetched.sha256 == PAYLOAD_SHA
     served.close()
-    assert fetch_weights(_source(served), progress=False) == path
-    assert served.requests == ["/weights.pth"]
-    assert [p.name for p in isolated_cache.iterdir()] == ["weights.pth"]
+    assert fetch_weights(_source(served), progress=False).path == fetched.path
+    assert served.gets("/weights.pth") == [None]
 
 
-def test_sha256_mismatch_leaves_nothing_cached(served, isolated_cache):
-    wrong = "0" * 64
+def test_server_sending_wrong_bytes_fails_and_caches_nothing(served, isolated_cache):
+    served.corrupt = True
     with pytest.raises(ChecksumMismatchError) as err:
-        fetch_weights(_source(served, sha256=wrong), progress=False)
+        fetch_weights(_source(served), progress=False)
     message = str(err.value)
-    assert wrong in message and hashlib.sha256(PAYLOAD).hexdigest() in message and "weights.pth" in message
-    assert list(isolated_cache.iterdir()) == []
+    assert PAYLOAD_SHA in message and "weights.pth" in message and "got" in message
+    assert _cache_files(isolated_cache) == []
 
 
-def test_unknown_sha256_still_downloads(served, isolated_cache):
-    assert fetch_weights(_source(served, sha256=None), progress=False).read_bytes() == PAYLOAD
+def test_connection_dropped_halfway_is_resumed_and_verified(served, isolated_cache):
+    served.truncate = 1
+    assert fetch_weights(_source(served), progress=False).path.read_bytes() == PAYLOAD
+    first, second = served.gets("/weights.pth")
+    assert first is None and second == f"bytes={len(PAYLOAD) // 2}-"
+    assert _cache_files(isolated_cache) == [LOCK_FILE_NAME, "weights.pth"]
 
 
-def test_connection_dropped_midway_leaves_nothing(served, isolated_cache):
-    served.truncate_at = len(PAYLOAD) // 2
-    with pytest.raises(WeightsDownloadError):
-        fetch_weights(_source(served, sha256=None), progress=False)
-    assert list(isolated_cache.iterdir()) == []
+def test_next_call_resumes_what_a_failed_call_left(served, isolated_cache, monkeypatch):
+    monkeypatch.setattr("segzoo.weights.download.RETRIES", 0)
+    served.truncate = 1
+    with pytest.raises(WeightsUnavailableError):
+        fetch_weights(_source(served), progress=False)
+    assert partial_path(isolated_cache / "weights.pth").stat().st_size == len(PAYLOAD) // 2
+    assert not (isolated_cache / "weights.pth").exists()
+    assert fetch_weights(_source(served), progress=False).path.read_bytes() == PAYLOAD
+    assert served.gets("/weights.pth")[-1] == f"bytes={len(PAYLOAD) // 2}-"
 
 
-def test_unreachable_host_says_how_to_load_offline(isolated_cache):
+def test_stray_partial_file_is_never_trusted(served, isolated_cache):
+    """A .partial without a matching validator (e.g. from a killed process) is restarted, not resumed."""
+    isolated_cache.mkdir()
+    partial_path(isolated_cache / "weights.pth").write_bytes(b"garbage" * 1000)
+    assert fetch_weights(_source(served), progress=False).path.read_bytes() == PAYLOAD
+    assert served.gets("/weights.pth") == [None]
+
+
+def test_resumed_file_that_does_not_verify_is_downloaded_again(served, isolated_cache, monkeypatch):
+    monkeypatch.setattr("segzoo.weights.download.RETRIES", 0)
+    served.truncate = 1
+    with pytest.raises(WeightsUnavailableError):
+        fetch_weights(_source(served), progress=False)
+    partial = partial_path(isolated_cache / "weights.pth")
+    partial.write_bytes(b"x" * partial.stat().st_size)  # same length, wrong bytes
+    assert fetch_weights(_source(served), progress=False).path.read_bytes() == PAYLOAD
+    assert served.gets("/weights.pth")[-2:] == [f"bytes={len(PAYLOAD) // 2}-", None]
+
+
+def test_server_errors_are_retried(served, isolated_cache):
+    served.fail = [503, 502]
+    assert fetch_weights(_source(served), progress=False).path.read_bytes() == PAYLOAD
+    assert len(served.gets("/weights.pth")) == 3
+
+
+def test_client_errors_are_not_retried(served):
+    with pytest.raises(WeightsUnavailableError, match="404"):
+        fetch_weights(WeightSource(url=f"{served.url}/absent.pth", format="mmseg"), progress=False)
+    assert len(served.gets("/absent.pth")) == 1
+
+
+def test_unreachable_host_fails_fast_with_instructions(isolated_cache):
     source = WeightSource(url=f"{closed_port_url()}/weights.pth", format="mmseg")
     start = time.monotonic()
-    with pytest.raises(WeightsDownloadError) as err:
+    with pytest.raises(WeightsUnavailableError) as err:
         fetch_weights(source, progress=False)
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 10
     message = str(err.value)
     assert "checkpoint_path" in message and str(isolated_cache / "weights.pth") in message
-    assert list(isolated_cache.iterdir()) == []
+    assert _cache_files(isolated_cache) == []
 
 
-def test_http_error_is_reported(served, isolated_cache):
-    source = WeightSource(url=f"{served.url}/absent.pth", format="mmseg")
-    with pytest.raises(WeightsDownloadError, match="404"):
-        fetch_weights(source, progress=False)
+def test_read_timeout_is_bounded(served, monkeypatch):
+    monkeypatch.setattr("segzoo.weights.download.TIMEOUT_S", (1.0, 0.2))
+    monkeypatch.setattr("segzoo.weights.download.RETRIES", 1)
+    served.chunk_delay_s = 1.0
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="timed out|Read"):
+        fetch_weights(_source(served), progress=False)
+    assert time.monotonic() - start < 10
 
 
-def test_pretrained_downloads_once_from_mirror(file_server, monkeypatch):
+def test_cached_file_altered_after_download_is_detected(served, isolated_cache):
+    path = fetch_weights(_source(served), progress=False).path
+    path.write_bytes(b"tampered" + PAYLOAD[8:])
+    assert fetch_weights(_source(served), progress=False).path.read_bytes() == PAYLOAD
+    assert len(served.gets("/weights.pth")) == 2
+    served.close()
+    path.write_bytes(b"tampered again")
+    with pytest.raises(WeightsUnavailableError):
+        fetch_weights(_source(served), progress=False)
+    assert not path.exists()
+
+
+def test_two_processes_download_once_and_both_succeed(served, isolated_cache):
+    served.chunk_delay_s = 0.05  # ~0.8 s per download, so the processes overlap
+    code = (
+        "import sys; from segzoo.weights import fetch_weights; from segzoo.zoo import WeightSource\n"
+        "p = fetch_weights(WeightSource(url=sys.argv[1], format='mmseg', sha256=sys.argv[2]), progress=False).path\n"
+        "print(p.stat().st_size)\n"
+    )
+    env = {**os.environ, "SEGZOO_CACHE": str(isolated_cache)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, f"{served.url}/weights.pth", PAYLOAD_SHA],
+                         stdout=subprocess.PIPE, env=env, cwd=REPO)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == [f"{len(PAYLOAD)}\n".encode()] * 2
+    assert len(served.gets("/weights.pth")) == 1
+
+
+def _entry_with_source(monkeypatch, name, **changes):
+    """Point the registry entry ``name`` at other weight sources for one test."""
+    from segzoo import registry
+
+    info = dataclasses.replace(registry._BY_NAME[name], **changes)
+    monkeypatch.setitem(registry._BY_NAME, name, info)
+    return info
+
+
+def test_pretrained_downloads_once_through_url_mirror(file_server, monkeypatch):
     name = "moganet_xt_fpn_ade20k"
     filename = segzoo.model_info(name).weights[0].filename
     state_dict = synthetic_state_dict(name)
     save_mmseg_checkpoint(file_server.root / filename, state_dict)
     monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
     for _ in range(2):
-        model = segzoo.create_model(name, pretrained=True)
+        model = segzoo.create_model(name, pretrained=True, progress=False)
         assert torch.equal(model.state_dict()["decode_head.conv_seg.weight"], state_dict["decode_head.conv_seg.weight"])
-    assert file_server.requests == [f"/{filename}"]
+    assert file_server.gets(f"/{filename}") == [None]
+
+
+def test_trust_on_first_use_records_and_then_enforces(file_server, isolated_cache, monkeypatch, caplog):
+    name = "moganet_xt_fpn_ade20k"
+    source = segzoo.model_info(name).weights[0]
+    path = save_mmseg_checkpoint(file_server.root / source.filename, synthetic_state_dict(name))
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    with caplog.at_level("WARNING"):
+        segzoo.create_model(name, pretrained=True, progress=False)
+    assert "trusting it on first use" in caplog.text
+    record = json.loads((isolated_cache / LOCK_FILE_NAME).read_text())[source.url]
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and record["trust"] == "first-use"
+    # The upstream file changes: the cached copy still loads, a fresh download must match the record.
+    save_mmseg_checkpoint(file_server.root / source.filename, synthetic_state_dict(name, seed=1))
+    segzoo.create_model(name, pretrained=True, progress=False)
+    (isolated_cache / source.filename).unlink()
+    with pytest.raises(ChecksumMismatchError, match=record["sha256"]):
+        segzoo.create_model(name, pretrained=True, progress=False)
+    assert _cache_files(isolated_cache) == [LOCK_FILE_NAME]
+
+
+def test_unpinned_download_that_does_not_load_is_not_kept(file_server, isolated_cache, monkeypatch):
+    name = "moganet_xt_fpn_ade20k"
+    source = segzoo.model_info(name).weights[0]
+    save_mmseg_checkpoint(file_server.root / source.filename, synthetic_state_dict("moganet_t_fpn_ade20k"))
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    with pytest.raises(segzoo.weights.CheckpointMismatchError):
+        segzoo.create_model(name, pretrained=True, progress=False)
+    assert _cache_files(isolated_cache) == []
+
+
+def test_sources_are_tried_in_order_and_the_one_used_is_logged(file_server, monkeypatch, caplog):
+    name = "moganet_xt_fpn_ade20k"
+    original = segzoo.model_info(name).weights[0]
+    dead = WeightSource(url=f"{closed_port_url()}/{original.filename}", format="mmseg")
+    live = WeightSource(url=f"{file_server.url}/{original.filename}", format="mmseg")
+    save_mmseg_checkpoint(file_server.root / original.filename, synthetic_state_dict(name))
+    _entry_with_source(monkeypatch, name, weights=(dead, live))
+    with caplog.at_level("INFO", logger="segzoo"):
+        segzoo.create_model(name, pretrained=True, progress=False)
+    assert f"loaded weights from {live.url}" in caplog.text and "trying the next one" in caplog.text
+
+
+def test_no_source_available_lists_every_failure(monkeypatch):
+    name = "moganet_xt_fpn_ade20k"
+    urls = [f"{closed_port_url()}/a.pth", f"{closed_port_url()}/b.pth"]
+    _entry_with_source(monkeypatch, name, weights=tuple(WeightSource(url=u, format="mmseg") for u in urls))
+    with pytest.raises(WeightsUnavailableError) as err:
+        segzoo.create_model(name, pretrained=True, progress=False)
+    assert all(u in str(err.value) for u in urls)
+
+
+def test_pretrained_model_is_not_randomly_initialized_first(file_server, monkeypatch):
+    name = "moganet_xt_upernet_ade20k"
+    filename = segzoo.model_info(name).weights[0].filename
+    save_mmseg_checkpoint(file_server.root / filename, synthetic_state_dict(name))
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    calls = []
+    original = torch.nn.Conv2d.reset_parameters
+    monkeypatch.setattr(torch.nn.Conv2d, "reset_parameters", lambda self: calls.append(self.weight.device.type)
+                        or original(self))
+    model = segzoo.create_model(name, pretrained=True, progress=False)
+    assert set(calls) == {"meta"}  # construction touched only meta tensors
+    assert not any(t.is_meta for t in model.state_dict().values())
+    with pytest.warns(UserWarning, match="re-initialized"):
+        model = segzoo.create_model(name, pretrained=True, num_classes=5, progress=False)
+    assert not any(t.is_meta for t in model.state_dict().values())
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5, 64, 64)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from segzoo.datasets import ade20k
 
 _METADATA = {"ADE20K": (ade20k.CLASSES, ade20k.PALETTE)}
+# The Hugging Face dataset ids, for model cards.
+HF_DATASET_IDS = {"ADE20K": "scene_parse_150"}
 
 
 def dataset_metadata(dataset: str) -> tuple[Sequence[str], Sequence[tuple[int, int, int]]]:

@@ -1,19 +1,27 @@
-"""Getting weights: download and cache, read checkpoint files safely, load them strictly."""
-from segzoo.weights.checkpoint import (
+"""Getting weights: sources, download and cache, verification, safe reading, strict loading."""
+from segzoo.weights.cache import cache_dir
+from segzoo.weights.checkpoint import load_state_dict_strict, read_state_dict
+from segzoo.weights.errors import (
     CheckpointError,
     CheckpointMismatchError,
-    load_state_dict_strict,
-    read_state_dict,
+    ChecksumMismatchError,
+    WeightsError,
+    WeightsUnavailableError,
 )
-from segzoo.weights.download import ChecksumMismatchError, WeightsDownloadError, cache_dir, fetch_weights
+from segzoo.weights.fetch import FetchedFile, fetch_weights, offline
+from segzoo.weights.pretrained import load_pretrained
 
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "ChecksumMismatchError",
-    "WeightsDownloadError",
+    "FetchedFile",
+    "WeightsError",
+    "WeightsUnavailableError",
     "cache_dir",
     "fetch_weights",
+    "load_pretrained",
     "load_state_dict_strict",
+    "offline",
     "read_state_dict",
 ]

@@ -1,7 +1,9 @@
 """Read checkpoint files without running untrusted code, find the state dict, load it strictly."""
 from __future__ import annotations
 
+import logging
 import pickle
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -9,6 +11,10 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
+
+from segzoo.weights.errors import CheckpointError, CheckpointMismatchError
+
+log = logging.getLogger(__name__)
 
 # Published mmcv checkpoints keep evaluation scores as NumPy scalars in their meta data;
 # rebuilding a NumPy scalar or dtype runs no user code, so these are the only globals allowed.
@@ -22,34 +28,37 @@ _NUMPY_SCALAR_GLOBALS = [
 MAX_KEYS_SHOWN = 10
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read or has no state dict."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A state dict does not match the model key for key and shape for shape."""
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a segzoo ``.safetensors`` file or of an mmseg ``.pth`` checkpoint, on the CPU.
 
-    ``.pth`` files are unpickled with ``weights_only=True``; a leading
-    ``module.`` (from a DataParallel wrapper) is removed from every key.
+    Files are memory-mapped where the format allows it. ``.pth`` files are
+    unpickled with ``weights_only=True``; a file that needs arbitrary objects
+    is refused unless ``allow_unsafe_pickle`` is set, which runs whatever code
+    the file contains: use it only for files you trust. A leading ``module.``
+    (from a DataParallel wrapper) is removed from every key.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(path)
+        try:
+            return safetensors.torch.load_file(path)
+        except (safetensors.SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
+    mmap = zipfile.is_zipfile(path)  # torch can map only its zip format
     try:
-        with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if allow_unsafe_pickle:
+            log.warning("unpickling %s without restrictions (allow_unsafe_pickle=True)", path)
+            obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        else:
+            with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"{path} holds more than tensors and plain data, and segzoo does not unpickle arbitrary "
-            f"objects (weights_only=True): {err}"
+            f"{path} holds more than tensors and plain data, and segzoo does not unpickle arbitrary objects "
+            f"(weights_only=True): {err}\nIf you trust this file, pass allow_unsafe_pickle=True."
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
     return _find_state_dict(obj, path)
 
@@ -65,12 +74,14 @@ def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 def load_state_dict_strict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, skip: Iterable[str] = ()
 ) -> None:
-    """Copy ``state_dict`` into ``model``, requiring every key and shape to match.
+    """Put ``state_dict`` into ``model``, requiring every key and shape to match.
 
-    Keys under the module names in ``skip`` are ignored on both sides (they
-    keep their fresh initialization). On any mismatch nothing is loaded and the
-    error names ``source`` and the offending keys.
+    The tensors are assigned, not copied, so ``model`` may be built on the meta
+    device. Submodules named in ``skip`` ignore the checkpoint and keep (or,
+    on the meta device, get) a fresh initialization. On any mismatch nothing is
+    loaded and the error names ``source`` and the offending keys.
     """
+    skip = list(skip)
     prefixes = tuple(f"{name}." for name in skip)
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
     given = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
@@ -88,4 +99,9 @@ def load_state_dict_strict(
                 shown = ", ".join(keys[:MAX_KEYS_SHOWN]) + (" ..." if len(keys) > MAX_KEYS_SHOWN else "")
                 parts.append(f"{len(keys)} {label}: {shown}")
         raise CheckpointMismatchError("\n  ".join(parts))
-    model.load_state_dict(given, strict=False)
+    model.load_state_dict(given, strict=False, assign=True)
+    for name in skip:
+        module = model.get_submodule(name)
+        if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+            module.to_empty(device="cpu")
+            module.reset_parameters()

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
 
 CheckpointFormat = Literal["mmseg", "safetensors"]
+HF_HUB_PREFIX = "hf-hub:"
 
 
 def _freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -24,6 +28,26 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def from_plain(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Rebuild a record written by :func:`to_plain` (e.g. from a ``config.json``)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _from_plain_value(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def _from_plain_value(hint: Any, value: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if is_dataclass(hint) and isinstance(value, Mapping):
+        return from_plain(hint, value)
+    if origin is tuple and isinstance(value, list):
+        item_hint = args[0] if len(args) == 2 and args[1] is Ellipsis else Any
+        return tuple(_from_plain_value(item_hint, v) for v in value)
+    return value
+
+
 @dataclass(frozen=True)
 class Paper:
     title: str
@@ -33,12 +57,17 @@ class Paper:
 
 @dataclass(frozen=True)
 class WeightSource:
-    """A downloadable checkpoint. ``sha256``/``size`` are ``None`` until someone has pinned them."""
+    """A checkpoint to fetch: an http(s) URL, or ``hf-hub:ORG/REPO[@REVISION]`` for a segzoo-native
+    Hugging Face repository. ``sha256``/``size`` are ``None`` until someone has pinned them."""
 
     url: str
     format: CheckpointFormat
     sha256: str | None = None
     size: int | None = None
+
+    @property
+    def is_hf_hub(self) -> bool:
+        return self.url.startswith(HF_HUB_PREFIX)
 
     @property
     def filename(self) -> str:

@@ -1,0 +1,67 @@
+"""Maintainer and air-gap tools: fill a mirror folder with weights, pin checksums into the registry."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from segzoo.families import build_architecture
+from segzoo.registry import model_info
+from segzoo.weights import FetchedFile, fetch_weights, load_state_dict_strict, read_state_dict
+from segzoo.weights.cache import file_sha256
+from segzoo.zoo.pins import PINS_FILE, write_pin
+from segzoo.zoo.records import ModelInfo, WeightSource
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+
+
+def _url_source(info: ModelInfo) -> WeightSource:
+    """The entry's original (http) weight source: the file a mirror serves and a pin is about."""
+    return next(w for w in info.weights if not w.is_hf_hub)
+
+
+def _verified_file(info: ModelInfo, progress: bool | None) -> tuple[WeightSource, FetchedFile]:
+    """Fetch the entry's file and prove it loads strictly into the architecture."""
+    source = _url_source(info)
+    fetched = fetch_weights(source, progress)
+    with torch.device("meta"):
+        model = build_architecture(info.architecture, **info.arch_args, num_classes=info.num_classes)
+    load_state_dict_strict(model, read_state_dict(fetched.path), str(fetched.path))
+    return source, fetched
+
+
+def download_to_folder(names: list[str], folder: Path, progress: bool | None = None) -> Path:
+    """Copy the weights of ``names`` into ``folder`` with a ``manifest.json``; usable as ``SEGZOO_MIRROR``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    for name in names:
+        info = model_info(name)
+        source, fetched = _verified_file(info, progress)
+        shutil.copyfile(fetched.path, folder / source.filename)
+        manifest[info.name] = {
+            "file": source.filename,
+            "url": source.url,
+            "sha256": file_sha256(folder / source.filename),
+            "size": (folder / source.filename).stat().st_size,
+        }
+        log.info("%s -> %s", info.name, folder / source.filename)
+    manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    return manifest_path
+
+
+def pin(names: list[str], pins_file: Path = PINS_FILE, progress: bool | None = None) -> dict[str, str]:
+    """Download, strictly load and record sha256 and size of each entry's file in the registry's pins."""
+    pinned = {}
+    for name in names:
+        info = model_info(name)
+        source, fetched = _verified_file(info, progress)
+        sha256 = fetched.sha256 or file_sha256(fetched.path)
+        write_pin(source.url, sha256, fetched.path.stat().st_size, pins_file)
+        pinned[info.name] = sha256
+    return pinned

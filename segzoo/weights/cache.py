@@ -1,0 +1,86 @@
+"""The local weights cache and its checksum lock file (trust on first use).
+
+Until the registry pins a file's sha256, the first download that loads
+strictly records its hash in ``checksums.lock.json`` in the cache; later loads,
+re-downloads and mirror copies must match it. Each record also keeps the
+file's size and mtime, so a cache hit is re-hashed only when the file changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from segzoo.zoo.records import WeightSource
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE_NAME = "checksums.lock.json"
+HASH_CHUNK_BYTES = 1 << 22
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: ``$SEGZOO_CACHE``, else ``<torch hub dir>/segzoo``."""
+    root = os.environ.get("SEGZOO_CACHE")
+    return Path(root) if root else Path(torch.hub.get_dir()) / "segzoo"
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+class ChecksumLock:
+    """The cache's record of verified files: ``{source url: {file, sha256, size, mtime_ns, trust}}``."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_FILE_NAME
+        self._mutex = FileLock(str(self.path) + ".lock")
+
+    def _read(self) -> dict[str, dict]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def get(self, source: WeightSource) -> dict | None:
+        return self._read().get(source.url)
+
+    def expected_sha256(self, source: WeightSource) -> str | None:
+        """The pinned hash, else the one recorded on first use, else ``None``."""
+        record = self.get(source)
+        return source.sha256 or (record["sha256"] if record else None)
+
+    def is_unchanged(self, source: WeightSource, path: Path, sha256: str) -> bool:
+        """Whether ``path`` is the file recorded with ``sha256`` and untouched since."""
+        record = self.get(source)
+        stat = path.stat()
+        return bool(record) and record["sha256"] == sha256 and (record["size"], record["mtime_ns"]) == (
+            stat.st_size,
+            stat.st_mtime_ns,
+        )
+
+    def record(self, source: WeightSource, path: Path, sha256: str) -> None:
+        stat = path.stat()
+        trust = "pinned" if source.sha256 else "first-use"
+        if trust == "first-use" and not self.get(source):
+            log.warning(
+                "%s has no pinned sha256; trusting it on first use and recording %s in %s",
+                source.url, sha256, self.path,
+            )
+        with self._mutex:
+            records = self._read()
+            records[source.url] = {
+                "file": path.name, "sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "trust": trust,
+            }
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+            with os.fdopen(fd, "w") as f:
+                json.dump(dict(sorted(records.items())), f, indent=2)
+            os.replace(tmp, self.path)

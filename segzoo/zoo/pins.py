@@ -1,0 +1,44 @@
+"""Pinned checksums of weight files, kept in ``pins.json`` and written by ``segzoo pin``.
+
+The source READMEs publish no hashes, so they are recorded here by the
+maintainers after a verified download: ``{url: {"sha256": ..., "size": ...}}``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from segzoo.zoo.records import ModelInfo
+
+PINS_FILE = Path(__file__).with_name("pins.json")
+
+
+def read_pins(path: Path = PINS_FILE) -> dict[str, dict[str, object]]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_pin(url: str, sha256: str, size: int, path: Path = PINS_FILE) -> None:
+    """Record ``url``'s checksum and size, rewriting the file atomically in sorted order."""
+    pins = read_pins(path)
+    pins[url] = {"sha256": sha256, "size": size}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(dict(sorted(pins.items())), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def apply_pins(entries: Iterable[ModelInfo], pins: dict[str, dict[str, object]]) -> tuple[ModelInfo, ...]:
+    """The entries with each weight source's sha256 and size filled in from ``pins``."""
+    def pinned(info: ModelInfo) -> ModelInfo:
+        weights = tuple(
+            dataclasses.replace(w, sha256=pins[w.url]["sha256"], size=pins[w.url]["size"]) if w.url in pins else w
+            for w in info.weights
+        )
+        return dataclasses.replace(info, weights=weights)
+
+    return tuple(pinned(info) for info in entries)

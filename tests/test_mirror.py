@@ -1,0 +1,103 @@
+"""Air-gapped use: offline mode, mirror folders, `segzoo download`, and `segzoo pin`."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+import segzoo
+from segzoo.cli import main
+from segzoo.weights import ChecksumMismatchError, WeightsUnavailableError
+from segzoo.zoo.pins import apply_pins, read_pins
+from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
+
+NAME = "moganet_xt_fpn_ade20k"
+
+
+@pytest.fixture
+def upstream(file_server, monkeypatch):
+    """The entry's checkpoint served by a local stand-in for the release host (as a URL mirror)."""
+    source = segzoo.model_info(NAME).weights[0]
+    path = save_mmseg_checkpoint(file_server.root / source.filename, synthetic_state_dict(NAME))
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    return path
+
+
+@pytest.mark.parametrize("flag", ["SEGZOO_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_uses_the_cache_and_never_the_network(upstream, file_server, monkeypatch, flag, isolated_cache):
+    segzoo.create_model(NAME, pretrained=True, progress=False)
+    monkeypatch.setenv(flag, "1")
+    segzoo.create_model(NAME, pretrained=True, progress=False)
+    assert len(file_server.requests) == 1
+    (isolated_cache / upstream.name).unlink()
+    with pytest.raises(WeightsUnavailableError) as err:
+        segzoo.create_model(NAME, pretrained=True, progress=False)
+    message = str(err.value)
+    assert "offline" in message and str(isolated_cache / upstream.name) in message and "SEGZOO_MIRROR" in message
+    assert len(file_server.requests) == 1
+
+
+def test_download_fills_a_mirror_folder_that_works_offline(upstream, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "mirror"
+    assert main(["download", NAME, "--to", str(folder), "--quiet"]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    source = segzoo.model_info(NAME).weights[0]
+    assert manifest[NAME] == {
+        "file": source.filename, "url": source.url,
+        "sha256": hashlib.sha256(upstream.read_bytes()).hexdigest(), "size": upstream.stat().st_size,
+    }
+    # A fresh machine: empty cache, no network, the folder as mirror.
+    monkeypatch.setenv("SEGZOO_CACHE", str(tmp_path / "fresh_cache"))
+    monkeypatch.setenv("SEGZOO_OFFLINE", "1")
+    monkeypatch.setenv("SEGZOO_MIRROR", str(folder))
+    model = segzoo.create_model(NAME, pretrained=True, progress=False)
+    assert torch.equal(model.state_dict()["neck.fpn_convs.0.conv.weight"],
+                       synthetic_state_dict(NAME)["neck.fpn_convs.0.conv.weight"])
+
+
+def test_mirror_copies_are_checked_against_recorded_hashes(upstream, tmp_path, monkeypatch, isolated_cache):
+    segzoo.create_model(NAME, pretrained=True, progress=False)  # records the hash on first use
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    save_mmseg_checkpoint(folder / upstream.name, synthetic_state_dict(NAME, seed=3))  # a different file
+    (isolated_cache / upstream.name).unlink()
+    monkeypatch.setenv("SEGZOO_MIRROR", str(folder))
+    with pytest.raises(ChecksumMismatchError, match="expected"):
+        segzoo.create_model(NAME, pretrained=True, progress=False)
+    assert not (isolated_cache / upstream.name).exists()
+
+
+def test_missing_file_in_mirror_folder_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGZOO_MIRROR", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError, match=str(tmp_path)):
+        segzoo.create_model(NAME, pretrained=True, progress=False)
+
+
+def test_pin_records_sha256_and_size_in_the_registry_data(upstream, tmp_path, capsys):
+    pins_file = tmp_path / "pins.json"
+    assert main(["pin", NAME, "--pins-file", str(pins_file), "--quiet"]) == 0
+    sha256 = hashlib.sha256(upstream.read_bytes()).hexdigest()
+    assert f"{NAME}: sha256 {sha256}" in capsys.readouterr().out
+    source = segzoo.model_info(NAME).weights[0]
+    assert read_pins(pins_file) == {source.url: {"sha256": sha256, "size": upstream.stat().st_size}}
+    (pinned,) = [i for i in apply_pins([segzoo.model_info(NAME)], read_pins(pins_file))]
+    assert pinned.weights[0].sha256 == sha256 and pinned.weights[0].size == upstream.stat().st_size
+
+
+def test_pin_refuses_a_file_that_does_not_load(file_server, tmp_path, monkeypatch, capsys):
+    source = segzoo.model_info(NAME).weights[0]
+    save_mmseg_checkpoint(file_server.root / source.filename, synthetic_state_dict("moganet_t_fpn_ade20k"))
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    pins_file = tmp_path / "pins.json"
+    assert main(["pin", NAME, "--pins-file", str(pins_file), "--quiet"]) == 1
+    assert "does not match" in capsys.readouterr().err and not pins_file.exists()
+
+
+def test_registry_pins_file_is_well_formed():
+    for url, pin in read_pins().items():
+        assert url.startswith("https://") and len(pin["sha256"]) == 64 and pin["size"] > 0
+
+
+def test_commands_need_names_or_all():
+    with pytest.raises(SystemExit):
+        main(["download", "--to", "x"])
