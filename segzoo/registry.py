@@ -8,8 +8,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from segzoo.families import build_architecture
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict
@@ -83,8 +81,7 @@ def create_model(
     a local file instead: an original mmseg checkpoint or a segzoo
     ``.safetensors`` file. ``hf-hub:ORG/REPO[@REVISION]`` names a segzoo-native
     Hugging Face repository, whose weights are always loaded. Loading is strict,
-    and a model that gets weights is built on the meta device, never randomly
-    initialized. A ``num_classes`` other than the entry's keeps every loaded
+    and a model that gets weights is never randomly initialized first. A ``num_classes`` other than the entry's keeps every loaded
     weight except the classifier layers, which are freshly initialized. Other
     keyword arguments go to the architecture builder (e.g. ``drop_path_rate``).
     """
@@ -95,8 +92,9 @@ def create_model(
         info = model_info(name)
     with_weights = pretrained or checkpoint_path is not None or name.startswith(HF_HUB_PREFIX)
     classes = info.num_classes if num_classes is None else num_classes
-    with torch.device("meta" if with_weights else "cpu"):
-        model = build_architecture(info.architecture, **{**info.arch_args, **kwargs, "num_classes": classes})
+    model = build_architecture(
+        info.architecture, initialize=not with_weights, **{**info.arch_args, **kwargs, "num_classes": classes}
+    )
     model.info = info
     reinit = model.classifier_names() if classes != info.num_classes else []
     if name.startswith(HF_HUB_PREFIX):

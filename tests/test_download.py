@@ -192,7 +192,8 @@ def test_trust_on_first_use_records_and_then_enforces(file_server, isolated_cach
     (isolated_cache / source.filename).unlink()
     with pytest.raises(ChecksumMismatchError, match=record["sha256"]):
         segzoo.create_model(name, pretrained=True, progress=False)
-    assert _cache_files(isolated_cache) == [LOCK_FILE_NAME]
+    assert not (isolated_cache / source.filename).exists()
+    assert not any(".partial" in f for f in _cache_files(isolated_cache))
 
 
 def test_unpinned_download_that_does_not_load_is_not_kept(file_server, isolated_cache, monkeypatch):
@@ -231,14 +232,39 @@ def test_pretrained_model_is_not_randomly_initialized_first(file_server, monkeyp
     filename = segzoo.model_info(name).weights[0].filename
     save_mmseg_checkpoint(file_server.root / filename, synthetic_state_dict(name))
     monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
-    calls = []
-    original = torch.nn.Conv2d.reset_parameters
-    monkeypatch.setattr(torch.nn.Conv2d, "reset_parameters", lambda self: calls.append(self.weight.device.type)
-                        or original(self))
+    initialized = []
+    original = torch.nn.init.kaiming_uniform_
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", lambda t, *a, **k: initialized.append(t.shape)
+                        or original(t, *a, **k))
+    segzoo.create_model(name)
+    assert len(initialized) > 100  # every conv, when no weights follow
+    initialized.clear()
     model = segzoo.create_model(name, pretrained=True, progress=False)
-    assert set(calls) == {"meta"}  # construction touched only meta tensors
+    assert initialized == []
     assert not any(t.is_meta for t in model.state_dict().values())
     with pytest.warns(UserWarning, match="re-initialized"):
         model = segzoo.create_model(name, pretrained=True, num_classes=5, progress=False)
-    assert not any(t.is_meta for t in model.state_dict().values())
+    assert sorted(initialized) == [(5, 256, 1, 1), (5, 512, 1, 1)]  # only the two classifiers
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5, 64, 64)
+
+
+def test_verified_pth_gets_a_safetensors_copy_that_later_loads_use(file_server, isolated_cache, monkeypatch):
+    name = "moganet_xt_fpn_ade20k"
+    filename = segzoo.model_info(name).weights[0].filename
+    state_dict = synthetic_state_dict(name)
+    save_mmseg_checkpoint(file_server.root / filename, state_dict)
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    segzoo.create_model(name, pretrained=True, progress=False)
+    copy = (isolated_cache / filename).with_suffix(".safetensors")
+    assert copy.is_file()
+    read = []
+    import segzoo.weights.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "read_state_dict", lambda p: read.append(p) or segzoo.weights.read_state_dict(p))
+    model = segzoo.create_model(name, pretrained=True, progress=False)
+    assert read == [copy]
+    assert torch.equal(model.state_dict()["decode_head.conv_seg.weight"], state_dict["decode_head.conv_seg.weight"])
+    copy.write_bytes(b"tampered")  # a changed copy is ignored and rewritten from the verified original
+    model = segzoo.create_model(name, pretrained=True, progress=False)
+    assert read[-1] == isolated_cache / filename
+    assert torch.equal(model.state_dict()["decode_head.conv_seg.weight"], state_dict["decode_head.conv_seg.weight"])

@@ -6,8 +6,13 @@ turns that into a module. Builders register themselves with
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from torch import nn
 
 from segzoo.segmentors import EncoderDecoder
 
@@ -23,13 +28,49 @@ def register_architecture(fn: Builder) -> Builder:
     return fn
 
 
-def build_architecture(name: str, **kwargs: Any) -> EncoderDecoder:
-    """Build the architecture ``name`` with builder arguments ``kwargs``."""
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+    "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+)
+_NO_INIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _no_weight_init() -> Iterator[None]:
+    """In this thread, let ``torch.nn.init`` leave tensors as allocated; other threads are unaffected."""
+    owner = threading.get_ident()
+
+    def skipping(init_fn):
+        @functools.wraps(init_fn)
+        def maybe_init(tensor, *args, **kwargs):
+            return tensor if threading.get_ident() == owner else init_fn(tensor, *args, **kwargs)
+        return maybe_init
+
+    with _NO_INIT_LOCK:
+        originals = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+        for name, init_fn in originals.items():
+            setattr(nn.init, name, skipping(init_fn))
+        try:
+            yield
+        finally:
+            for name, init_fn in originals.items():
+                setattr(nn.init, name, init_fn)
+
+
+def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> EncoderDecoder:
+    """Build the architecture ``name`` with builder arguments ``kwargs``.
+
+    With ``initialize=False`` the weights are allocated but not initialized,
+    for a caller that assigns every tensor from a checkpoint right after.
+    """
     try:
         builder = _ARCHITECTURES[name]
     except KeyError:
         raise KeyError(f"no architecture named {name!r}; known: {sorted(_ARCHITECTURES)}") from None
-    return builder(**kwargs)
+    if initialize:
+        return builder(**kwargs)
+    with _no_weight_init():
+        return builder(**kwargs)
 
 
 from segzoo.families import moganet  # noqa: E402,F401  (registers the MogaNet builders)

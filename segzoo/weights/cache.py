@@ -3,7 +3,9 @@
 Until the registry pins a file's sha256, the first download that loads
 strictly records its hash in ``checksums.lock.json`` in the cache; later loads,
 re-downloads and mirror copies must match it. Each record also keeps the
-file's size and mtime, so a cache hit is re-hashed only when the file changed.
+file's size and mtime, so a cache hit is re-hashed only when the file changed,
+and may name a ``derived`` safetensors copy of a verified ``.pth`` file, which
+later loads read instead because it loads much faster than a pickle.
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ def cache_dir() -> Path:
     """Where downloaded weights live: ``$SEGZOO_CACHE``, else ``<torch hub dir>/segzoo``."""
     root = os.environ.get("SEGZOO_CACHE")
     return Path(root) if root else Path(torch.hub.get_dir()) / "segzoo"
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def file_sha256(path: Path) -> str:
@@ -60,13 +67,18 @@ class ChecksumLock:
     def is_unchanged(self, source: WeightSource, path: Path, sha256: str) -> bool:
         """Whether ``path`` is the file recorded with ``sha256`` and untouched since."""
         record = self.get(source)
-        stat = path.stat()
-        return bool(record) and record["sha256"] == sha256 and (record["size"], record["mtime_ns"]) == (
-            stat.st_size,
-            stat.st_mtime_ns,
-        )
+        return bool(record) and record["sha256"] == sha256 and (record["size"], record["mtime_ns"]) == _signature(path)
 
-    def record(self, source: WeightSource, path: Path, sha256: str) -> None:
+    def derived_copy(self, source: WeightSource, path: Path) -> Path | None:
+        """The recorded safetensors copy of ``path``, if it is still exactly as written."""
+        derived = (self.get(source) or {}).get("derived")
+        if not derived:
+            return None
+        copy = path.with_name(derived["file"])
+        return copy if copy.is_file() and _signature(copy) == (derived["size"], derived["mtime_ns"]) else None
+
+    def record(self, source: WeightSource, path: Path, sha256: str, derived: Path | None = None) -> None:
+        """Record ``path`` as verified with ``sha256`` (and, optionally, its safetensors copy)."""
         stat = path.stat()
         trust = "pinned" if source.sha256 else "first-use"
         if trust == "first-use" and not self.get(source):
@@ -76,10 +88,17 @@ class ChecksumLock:
             )
         with self._mutex:
             records = self._read()
-            records[source.url] = {
+            previous = records.get(source.url) or {}
+            record = {
                 "file": path.name, "sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                 "trust": trust,
             }
+            if derived is not None:
+                size, mtime_ns = _signature(derived)
+                record["derived"] = {"file": derived.name, "size": size, "mtime_ns": mtime_ns}
+            elif previous.get("sha256") == sha256 and "derived" in previous:
+                record["derived"] = previous["derived"]
+            records[source.url] = record
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
             with os.fdopen(fd, "w") as f:
                 json.dump(dict(sorted(records.items())), f, indent=2)

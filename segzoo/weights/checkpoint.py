@@ -71,14 +71,26 @@ def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Make the checkpoint's tensors the model's parameters and buffers, without copying."""
+    modules = dict(model.named_modules())
+    for key, tensor in state_dict.items():
+        module_name, _, attr = key.rpartition(".")
+        module = modules[module_name]
+        current = getattr(module, attr)
+        if isinstance(current, nn.Parameter):
+            tensor = nn.Parameter(tensor, requires_grad=current.requires_grad)
+        setattr(module, attr, tensor)
+
+
 def load_state_dict_strict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, skip: Iterable[str] = ()
 ) -> None:
     """Put ``state_dict`` into ``model``, requiring every key and shape to match.
 
-    The tensors are assigned, not copied, so ``model`` may be built on the meta
-    device. Submodules named in ``skip`` ignore the checkpoint and keep (or,
-    on the meta device, get) a fresh initialization. On any mismatch nothing is
+    The tensors are assigned, not copied, so ``model`` may be built without
+    initialization (or on the meta device). Submodules named in ``skip`` ignore
+    the checkpoint and are freshly initialized. On any mismatch nothing is
     loaded and the error names ``source`` and the offending keys.
     """
     skip = list(skip)
@@ -99,9 +111,9 @@ def load_state_dict_strict(
                 shown = ", ".join(keys[:MAX_KEYS_SHOWN]) + (" ..." if len(keys) > MAX_KEYS_SHOWN else "")
                 parts.append(f"{len(keys)} {label}: {shown}")
         raise CheckpointMismatchError("\n  ".join(parts))
-    model.load_state_dict(given, strict=False, assign=True)
+    _assign(model, given)
     for name in skip:
         module = model.get_submodule(name)
         if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
             module.to_empty(device="cpu")
-            module.reset_parameters()
+        module.reset_parameters()

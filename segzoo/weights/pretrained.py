@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
+import safetensors.torch
+import torch
 from torch import nn
 
 from segzoo.weights.cache import ChecksumLock, cache_dir, file_sha256
@@ -22,6 +27,8 @@ def load_pretrained(
 
     A file with no known checksum that fails the strict load is removed from
     the cache; one that passes has its sha256 recorded (trust on first use).
+    A verified ``.pth`` file also gets a safetensors copy in the cache, which
+    later loads read instead.
     """
     failures = []
     for source in info.weights:
@@ -32,15 +39,36 @@ def load_pretrained(
             failures.append(f"- {source.url}: {err}")
             continue
         lock = None if source.is_hf_hub else ChecksumLock(cache_dir())
+        copy = lock.derived_copy(source, fetched.path) if lock is not None else None
         try:
-            load_state_dict_strict(model, read_state_dict(fetched.path), str(fetched.path), skip=skip)
+            state_dict = read_state_dict(copy or fetched.path)
+            load_state_dict_strict(model, state_dict, str(fetched.path), skip=skip)
         except CheckpointError:
             if lock is not None and lock.expected_sha256(source) is None:
                 fetched.path.unlink(missing_ok=True)
                 log.warning("removed %s from the cache: it does not load into %s", fetched.path, info.name)
             raise
-        if lock is not None and lock.get(source) is None:
-            lock.record(source, fetched.path, fetched.sha256 or file_sha256(fetched.path))
+        if lock is not None and copy is None:
+            sha256 = lock.expected_sha256(source) or fetched.sha256 or file_sha256(fetched.path)
+            lock.record(source, fetched.path, sha256, derived=_write_safetensors_copy(fetched.path, state_dict))
         log.info("%s: loaded weights from %s (%s)", info.name, source.url, fetched.path)
         return source
     raise WeightsUnavailableError(f"no weight source of {info.name} could be fetched:\n" + "\n".join(failures))
+
+
+def _write_safetensors_copy(path: Path, state_dict: Mapping[str, torch.Tensor]) -> Path | None:
+    """Save the tensors just loaded from ``path`` as ``<stem>.safetensors`` beside it."""
+    if path.suffix == ".safetensors":
+        return None
+    copy = path.with_suffix(".safetensors")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{copy.name}.")
+    os.close(fd)
+    try:
+        safetensors.torch.save_file(dict(state_dict), tmp)
+        os.replace(tmp, copy)
+    except (ValueError, RuntimeError, OSError) as err:  # e.g. tensors sharing memory
+        log.info("no safetensors copy of %s: %s", path, err)
+        return None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return copy

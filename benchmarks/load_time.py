@@ -1,0 +1,68 @@
+"""Time to get a ready model: random initialization vs. create_model(pretrained=True) from a warm cache.
+
+Checkpoints are synthetic (random tensors in the published mmseg layout, the
+size of the real files), served from a local mirror folder into a temporary
+cache, so the script needs no network. Both timings are medians over the same
+number of interleaved runs in one process.
+
+    python benchmarks/load_time.py [--runs 7] [--models moganet_xt_fpn_ade20k moganet_l_upernet_ade20k]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import segzoo
+from segzoo.families import build_architecture
+
+
+def synthetic_checkpoint(name: str, folder: Path) -> Path:
+    info = segzoo.model_info(name)
+    model = build_architecture(info.architecture, **info.arch_args, num_classes=info.num_classes)
+    path = folder / info.weights[0].filename
+    torch.save({"state_dict": model.state_dict(), "meta": {}}, path)
+    return path
+
+
+def median_seconds(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--models", nargs="+", default=["moganet_xt_fpn_ade20k", "moganet_l_upernet_ade20k"])
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)  # the trust-on-first-use notice of the synthetic files
+    with tempfile.TemporaryDirectory() as tmp:
+        mirror, cache = Path(tmp, "mirror"), Path(tmp, "cache")
+        mirror.mkdir()
+        os.environ.update(SEGZOO_MIRROR=str(mirror), SEGZOO_CACHE=str(cache))
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+        print(f"| model | params | file (MB) | random init (s) | pretrained from cache (s) | speed-up |")
+        print(f"|---|---:|---:|---:|---:|---:|")
+        for name in args.models:
+            path = synthetic_checkpoint(name, mirror)
+            segzoo.create_model(name, pretrained=True, progress=False)  # warm the cache
+            random_init = median_seconds(lambda: segzoo.create_model(name), args.runs)
+            pretrained = median_seconds(lambda: segzoo.create_model(name, pretrained=True, progress=False), args.runs)
+            params = segzoo.model_info(name).num_params
+            print(f"| {name} | {params / 1e6:.1f}M | {path.stat().st_size / 1e6:.0f} | {random_init:.3f} "
+                  f"| {pretrained:.3f} | {random_init / pretrained:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
