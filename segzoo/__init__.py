@@ -1,7 +1,18 @@
 """segzoo: published semantic-segmentation models, faithful to their papers, in pure PyTorch."""
-from segzoo.registry import UnknownModelError, create_model, list_aliases, list_models, model_info
-from segzoo.zoo import ModelInfo
-
 __version__ = "0.1.0"
 
-__all__ = ["ModelInfo", "UnknownModelError", "__version__", "create_model", "list_aliases", "list_models", "model_info"]
+from segzoo.registry import UnknownModelError, create_model, list_aliases, list_models, model_info  # noqa: E402
+from segzoo.zoo import ModelInfo  # noqa: E402
+from segzoo.hub import push_to_hub, save_pretrained  # noqa: E402
+
+__all__ = [
+    "ModelInfo",
+    "UnknownModelError",
+    "__version__",
+    "create_model",
+    "list_aliases",
+    "list_models",
+    "model_info",
+    "push_to_hub",
+    "save_pretrained",
+]

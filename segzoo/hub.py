@@ -9,7 +9,6 @@ from pathlib import Path
 import safetensors.torch
 
 import segzoo
-from segzoo.cards import render_model_card
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import hf_hub
 from segzoo.zoo.records import ModelInfo, to_plain
@@ -32,6 +31,8 @@ def _info_for(model: EncoderDecoder) -> ModelInfo:
 
 def save_pretrained(model: EncoderDecoder, folder: str | Path, repo_id: str | None = None) -> Path:
     """Write ``model`` in segzoo's native layout, the same as a Hugging Face repository's files."""
+    from segzoo.cards import render_model_card  # not at import: `python -m segzoo.cards` must run it first
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     info = _info_for(model)
