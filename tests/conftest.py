@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -76,6 +77,7 @@ class FileServer:
                 pass
 
             def do_GET(self):
+                self.path = urlsplit(self.path).path  # as a proxy, the server sees absolute URLs
                 with server.lock:
                     server.requests.append((self.path, self.headers.get("Range")))
                     status = server.fail.pop(0) if server.fail else None
@@ -147,6 +149,7 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf_cache"))
     for var in ("SEGZOO_MIRROR", "SEGZOO_OFFLINE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # the local test servers, even behind a proxy
     monkeypatch.setattr("segzoo.weights.download.BACKOFF_S", 0.01)
     return cache_dir
 

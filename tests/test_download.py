@@ -124,6 +124,16 @@ def test_read_timeout_is_bounded(served, monkeypatch):
     assert time.monotonic() - start < 10
 
 
+def test_proxy_from_the_environment_is_used(served, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", served.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    source = WeightSource(url="http://weights.invalid/weights.pth", format="mmseg", sha256=PAYLOAD_SHA)
+    assert fetch_weights(source, progress=False).path.read_bytes() == PAYLOAD
+    assert served.gets("/weights.pth") == [None]
+
+
 def test_cached_file_altered_after_download_is_detected(served, isolated_cache):
     path = fetch_weights(_source(served), progress=False).path
     path.write_bytes(b"tampered" + PAYLOAD[8:])
