@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 from segzoo.registry import UnknownModelError, create_model, list_aliases, list_models, model_info  # noqa: E402
 from segzoo.zoo import ModelInfo  # noqa: E402
 from segzoo.hub import push_to_hub, save_pretrained  # noqa: E402
+from segzoo.inference import predict  # noqa: E402
 
 __all__ = [
     "ModelInfo",
@@ -13,6 +14,7 @@ __all__ = [
     "list_aliases",
     "list_models",
     "model_info",
+    "predict",
     "push_to_hub",
     "save_pretrained",
 ]

@@ -103,3 +103,14 @@ def _append_legend(
         draw.text((x0 + _SWATCH + _PAD, y), name, fill="black", font=font)
         draw.text((x_right - font.getlength(pct), y), pct, fill="black", font=font)
     return canvas
+
+
+def indexed_labels(labels: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> Image.Image:
+    """An 8-bit palette PNG image of class indices: the values are the classes, the colors the dataset's."""
+    labels = np.asarray(labels)
+    if labels.max(initial=0) > 255 or labels.min(initial=0) < 0:
+        raise ValueError("indexed PNGs hold class indices 0-255")
+    image = Image.fromarray(labels.astype(np.uint8), "P")
+    flat = [c for color in palette for c in color]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    return image

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 from PIL import Image
 
 import segzoo
@@ -49,3 +50,29 @@ def test_console_script_lists_models():
     result = subprocess.run([sys.executable, "-m", "segzoo.cli", "list", "moganet_*_upernet_*"],
                             capture_output=True, text=True, check=True)
     assert [line.split()[0] for line in result.stdout.splitlines()] == segzoo.list_models("moganet_*_upernet_*")
+
+
+def test_predict_folder_and_files_with_indexed_label_output(tmp_path):
+    name = "moganet_xt_fpn_ade20k"
+    ckpt = save_mmseg_checkpoint(tmp_path / "ckpt.pth", synthetic_state_dict(name))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for stem, size in (("a", (40, 30)), ("b", (36, 36))):
+        Image.new("RGB", size, (120, 80, 40)).save(folder / f"{stem}.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    extra = tmp_path / "c.png"
+    Image.new("RGB", (30, 44), (10, 10, 10)).save(extra)
+    out = tmp_path / "out"
+    args = ["predict", str(folder), str(extra), "-m", name, "-c", str(ckpt), "--output", "labels", "-o", str(out)]
+    assert main(args) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [f"{s}_{name}_labels.png" for s in "abc"]
+    with Image.open(out / f"a_{name}_labels.png") as labels:
+        assert labels.mode == "P" and labels.size == (40, 30)
+        assert labels.getpalette()[:6] == [120, 120, 120, 180, 120, 120]  # ADE20K's first two colors
+        assert np.asarray(labels).max() < 150
+
+
+def test_predict_missing_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nope.jpg")]) == 1
+    assert "no such image or folder" in capsys.readouterr().err

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from segzoo.datasets import ade20k
+from segzoo.datasets import ade20k, cityscapes, coco_stuff
 
-_METADATA = {"ADE20K": (ade20k.CLASSES, ade20k.PALETTE)}
+_METADATA = {
+    "ADE20K": (ade20k.CLASSES, ade20k.PALETTE),
+    "Cityscapes": (cityscapes.CLASSES, cityscapes.PALETTE),
+    "COCO-Stuff54": (coco_stuff.CLASSES, coco_stuff.PALETTE),
+}
 # The Hugging Face dataset ids, for model cards.
 HF_DATASET_IDS = {"ADE20K": "scene_parse_150"}
 

@@ -14,7 +14,8 @@ REPO = "Westlake-AI/MogaNet"
 COMMIT = "386b548c5f0b0287b45c04397aa4ef46a28f7a26"
 RELEASE = "https://github.com/Westlake-AI/MogaNet/releases/download/moganet-seg-weights/"
 ADE20K_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB")
-# The ADE20K test pipeline of the MogaNet configs: keep-ratio resize into 2048x512, then align to 32.
+# The ADE20K test pipeline of the MogaNet configs: keep-ratio resize into 2048x512, then align to 32;
+# their (commented-out) multi-scale test uses mmseg's default ratios with flip.
 ADE20K_TEST = InferencePipeline(scale=(2048, 512), size_divisor=32, mode="whole")
 SIZE_NAMES = {"xt": ("xtiny", "XT"), "t": ("tiny", "T"), "s": ("small", "S"), "b": ("base", "B"), "l": ("large", "L")}
 DROP_PATH = {"xt": 0.05, "t": 0.1, "s": 0.1, "b": 0.2, "l": 0.3}

@@ -85,16 +85,23 @@ class Normalization:
 
 @dataclass(frozen=True)
 class InferencePipeline:
-    """The upstream test-time preprocessing and inference mode.
+    """The upstream test-time preprocessing, inference mode and test-time augmentation.
 
     ``scale`` is mmseg's ``img_scale`` (long edge, short edge) for a keep-ratio
     resize; ``size_divisor`` rounds the resized image up to a multiple of it by
-    a second resize (MogaNet's ``AlignResize``), or is ``None``.
+    a second resize (MogaNet's ``AlignResize``), or is ``None``. ``slide`` mode
+    runs ``crop_size`` windows every ``stride`` pixels (both (h, w)); when the
+    entry does not set them, the training crop and two thirds of it are used.
+    ``aug_ratios``/``aug_flip`` are mmseg's multi-scale + flip test (aug-test).
     """
 
     scale: tuple[int, int]
     size_divisor: int | None = None
     mode: Literal["whole", "slide"] = "whole"
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    aug_ratios: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    aug_flip: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,7 @@ class ModelInfo:
     upstream: UpstreamConfig
     architecture: str
     arch_args: Mapping[str, Any] = field(default_factory=dict)
+    evaluator: Literal["mmseg", "detectron2"] = "mmseg"
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

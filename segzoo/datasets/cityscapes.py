@@ -1,0 +1,18 @@
+"""Cityscapes semantic segmentation (19 evaluated classes): class names and color palette.
+
+Index ``i`` is trainId ``i`` of the official label table (``cityscapesscripts``); every
+other label is ignored (255). Colors are the dataset's own label colors.
+"""
+
+CLASSES: tuple[str, ...] = (
+    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
+    'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train',
+    'motorcycle', 'bicycle',
+)
+
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)

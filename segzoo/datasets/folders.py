@@ -1,0 +1,193 @@
+"""Read-only readers of evaluation datasets laid out as their official downloads unpack.
+
+Each reader pairs images with labels by file name and checks the pairing up front, so that a
+misplaced or unprepared dataset fails at once with a message saying what to do, not midway
+through an evaluation.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segzoo.datasets import dataset_metadata
+from segzoo.inference import load_image
+
+IGNORE_INDEX = 255
+_MAX_LISTED = 3  # missing files named in an error message
+
+
+class DatasetError(ValueError):
+    """A dataset folder without the expected layout; the message says what was expected where."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its label file; ``name`` is the image's stem without dataset suffixes."""
+
+    name: str
+    image: Path
+    label: Path
+
+
+class SegmentationFolder(torch.utils.data.Dataset):
+    """Image/label pairs of one split, in name order; labels use 255 for ignored pixels."""
+
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, dataset: str, samples: Sequence[Sample], reduce_zero_label: bool = False) -> None:
+        self.dataset = dataset
+        self.classes, self.palette = dataset_metadata(dataset)
+        self.samples = sorted(samples, key=lambda s: s.name)
+        self.reduce_zero_label = reduce_zero_label
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """``{"name", "image": (H, W, 3) uint8 RGB, "label": (H, W) uint8}`` of sample ``i``."""
+        sample = self.samples[i]
+        image = np.array(load_image(sample.image))
+        label = _read_label(sample.label)
+        if self.reduce_zero_label:
+            label = _reduce_zero_label(label)
+        if image.shape[:2] != label.shape:
+            raise DatasetError(
+                f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its label "
+                f"{sample.label} is {label.shape[1]}x{label.shape[0]}"
+            )
+        return {"name": sample.name, "image": image, "label": label}
+
+    def __repr__(self) -> str:
+        return f"SegmentationFolder({self.dataset!r}, {len(self)} samples)"
+
+
+def open_dataset(dataset: str, root: str | Path, split: str = "val") -> SegmentationFolder:
+    """The ``split`` ("val" or "train") of ``dataset`` ("ADE20K", "Cityscapes", "COCO-Stuff54") under ``root``."""
+    try:
+        reader = _READERS[dataset]
+    except KeyError:
+        raise DatasetError(f"no folder reader for dataset {dataset!r}; known: {sorted(_READERS)}") from None
+    if split not in ("val", "train"):
+        raise DatasetError(f"unknown split {split!r} of {dataset}; expected 'val' or 'train'")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"{dataset} root {root} is not a folder")
+    return reader(root, split)
+
+
+def _ade20k(root: Path, split: str) -> SegmentationFolder:
+    """ADEChallengeData2016: images/<split>/*.jpg with annotations/<split>/*.png (0 = other)."""
+    if (root / "ADEChallengeData2016").is_dir():
+        root = root / "ADEChallengeData2016"
+    folder = {"val": "validation", "train": "training"}[split]
+    fix = f"pass the unzipped ADEChallengeData2016 folder, or the folder that holds it (got {root})"
+    samples = _pair(
+        root / "images" / folder, "*.jpg", root / "annotations" / folder, ".png", fix, fix
+    )
+    return SegmentationFolder("ADE20K", samples, reduce_zero_label=True)
+
+
+def _cityscapes(root: Path, split: str) -> SegmentationFolder:
+    """leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelTrainIds.png."""
+    samples = _pair(
+        root / "leftImg8bit" / split,
+        "*/*_leftImg8bit.png",
+        root / "gtFine" / split,
+        "_gtFine_labelTrainIds.png",
+        f"unzip leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into {root}",
+        f"unzip gtFine_trainvaltest.zip into {root}, then make the labelTrainIds files from its "
+        f"labelIds with `segzoo prepare cityscapes {root}`",
+    )
+    return SegmentationFolder("Cityscapes", samples)
+
+
+def _coco_stuff54(root: Path, split: str) -> SegmentationFolder:
+    """val2017/*.jpg with panoptic_stuff_val2017/*.png (likewise for train2017), as detectron2 lays them out."""
+    year_split = f"{split}2017"
+    samples = _pair(
+        root / year_split,
+        "*.jpg",
+        root / f"panoptic_stuff_{year_split}",
+        ".png",
+        f"unzip COCO's {year_split}.zip into {root}",
+        f"unzip COCO's panoptic annotations into {root} (annotations/panoptic_{year_split}.json "
+        f"and panoptic_{year_split}/), then make the stuff labels with `segzoo prepare coco-stuff54 {root}`",
+    )
+    return SegmentationFolder("COCO-Stuff54", samples)
+
+
+_READERS: dict[str, Callable[[Path, str], SegmentationFolder]] = {
+    "ADE20K": _ade20k,
+    "Cityscapes": _cityscapes,
+    "COCO-Stuff54": _coco_stuff54,
+}
+
+
+def _pair(
+    image_dir: Path, image_glob: str, label_dir: Path, label_suffix: str, image_fix: str, label_fix: str
+) -> list[Sample]:
+    """Samples pairing ``image_dir/<key><image suffix>`` with ``label_dir/<key><label_suffix>``.
+
+    ``image_glob`` is ``[subfolders/]*<image suffix>``; every image needs its label and every
+    label its image, else a DatasetError names a few of the missing files.
+    """
+    image_suffix = image_glob.rsplit("*", 1)[1]
+    label_glob = image_glob.rsplit("*", 1)[0] + "*" + label_suffix
+    if not image_dir.is_dir():
+        raise DatasetError(f"no image folder {image_dir}; {image_fix}")
+    if not label_dir.is_dir():
+        raise DatasetError(f"no label folder {label_dir}; {label_fix}")
+    images = _by_key(image_dir, image_glob, image_suffix)
+    labels = _by_key(label_dir, label_glob, label_suffix)
+    if not images:
+        raise DatasetError(f"no images {image_dir / image_glob}; {image_fix}")
+    no_label = sorted(images.keys() - labels.keys())
+    if no_label:
+        raise DatasetError(
+            f"{len(no_label)} of {len(images)} images have no label; missing "
+            f"{_listing(label_dir, no_label, label_suffix)}; {label_fix}"
+        )
+    no_image = sorted(labels.keys() - images.keys())
+    if no_image:
+        raise DatasetError(
+            f"{len(no_image)} labels in {label_dir} have no image; missing "
+            f"{_listing(image_dir, no_image, image_suffix)}"
+        )
+    return [Sample(Path(key).name, images[key], labels[key]) for key in images]
+
+
+def _by_key(folder: Path, pattern: str, suffix: str) -> dict[str, Path]:
+    """Files matching ``pattern`` under ``folder``, keyed by relative path less ``suffix``."""
+    return {p.relative_to(folder).as_posix()[: -len(suffix)]: p for p in folder.glob(pattern)}
+
+
+def _listing(folder: Path, keys: list[str], suffix: str) -> str:
+    """A few expected paths, and how many more there are."""
+    shown = ", ".join(str(folder / f"{key}{suffix}") for key in keys[:_MAX_LISTED])
+    more = len(keys) - _MAX_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _read_label(path: Path) -> np.ndarray:
+    """The (H, W) uint8 class-index array of a single-channel label PNG."""
+    with Image.open(path) as img:
+        mode = img.mode
+        label = np.array(img)
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise DatasetError(f"label {path} is a {mode!r} image; expected single-channel 8-bit class indices")
+    return label
+
+
+def _reduce_zero_label(label: np.ndarray) -> np.ndarray:
+    """mmseg's ``reduce_zero_label``: 0 becomes ignored and every other class moves down by one."""
+    label = label.copy()
+    label[label == 0] = IGNORE_INDEX
+    label -= 1
+    label[label == IGNORE_INDEX - 1] = IGNORE_INDEX
+    return label
