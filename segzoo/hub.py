@@ -18,9 +18,7 @@ CARD_NAME = "README.md"
 
 def _info_for(model: EncoderDecoder) -> ModelInfo:
     """The model's info, adjusted when its classifier no longer matches the entry."""
-    info = model.info
-    if info is None:
-        raise ValueError("the model carries no ModelInfo; build it with segzoo.create_model")
+    info = model.require_info()
     if model.num_classes != info.num_classes:
         note = f"Derived from {info.name} with a new {model.num_classes}-class classifier; metrics are not inherited."
         info = dataclasses.replace(

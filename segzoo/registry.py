@@ -80,24 +80,26 @@ def create_model(
     order (downloaded once into the cache, verified); ``checkpoint_path`` loads
     a local file instead: an original mmseg checkpoint or a segzoo
     ``.safetensors`` file. ``hf-hub:ORG/REPO[@REVISION]`` names a segzoo-native
-    Hugging Face repository, whose weights are always loaded. Loading is strict,
-    and a model that gets weights is never randomly initialized first. A ``num_classes`` other than the entry's keeps every loaded
-    weight except the classifier layers, which are freshly initialized. Other
-    keyword arguments go to the architecture builder (e.g. ``drop_path_rate``).
+    Hugging Face repository, whose weights are always loaded. Loading is
+    strict, and a model that gets weights is never randomly initialized first.
+    A ``num_classes`` other than the entry's keeps every loaded weight except
+    the classifier layers, which are freshly initialized. Other keyword
+    arguments go to the architecture builder (e.g. ``drop_path_rate``).
     """
-    if name.startswith(HF_HUB_PREFIX):
+    from_hub = name.startswith(HF_HUB_PREFIX)
+    if from_hub:
         config_path = hf_hub.download_file(name, hf_hub.CONFIG_NAME, local_only=offline())
         info = from_plain(ModelInfo, json.loads(config_path.read_text())["info"])
     else:
         info = model_info(name)
-    with_weights = pretrained or checkpoint_path is not None or name.startswith(HF_HUB_PREFIX)
+    with_weights = pretrained or checkpoint_path is not None or from_hub
     classes = info.num_classes if num_classes is None else num_classes
     model = build_architecture(
         info.architecture, initialize=not with_weights, **{**info.arch_args, **kwargs, "num_classes": classes}
     )
     model.info = info
     reinit = model.classifier_names() if classes != info.num_classes else []
-    if name.startswith(HF_HUB_PREFIX):
+    if from_hub:
         path = hf_hub.download_file(name, hf_hub.WEIGHTS_NAME, local_only=offline())
         load_state_dict_strict(model, read_state_dict(path), f"{name} ({path})", skip=reinit)
     elif checkpoint_path is not None:

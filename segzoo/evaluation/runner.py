@@ -81,9 +81,7 @@ def evaluate(
     equals a single process's. ``save_predictions`` writes each label map as an
     indexed PNG named after the sample.
     """
-    info = model.info
-    if info is None:
-        raise ValueError("the model carries no ModelInfo; build it with segzoo.create_model")
+    info = model.require_info()
     if info.num_classes != len(dataset.classes) or model.num_classes != len(dataset.classes):
         raise ValueError(f"{info.name} predicts {model.num_classes} classes, {dataset.dataset} has {len(dataset.classes)}")
     device = next(model.parameters()).device

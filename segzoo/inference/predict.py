@@ -61,9 +61,7 @@ def infer_scores(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """``(N, C, H, W)`` scores at the pixels' own size for a batch of same-sized ``(N, 3, H, W)`` 0-255 images."""
-    info = model.info
-    if info is None:
-        raise ValueError("the model carries no ModelInfo; build it with segzoo.create_model")
+    info = model.require_info()
     pipeline = info.test_pipeline
     mode = mode or pipeline.mode
     if mode not in ("whole", "slide"):

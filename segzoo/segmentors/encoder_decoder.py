@@ -42,6 +42,12 @@ class EncoderDecoder(nn.Module):
             self.auxiliary_head = auxiliary_head
         self.align_corners = align_corners
 
+    def require_info(self) -> ModelInfo:
+        """The zoo entry this model was built from; inference needs its pipeline."""
+        if self.info is None:
+            raise ValueError("the model carries no ModelInfo; build it with segzoo.create_model")
+        return self.info
+
     @property
     def num_classes(self) -> int:
         return self.decode_head.conv_seg.out_channels
