@@ -128,7 +128,7 @@ def _download(args: argparse.Namespace) -> int:
     from segzoo.mirror import download_to_folder
 
     names = segzoo.list_models() if args.all else args.models
-    print(f"wrote {download_to_folder(names, Path(args.to), progress=not args.quiet and None)}")
+    print(f"wrote {download_to_folder(names, Path(args.to), progress=False if args.quiet else None)}")
     return 0
 
 
@@ -138,7 +138,7 @@ def _pin(args: argparse.Namespace) -> int:
     from segzoo.zoo.pins import PINS_FILE
 
     names = segzoo.list_models() if args.all else args.models
-    for name, sha256 in pin(names, Path(args.pins_file or PINS_FILE), progress=not args.quiet and None).items():
+    for name, sha256 in pin(names, Path(args.pins_file or PINS_FILE), progress=False if args.quiet else None).items():
         print(f"{name}: sha256 {sha256}")
     return 0
 
