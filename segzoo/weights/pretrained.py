@@ -35,7 +35,7 @@ def load_pretrained(
         try:
             fetched = fetch_weights(source, progress)
         except WeightsUnavailableError as err:
-            log.warning("%s: source %s unavailable, trying the next one", info.name, source.url)
+            log.warning("%s: weights unavailable from %s", info.name, source.url)
             failures.append(f"- {source.url}: {err}")
             continue
         lock = None if source.is_hf_hub else ChecksumLock(cache_dir())
