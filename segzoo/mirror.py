@@ -6,11 +6,8 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
-
-from segzoo.families import build_architecture
-from segzoo.registry import model_info
-from segzoo.weights import FetchedFile, fetch_weights, load_state_dict_strict, read_state_dict
+from segzoo.registry import create_model, model_info
+from segzoo.weights import FetchedFile, fetch_weights
 from segzoo.weights.cache import file_sha256
 from segzoo.zoo.pins import PINS_FILE, write_pin
 from segzoo.zoo.records import ModelInfo, WeightSource
@@ -29,9 +26,7 @@ def _verified_file(info: ModelInfo, progress: bool | None) -> tuple[WeightSource
     """Fetch the entry's file and prove it loads strictly into the architecture."""
     source = _url_source(info)
     fetched = fetch_weights(source, progress)
-    with torch.device("meta"):
-        model = build_architecture(info.architecture, **info.arch_args, num_classes=info.num_classes)
-    load_state_dict_strict(model, read_state_dict(fetched.path), str(fetched.path))
+    create_model(info.name, checkpoint_path=fetched.path)  # raises unless every tensor fits
     return source, fetched
 
 

@@ -1,5 +1,5 @@
 """Inference as each entry's upstream test pipeline does it: preprocessing, whole/slide modes, aug-test."""
-from segzoo.inference.modes import slide_logits, whole_logits
+from segzoo.inference.modes import slide_logits
 from segzoo.inference.pipeline import keep_ratio_shape, load_image, preprocess
 from segzoo.inference.predict import Prediction, predict
 
@@ -10,5 +10,4 @@ __all__ = [
     "predict",
     "preprocess",
     "slide_logits",
-    "whole_logits",
 ]

@@ -1,13 +1,8 @@
-"""Whole-image and sliding-window inference, computing what mmseg's ``whole_inference``/``slide_inference`` do."""
+"""Sliding-window inference, computing what mmseg's ``slide_inference`` does (whole-image is one forward pass)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-def whole_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Logits at input resolution from one forward pass."""
-    return model(images)
 
 
 def slide_logits(

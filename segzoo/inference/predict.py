@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from segzoo.inference.modes import slide_logits, whole_logits
+from segzoo.inference.modes import slide_logits
 from segzoo.inference.pipeline import load_image, preprocess, to_pixels
 from segzoo.segmentors import EncoderDecoder
 
@@ -79,7 +79,7 @@ def infer_scores(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            logits = whole_logits(model, x) if mode == "whole" else slide_logits(model, x, model.num_classes, crop, stride)
+            logits = model(x) if mode == "whole" else slide_logits(model, x, model.num_classes, crop, stride)
         logits = F.interpolate(logits.float(), size=pixels.shape[2:], mode="bilinear", align_corners=model.align_corners)
         if not aug_test:
             return logits

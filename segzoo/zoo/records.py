@@ -147,10 +147,14 @@ class ModelInfo:
         object.__setattr__(self, "arch_args", _freeze(self.arch_args))
 
     @property
+    def metrics_text(self) -> str:
+        """The reported metrics as one phrase: ``mIoU 47.7, mAcc 59.8``."""
+        return ", ".join(f"{k} {v}" for k, v in self.metrics.items())
+
+    @property
     def summary(self) -> str:
         """One line: what the model is and how well it does."""
-        scores = ", ".join(f"{k} {v}" for k, v in self.metrics.items())
         return (
             f"{self.backbone} + {self.head} on {self.dataset} ({self.num_classes} classes): "
-            f"{scores}; {self.params_m}M params ({self.paper.title}, arXiv:{self.paper.arxiv_id})"
+            f"{self.metrics_text}; {self.params_m}M params ({self.paper.title}, arXiv:{self.paper.arxiv_id})"
         )
