@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from segzoo.families import build_architecture
+from segzoo.families import build_architecture, convert_state_dict
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict
 from segzoo.zoo import ENTRIES, ModelInfo
@@ -103,7 +103,9 @@ def create_model(
         path = hf_hub.download_file(name, hf_hub.WEIGHTS_NAME, local_only=offline())
         load_state_dict_strict(model, read_state_dict(path), f"{name} ({path})", skip=reinit)
     elif checkpoint_path is not None:
-        state_dict = read_state_dict(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
+        state_dict = convert_state_dict(
+            info.architecture, read_state_dict(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
+        )
         load_state_dict_strict(model, state_dict, str(checkpoint_path), skip=reinit)
     elif pretrained:
         load_pretrained(model, info, skip=reinit, progress=progress)

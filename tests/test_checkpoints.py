@@ -102,7 +102,7 @@ def test_unreadable_files_get_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="junk.pth"):
         read_state_dict(tmp_path / "junk.pth")
     torch.save({"model": "nothing"}, tmp_path / "odd.pth")
-    with pytest.raises(CheckpointError, match="neither a state dict nor an mmseg checkpoint"):
+    with pytest.raises(CheckpointError, match="neither a state dict nor a checkpoint holding one"):
         read_state_dict(tmp_path / "odd.pth")
 
 

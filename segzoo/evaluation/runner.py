@@ -17,7 +17,7 @@ from segzoo.inference.predict import Amp, Mode, infer_scores
 from segzoo.segmentors import EncoderDecoder
 from segzoo.visualize import indexed_labels
 
-_METRICS = {"mmseg": mmseg_metrics, "detectron2": detectron2_metrics}
+_METRICS = {"mmseg": mmseg_metrics, "detectron2_2019": detectron2_metrics}
 
 
 @dataclass

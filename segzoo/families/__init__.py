@@ -2,30 +2,53 @@
 
 A zoo entry names its architecture and arguments; :func:`build_architecture`
 turns that into a module. Builders register themselves with
-:func:`register_architecture` when their family module is imported below.
+:func:`register_architecture` when their family module is imported below,
+optionally with a converter from the original checkpoint layout to segzoo's
+(timm's ``checkpoint_filter_fn`` idea), which :func:`convert_state_dict` applies.
 """
 from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 
 from segzoo.segmentors import EncoderDecoder
 
 Builder = Callable[..., EncoderDecoder]
+StateDict = Mapping[str, torch.Tensor]
+Converter = Callable[[StateDict], StateDict]
 _ARCHITECTURES: dict[str, Builder] = {}
+_CONVERTERS: dict[str, Converter] = {}
 
 
-def register_architecture(fn: Builder) -> Builder:
-    """Register a builder under its function name."""
-    if fn.__name__ in _ARCHITECTURES:
-        raise ValueError(f"architecture {fn.__name__!r} is registered twice")
-    _ARCHITECTURES[fn.__name__] = fn
-    return fn
+def register_architecture(fn: Builder | None = None, *, convert: Converter | None = None) -> Any:
+    """Register a builder under its function name: ``@register_architecture`` or
+    ``@register_architecture(convert=fn)``.
+
+    ``convert`` maps a state dict in the original checkpoint's layout to
+    segzoo's; it must return a segzoo-layout state dict unchanged, since
+    segzoo's own files go through it too.
+    """
+    def register(builder: Builder) -> Builder:
+        if builder.__name__ in _ARCHITECTURES:
+            raise ValueError(f"architecture {builder.__name__!r} is registered twice")
+        _ARCHITECTURES[builder.__name__] = builder
+        if convert is not None:
+            _CONVERTERS[builder.__name__] = convert
+        return builder
+
+    return register(fn) if fn is not None else register
+
+
+def convert_state_dict(architecture: str, state_dict: StateDict) -> StateDict:
+    """``state_dict`` in segzoo's layout for ``architecture`` (unchanged when it has no converter)."""
+    convert = _CONVERTERS.get(architecture)
+    return convert(state_dict) if convert is not None else state_dict
 
 
 _INIT_FUNCTIONS = (

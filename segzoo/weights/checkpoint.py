@@ -63,11 +63,22 @@ def read_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict
     return _find_state_dict(obj, path)
 
 
+# Keys under which training frameworks store the weights: mmcv's runner ({"state_dict", "meta", "optimizer"})
+# and detectron2's checkpointer ({"model", "optimizer", "scheduler", "iteration"}).
+_CONTAINER_KEYS = ("state_dict", "model")
+
+
 def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]  # mmcv runner checkpoint: {"state_dict", "meta", "optimizer"}
+    if isinstance(obj, Mapping):
+        for key in _CONTAINER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
     if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(f"{path} is neither a state dict nor an mmseg checkpoint with a 'state_dict'")
+        raise CheckpointError(
+            f"{path} is neither a state dict nor a checkpoint holding one under 'state_dict' (mmseg) or "
+            f"'model' (detectron2)"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

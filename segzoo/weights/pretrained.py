@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from segzoo.families import convert_state_dict
 from segzoo.weights.cache import ChecksumLock, cache_dir, file_sha256
 from segzoo.weights.checkpoint import load_state_dict_strict, read_state_dict
 from segzoo.weights.errors import CheckpointError, WeightsUnavailableError
@@ -42,6 +43,8 @@ def load_pretrained(
         copy = lock.derived_copy(source, fetched.path) if lock is not None else None
         try:
             state_dict = read_state_dict(copy or fetched.path)
+            if not source.is_hf_hub:
+                state_dict = convert_state_dict(info.architecture, state_dict)
             load_state_dict_strict(model, state_dict, str(fetched.path), skip=skip)
         except CheckpointError:
             if lock is not None and lock.expected_sha256(source) is None:

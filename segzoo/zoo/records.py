@@ -9,7 +9,13 @@ from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
-CheckpointFormat = Literal["mmseg", "safetensors"]
+# How a checkpoint file wraps its state dict: an mmcv runner checkpoint ({"state_dict", "meta"}), a detectron2
+# checkpoint ({"model", "iteration"} or a bare state dict), a segzoo .safetensors file, or a bare state dict.
+CheckpointFormat = Literal["mmseg", "detectron2", "safetensors", "pytorch"]
+# Where a source's file comes from: a plain http(s) URL; a segzoo-native Hugging Face repository; an archive at a
+# URL that packs the checkpoint with other files; a share page that needs a person (login, extraction code);
+# a Google Drive file id.
+SourceKind = Literal["url", "hf-hub", "archive", "manual", "google-drive"]
 HF_HUB_PREFIX = "hf-hub:"
 
 
@@ -57,21 +63,36 @@ class Paper:
 
 @dataclass(frozen=True)
 class WeightSource:
-    """A checkpoint to fetch: an http(s) URL, or ``hf-hub:ORG/REPO[@REVISION]`` for a segzoo-native
-    Hugging Face repository. ``sha256``/``size`` are ``None`` until someone has pinned them."""
+    """A checkpoint to fetch and how: see :data:`SourceKind`.
+
+    ``url`` is an http(s) URL, ``hf-hub:ORG/REPO[@REVISION]``, a share page
+    (``manual``, with its ``access_code``) or a Google Drive file URL.
+    ``file_name`` is the name the file has in the cache and in mirrors when
+    the URL does not end with it (share pages, Drive). ``sha256``/``size`` are
+    ``None`` until someone has pinned them.
+    """
 
     url: str
     format: CheckpointFormat
     sha256: str | None = None
     size: int | None = None
+    kind: SourceKind = "url"
+    file_name: str | None = None
+    access_code: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.url.startswith(HF_HUB_PREFIX) and self.kind != "hf-hub":
+            object.__setattr__(self, "kind", "hf-hub")
+        if self.kind in ("manual", "google-drive") and not self.file_name:
+            raise ValueError(f"a {self.kind} weight source needs a file_name: {self.url}")
 
     @property
     def is_hf_hub(self) -> bool:
-        return self.url.startswith(HF_HUB_PREFIX)
+        return self.kind == "hf-hub"
 
     @property
     def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return self.file_name or self.url.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,16 @@ class InferencePipeline:
     runs ``crop_size`` windows every ``stride`` pixels (both (h, w)); when the
     entry does not set them, the training crop and two thirds of it are used.
     ``aug_ratios``/``aug_flip`` are mmseg's multi-scale + flip test (aug-test).
+
+    ``resize`` names the resize rule: ``keep_ratio`` is mmcv's (OpenCV
+    bilinear on 8-bit images, ``scale`` as above); ``shortest_edge`` is
+    detectron2's ``ResizeShortestEdge`` (PIL bilinear, ``scale`` = (shortest
+    edge, longest-edge cap)). ``slide_windows`` says how slide mode treats
+    the last window of a row or column: ``shift`` moves it back to end at the
+    border (mmseg's ``slide_inference``), ``pad`` zero-pads every window to
+    ``crop_size`` (RegionProxy's own slide routine). ``rescale_align_corners``
+    is the ``align_corners`` of the final resize of the scores to the image
+    size; ``None`` means the model's own.
     """
 
     scale: tuple[int, int]
@@ -102,6 +133,9 @@ class InferencePipeline:
     stride: tuple[int, int] | None = None
     aug_ratios: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     aug_flip: bool = True
+    resize: Literal["keep_ratio", "shortest_edge"] = "keep_ratio"
+    slide_windows: Literal["shift", "pad"] = "shift"
+    rescale_align_corners: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +147,17 @@ class UpstreamConfig:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Everything segzoo knows about one published model; numbers are as the source README reports them."""
+    """Everything segzoo knows about one published model; numbers are as the source README reports them.
+
+    ``params_m``/``flops_g`` are ``None`` where the table gives none
+    (``num_params`` is always the exact count of the model). ``metrics`` were
+    measured on the ``metrics_split`` of ``dataset`` (``test``: an evaluation
+    server) and ``evaluator`` names the convention that computed them:
+    ``mmseg`` (mmsegmentation 0.x), ``detectron2_2019`` (detectron2's
+    ``SemSegEvaluator`` as of 2019) or ``cityscapes`` (the official
+    cityscapesScripts evaluation). ``reported_costs`` holds the table's other
+    columns, e.g. ``{"train time (s/iter)": 0.81, "inference time (s/im)": 0.11}``.
+    """
 
     name: str
     family: str
@@ -127,9 +171,9 @@ class ModelInfo:
     test_pipeline: InferencePipeline
     align_corners: bool
     metrics: Mapping[str, float]
-    params_m: float
-    flops_g: float
-    flops_input_shape: tuple[int, int, int]
+    params_m: float | None
+    flops_g: float | None
+    flops_input_shape: tuple[int, int, int] | None
     num_params: int
     train_iters: int
     train_batch_size: int
@@ -139,12 +183,15 @@ class ModelInfo:
     upstream: UpstreamConfig
     architecture: str
     arch_args: Mapping[str, Any] = field(default_factory=dict)
-    evaluator: Literal["mmseg", "detectron2"] = "mmseg"
+    evaluator: Literal["mmseg", "detectron2_2019", "cityscapes"] = "mmseg"
+    metrics_split: Literal["val", "test"] = "val"
+    reported_costs: Mapping[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", _freeze(self.metrics))
         object.__setattr__(self, "arch_args", _freeze(self.arch_args))
+        object.__setattr__(self, "reported_costs", _freeze(self.reported_costs))
 
     @property
     def metrics_text(self) -> str:
