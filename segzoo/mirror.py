@@ -9,12 +9,11 @@ from pathlib import Path
 from segzoo.registry import create_model, model_info
 from segzoo.weights import FetchedFile, fetch_weights
 from segzoo.weights.cache import file_sha256
+from segzoo.weights.fetch import MANIFEST_NAME, ManualDownloadRequired
 from segzoo.zoo.pins import PINS_FILE, write_pin
 from segzoo.zoo.records import ModelInfo, WeightSource
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
 
 
 def _url_source(info: ModelInfo) -> WeightSource:
@@ -30,14 +29,26 @@ def _verified_file(info: ModelInfo, progress: bool | None) -> tuple[WeightSource
     return source, fetched
 
 
-def download_to_folder(names: list[str], folder: Path, progress: bool | None = None) -> Path:
-    """Copy the weights of ``names`` into ``folder`` with a ``manifest.json``; usable as ``SEGZOO_MIRROR``."""
+def download_to_folder(
+    names: list[str], folder: Path, progress: bool | None = None
+) -> tuple[Path, dict[str, str]]:
+    """Copy the weights of ``names`` into ``folder`` with a ``manifest.json``; usable as ``SEGZOO_MIRROR``.
+
+    Returns the manifest's path and, for entries published on share pages
+    that need a person (``manual`` sources) whose file is not in the cache
+    yet, what to do; those already in the cache are copied like the others.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manual = {}
     for name in names:
         info = model_info(name)
-        source, fetched = _verified_file(info, progress)
+        try:
+            source, fetched = _verified_file(info, progress)
+        except ManualDownloadRequired as err:
+            manual[info.name] = str(err)
+            continue
         shutil.copyfile(fetched.path, folder / source.filename)
         manifest[info.name] = {
             "file": source.filename,
@@ -47,16 +58,26 @@ def download_to_folder(names: list[str], folder: Path, progress: bool | None = N
         }
         log.info("%s -> %s", info.name, folder / source.filename)
     manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
-    return manifest_path
+    return manifest_path, manual
 
 
-def pin(names: list[str], pins_file: Path = PINS_FILE, progress: bool | None = None) -> dict[str, str]:
-    """Download, strictly load and record sha256 and size of each entry's file in the registry's pins."""
-    pinned = {}
+def pin(
+    names: list[str], pins_file: Path = PINS_FILE, progress: bool | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Download, strictly load and record sha256 and size of each entry's file in the registry's pins.
+
+    Returns the pinned hashes by name, and for ``manual`` entries whose file is
+    not in the cache yet, what a person must do first.
+    """
+    pinned, manual = {}, {}
     for name in names:
         info = model_info(name)
-        source, fetched = _verified_file(info, progress)
+        try:
+            source, fetched = _verified_file(info, progress)
+        except ManualDownloadRequired as err:
+            manual[info.name] = str(err)
+            continue
         sha256 = fetched.sha256 or file_sha256(fetched.path)
         write_pin(source.url, sha256, fetched.path.stat().st_size, pins_file)
         pinned[info.name] = sha256
-    return pinned
+    return pinned, manual

@@ -4,13 +4,16 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import numbers
 import warnings
 from pathlib import Path
 from typing import Any
 
 from segzoo.families import build_architecture, convert_state_dict
 from segzoo.segmentors import EncoderDecoder
-from segzoo.weights import hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict
+from segzoo.weights import (
+    UnsafeCheckpointError, hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict,
+)
 from segzoo.zoo import ENTRIES, ModelInfo
 from segzoo.zoo.records import HF_HUB_PREFIX, from_plain
 
@@ -72,6 +75,7 @@ def create_model(
     checkpoint_path: str | Path | None = None,
     allow_unsafe_pickle: bool = False,
     progress: bool | None = None,
+    verify: bool | None = None,
     **kwargs: Any,
 ) -> EncoderDecoder:
     """Build a registered model, in eval mode, optionally with weights.
@@ -83,9 +87,17 @@ def create_model(
     Hugging Face repository, whose weights are always loaded. Loading is
     strict, and a model that gets weights is never randomly initialized first.
     A ``num_classes`` other than the entry's keeps every loaded weight except
-    the classifier layers, which are freshly initialized. Other keyword
-    arguments go to the architecture builder (e.g. ``drop_path_rate``).
+    the classifier layers, which are freshly initialized. ``verify=True`` (or
+    ``SEGZOO_VERIFY=always``) re-hashes cached weight files on this load even
+    when their size and mtime are unchanged. Other keyword arguments go to the
+    architecture builder (e.g. ``drop_path_rate``).
     """
+    if num_classes is not None and (
+        not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1
+    ):
+        raise ValueError(
+            f"num_classes must be a positive integer (how many classes your labels have), got {num_classes!r}"
+        )
     from_hub = name.startswith(HF_HUB_PREFIX)
     if from_hub:
         config_path = hf_hub.download_file(name, hf_hub.CONFIG_NAME, local_only=offline())
@@ -103,12 +115,17 @@ def create_model(
         path = hf_hub.download_file(name, hf_hub.WEIGHTS_NAME, local_only=offline())
         load_state_dict_strict(model, read_state_dict(path), f"{name} ({path})", skip=reinit)
     elif checkpoint_path is not None:
-        state_dict = convert_state_dict(
-            info.architecture, read_state_dict(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
-        )
+        try:
+            state_dict = read_state_dict(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
+        except UnsafeCheckpointError as err:
+            raise UnsafeCheckpointError(
+                f"{err}\nIf you trust this file, pass allow_unsafe_pickle=True (--allow-unsafe-pickle on the "
+                f"command line)."
+            ) from err
+        state_dict = convert_state_dict(info.architecture, state_dict)
         load_state_dict_strict(model, state_dict, str(checkpoint_path), skip=reinit)
     elif pretrained:
-        load_pretrained(model, info, skip=reinit, progress=progress)
+        load_pretrained(model, info, skip=reinit, progress=progress, verify=verify)
     if reinit and with_weights:
         warnings.warn(
             f"{info.name}: num_classes={classes} differs from the checkpoint's {info.num_classes}; "

@@ -62,7 +62,7 @@ def test_connection_dropped_halfway_is_resumed_and_verified(served, isolated_cac
 
 
 def test_next_call_resumes_what_a_failed_call_left(served, isolated_cache, monkeypatch):
-    monkeypatch.setattr("segzoo.weights.download.RETRIES", 0)
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "0")
     served.truncate = 1
     with pytest.raises(WeightsUnavailableError):
         fetch_weights(_source(served), progress=False)
@@ -81,7 +81,7 @@ def test_stray_partial_file_is_never_trusted(served, isolated_cache):
 
 
 def test_resumed_file_that_does_not_verify_is_downloaded_again(served, isolated_cache, monkeypatch):
-    monkeypatch.setattr("segzoo.weights.download.RETRIES", 0)
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "0")
     served.truncate = 1
     with pytest.raises(WeightsUnavailableError):
         fetch_weights(_source(served), progress=False)
@@ -115,8 +115,8 @@ def test_unreachable_host_fails_fast_with_instructions(isolated_cache):
 
 
 def test_read_timeout_is_bounded(served, monkeypatch):
-    monkeypatch.setattr("segzoo.weights.download.TIMEOUT_S", (1.0, 0.2))
-    monkeypatch.setattr("segzoo.weights.download.RETRIES", 1)
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_TIMEOUT", "0.2")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "1")
     served.chunk_delay_s = 1.0
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError, match="timed out|Read"):

@@ -5,6 +5,7 @@ from segzoo.weights.errors import (
     CheckpointError,
     CheckpointMismatchError,
     ChecksumMismatchError,
+    UnsafeCheckpointError,
     WeightsError,
     WeightsUnavailableError,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "ChecksumMismatchError",
+    "UnsafeCheckpointError",
     "FetchedFile",
     "WeightsError",
     "WeightsUnavailableError",

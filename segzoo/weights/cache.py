@@ -3,9 +3,10 @@
 Until the registry pins a file's sha256, the first download that loads
 strictly records its hash in ``checksums.lock.json`` in the cache; later loads,
 re-downloads and mirror copies must match it. Each record also keeps the
-file's size and mtime, so a cache hit is re-hashed only when the file changed,
-and may name a ``derived`` safetensors copy of a verified ``.pth`` file, which
-later loads read instead because it loads much faster than a pickle.
+file's size and mtime, so a cache hit is re-hashed only when the file changed
+(or always, with ``SEGZOO_VERIFY=always``), and may name a ``derived``
+safetensors copy of a verified ``.pth`` file, with the copy's own sha256,
+which later loads read instead because it loads much faster than a pickle.
 """
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ class ChecksumLock:
     def _read(self) -> dict[str, dict]:
         return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
+    def records(self) -> dict[str, dict]:
+        """Every record, by source URL."""
+        return self._read()
+
     def get(self, source: WeightSource) -> dict | None:
         return self._read().get(source.url)
 
@@ -69,13 +74,28 @@ class ChecksumLock:
         record = self.get(source)
         return bool(record) and record["sha256"] == sha256 and (record["size"], record["mtime_ns"]) == _signature(path)
 
-    def derived_copy(self, source: WeightSource, path: Path) -> Path | None:
-        """The recorded safetensors copy of ``path``, if it is still exactly as written."""
+    def derived_copy(self, source: WeightSource, path: Path, verify: bool = False) -> Path | None:
+        """The recorded safetensors copy of ``path``, if it still has the sha256 recorded when it was written.
+
+        The copy is re-hashed when its size or mtime changed, or always with
+        ``verify``; a copy that no longer matches is removed (the caller
+        rebuilds it from the verified original).
+        """
         derived = (self.get(source) or {}).get("derived")
-        if not derived:
+        if not derived or "sha256" not in derived:
             return None
         copy = path.with_name(derived["file"])
-        return copy if copy.is_file() and _signature(copy) == (derived["size"], derived["mtime_ns"]) else None
+        if not copy.is_file():
+            return None
+        if not verify and _signature(copy) == (derived["size"], derived["mtime_ns"]):
+            return copy
+        actual = file_sha256(copy)
+        if actual == derived["sha256"]:
+            return copy
+        log.warning("the safetensors copy %s was altered (sha256 %s, recorded %s); removing it",
+                    copy, actual, derived["sha256"])
+        copy.unlink()
+        return None
 
     def record(self, source: WeightSource, path: Path, sha256: str, derived: Path | None = None) -> None:
         """Record ``path`` as verified with ``sha256`` (and, optionally, its safetensors copy)."""
@@ -95,11 +115,16 @@ class ChecksumLock:
             }
             if derived is not None:
                 size, mtime_ns = _signature(derived)
-                record["derived"] = {"file": derived.name, "size": size, "mtime_ns": mtime_ns}
+                record["derived"] = {
+                    "file": derived.name, "sha256": file_sha256(derived), "size": size, "mtime_ns": mtime_ns,
+                }
             elif previous.get("sha256") == sha256 and "derived" in previous:
                 record["derived"] = previous["derived"]
             records[source.url] = record
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-            with os.fdopen(fd, "w") as f:
-                json.dump(dict(sorted(records.items())), f, indent=2)
-            os.replace(tmp, self.path)
+            self._write(records)
+
+    def _write(self, records: dict[str, dict]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(dict(sorted(records.items())), f, indent=2)
+        os.replace(tmp, self.path)

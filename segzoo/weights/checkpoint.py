@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
+import tarfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -12,7 +14,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from segzoo.weights.errors import CheckpointError, CheckpointMismatchError
+from segzoo.weights.archive import extracted_checkpoint
+from segzoo.weights.errors import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
+from segzoo.weights.keys import prefix_summary
 
 log = logging.getLogger(__name__)
 
@@ -26,58 +30,112 @@ _NUMPY_SCALAR_GLOBALS = [
 ]
 
 MAX_KEYS_SHOWN = 10
+# Keys under which training frameworks store the weights: mmcv's runner ({"state_dict", "meta", "optimizer"})
+# and detectron2's checkpointer ({"model", "optimizer", "scheduler", "iteration"}).
+CONTAINER_KEYS = ("state_dict", "model")
 
 
-def read_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors of a segzoo ``.safetensors`` file or of an mmseg ``.pth`` checkpoint, on the CPU.
+def sniff_format(path: Path) -> str:
+    """What the bytes of ``path`` are: ``safetensors``, ``torch-zip``, ``pickle``, ``tar`` or a reason it is none.
 
-    Files are memory-mapped where the format allows it. ``.pth`` files are
-    unpickled with ``weights_only=True``; a file that needs arbitrary objects
-    is refused unless ``allow_unsafe_pickle`` is set, which runs whatever code
-    the file contains: use it only for files you trust. A leading ``module.``
-    (from a DataParallel wrapper) is removed from every key.
+    Anything else raises :class:`CheckpointError` with a message fit for the
+    file at hand (missing, a folder, empty, text or a web page, other bytes).
     """
-    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; pass the .pth or .safetensors file in it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), perhaps an interrupted download or copy; fetch it again")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if zipfile.is_zipfile(path):
+        return "torch-zip"
+    if tarfile.is_tarfile(path):
+        return "tar"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
+    text = head.decode("utf-8", errors="replace")[:-1]  # the last character may be cut in two
+    if "\ufffd" not in text and all(c.isprintable() or c.isspace() for c in text):
+        start = text.lstrip()[:60].replace("\n", " ")
+        kind = "a web page" if start.lower().startswith(("<!doctype html", "<html")) else "a text file"
+        hint = " (a login or error page saved in place of the file?)" if kind == "a web page" else ""
+        raise CheckpointError(f"{path} is {kind}{hint}, not a checkpoint: it starts with {start!r}")
+    raise CheckpointError(
+        f"{path} is not a checkpoint: its {size} bytes are neither a PyTorch file (zip or pickle) nor safetensors; "
+        f"fetch it again or check that it is the right file"
+    )
+
+
+def load_checkpoint_object(path: str | Path, allow_unsafe_pickle: bool = False) -> object:
+    """The object a checkpoint file holds, read without running code unless ``allow_unsafe_pickle``.
+
+    safetensors files are recognised by their content, whatever their suffix.
+    A pickle that needs more than tensors and plain data raises
+    :class:`UnsafeCheckpointError`; callers that offer the opt-in say how.
+    """
+    path = Path(path)
+    kind = sniff_format(path)
+    if kind == "tar":
+        raise CheckpointError(f"{path} is a tar archive; read_state_dict finds the checkpoint inside it")
+    if kind == "safetensors":
         try:
             return safetensors.torch.load_file(path)
         except (safetensors.SafetensorError, OSError) as err:
             raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
-    mmap = zipfile.is_zipfile(path)  # torch can map only its zip format
+    mmap = kind == "torch-zip"  # torch can map only its zip format
     try:
         if allow_unsafe_pickle:
             log.warning("unpickling %s without restrictions (allow_unsafe_pickle=True)", path)
-            obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-        else:
-            with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} holds more than tensors and plain data, and segzoo does not unpickle arbitrary objects "
-            f"(weights_only=True): {err}\nIf you trust this file, pass allow_unsafe_pickle=True."
+        needed = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"the Python object {needed.group(1)}" if needed else str(err).strip().splitlines()[-1]
+        raise UnsafeCheckpointError(
+            f"{path} holds more than tensors and plain data (it needs {what}), and segzoo does not unpickle "
+            f"arbitrary objects, which could run code"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
-    return _find_state_dict(obj, path)
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (truncated or damaged?): {err}") from err
 
 
-# Keys under which training frameworks store the weights: mmcv's runner ({"state_dict", "meta", "optimizer"})
-# and detectron2's checkpointer ({"model", "optimizer", "scheduler", "iteration"}).
-_CONTAINER_KEYS = ("state_dict", "model")
+def read_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a segzoo ``.safetensors`` file, of an mmseg / detectron2 / bare ``.pth`` checkpoint, or of
+    the checkpoint inside a tar archive, on the CPU.
+
+    Files are memory-mapped where the format allows it. ``.pth`` files are
+    unpickled with ``weights_only=True``; a file that needs arbitrary objects
+    is refused unless ``allow_unsafe_pickle`` is set, which runs whatever code
+    the file contains: use it only for files you trust. Archives are checked
+    member by member and only the checkpoint is extracted (see
+    :mod:`segzoo.weights.archive`). A leading ``module.`` (from a
+    DataParallel wrapper) is removed from every key.
+    """
+    path = Path(path)
+    if sniff_format(path) == "tar":
+        with extracted_checkpoint(path) as checkpoint:
+            try:
+                return read_state_dict(checkpoint, allow_unsafe_pickle)
+            except CheckpointError as err:
+                raise type(err)(f"in the archive {path}: {err}") from err
+    return _find_state_dict(load_checkpoint_object(path, allow_unsafe_pickle), path)
 
 
 def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
-        for key in _CONTAINER_KEYS:
+        for key in CONTAINER_KEYS:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         raise CheckpointError(
             f"{path} is neither a state dict nor a checkpoint holding one under 'state_dict' (mmseg) or "
-            f"'model' (detectron2)"
+            f"'model' (detectron2); `segzoo inspect {path}` shows what it holds"
         )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
@@ -94,13 +152,44 @@ def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
         setattr(module, attr, tensor)
 
 
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:MAX_KEYS_SHOWN]) + (" ..." if len(keys) > MAX_KEYS_SHOWN else "")
+
+
+def _matching_dtypes(
+    given: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """``given`` with floating tensors cast to the model's floating dtype; any other dtype difference is an error."""
+    cast: dict[str, torch.Tensor] = {}
+    wrong = []
+    for key, tensor in given.items():
+        want = expected[key].dtype
+        if tensor.dtype == want:
+            continue
+        if tensor.is_floating_point() and torch.empty((), dtype=want).is_floating_point():
+            cast[key] = tensor.to(want)
+        else:
+            wrong.append(f"{key}: checkpoint {tensor.dtype}, model {want}")
+    if wrong:
+        raise CheckpointMismatchError(
+            f"{source} has tensors of a dtype the model cannot take ({len(wrong)}): {_listed(wrong)}; "
+            f"a checkpoint for this model stores floating-point weights (and int64 BatchNorm counters)"
+        )
+    if cast:
+        pairs = sorted({f"{given[k].dtype} -> {t.dtype}" for k, t in cast.items()})
+        log.info("%s: cast %d tensors to the model's dtype (%s)", source, len(cast), ", ".join(pairs))
+    return {**given, **cast}
+
+
 def load_state_dict_strict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, skip: Iterable[str] = ()
 ) -> None:
     """Put ``state_dict`` into ``model``, requiring every key and shape to match.
 
     The tensors are assigned, not copied, so ``model`` may be built without
-    initialization (or on the meta device). Submodules named in ``skip`` ignore
+    initialization (or on the meta device). Floating-point tensors of another
+    precision (half, double) are cast to the model's dtype, with a log line;
+    other dtype differences are errors. Submodules named in ``skip`` ignore
     the checkpoint and are freshly initialized. On any mismatch nothing is
     loaded and the error names ``source`` and the offending keys.
     """
@@ -119,10 +208,12 @@ def load_state_dict_strict(
         parts = [f"{source} does not match {type(model).__name__}"]
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if keys:
-                shown = ", ".join(keys[:MAX_KEYS_SHOWN]) + (" ..." if len(keys) > MAX_KEYS_SHOWN else "")
-                parts.append(f"{len(keys)} {label}: {shown}")
+                parts.append(f"{len(keys)} {label}: {_listed(keys)}")
+        if len(missing) > len(expected) // 2:  # mostly another layout: show both side by side
+            parts.append(f"the file holds: {prefix_summary(given)}")
+            parts.append(f"the model expects: {prefix_summary(expected)}")
         raise CheckpointMismatchError("\n  ".join(parts))
-    _assign(model, given)
+    _assign(model, _matching_dtypes(given, expected, source))
     for name in skip:
         module = model.get_submodule(name)
         if any(t.is_meta for t in (*module.parameters(), *module.buffers())):

@@ -1,38 +1,98 @@
-"""HTTP downloads that resume, retry, hash while streaming, and never pass a partial file off as whole.
+"""HTTP downloads that resume, retry, hash while streaming, end in bounded time, and never pass a partial file off as whole.
 
 Bytes go to ``<file>.partial``. A later attempt resumes it with a ``Range``
 request only when the server confirms, through ``If-Range`` and the validator
 (ETag or Last-Modified) saved beside the partial file, that it is still the
 same file; otherwise the download restarts. Proxies come from the environment
 (``HTTPS_PROXY``, ``NO_PROXY`` ...), as ``requests`` does.
+
+Every download ends in bounded time (:class:`DownloadLimits`, set through
+environment variables): a server that accepts and never answers fails after
+``retries + 1`` waits of ``timeout`` seconds (about a minute by default), and
+one that trickles bytes is aborted by a low-speed limit, like curl's
+``--speed-limit``/``--speed-time``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import urllib3
 from tqdm.auto import tqdm
 
-from segzoo.weights.errors import WeightsUnavailableError
+from segzoo.weights.errors import WeightsError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 16
-TIMEOUT_S = (10.0, 60.0)  # connect, read
-RETRIES = 4
 BACKOFF_S = 0.5  # doubled after each failed attempt
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """How long a download may wait and how slowly it may go; read from the environment at each download.
+
+    ``timeout_s`` (``SEGZOO_DOWNLOAD_TIMEOUT``): seconds to wait for a
+    connection and, after it, for each next piece of data. ``retries``
+    (``SEGZOO_DOWNLOAD_RETRIES``): further attempts after a connection error,
+    timeout, 5xx answer or too slow a transfer, resuming what arrived.
+    ``min_speed`` (``SEGZOO_DOWNLOAD_MIN_SPEED``, bytes/s; 0 turns the limit
+    off) over ``speed_time_s`` (``SEGZOO_DOWNLOAD_SPEED_TIME``): an attempt
+    that averages less over that long is aborted.
+    """
+
+    timeout_s: float = 20.0
+    retries: int = 2
+    min_speed: float = 1024.0
+    speed_time_s: float = 30.0
+
+    _ENV = {
+        "timeout_s": "SEGZOO_DOWNLOAD_TIMEOUT",
+        "retries": "SEGZOO_DOWNLOAD_RETRIES",
+        "min_speed": "SEGZOO_DOWNLOAD_MIN_SPEED",
+        "speed_time_s": "SEGZOO_DOWNLOAD_SPEED_TIME",
+    }
+
+    @classmethod
+    def from_env(cls) -> DownloadLimits:
+        values = {}
+        for field_name, variable in cls._ENV.items():
+            raw = os.environ.get(variable, "").strip()
+            if not raw:
+                continue
+            convert = int if field_name == "retries" else float
+            try:
+                value = convert(raw)
+            except ValueError:
+                value = -1
+            if value < 0 or (field_name in ("timeout_s", "speed_time_s") and value == 0):
+                kind = "a whole number >= 0" if convert is int else "a positive number"
+                raise WeightsError(f"{variable}={raw!r} is not valid: expected {kind}")
+            values[field_name] = value
+        return cls(**values)
+
+    @property
+    def worst_case_stall_s(self) -> float:
+        """How long a server that never answers can hold a download: every attempt's wait plus the backoffs."""
+        return (self.retries + 1) * self.timeout_s + sum(BACKOFF_S * 2**i for i in range(self.retries))
+
 
 _RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 class _RetryableStatus(requests.RequestException):
     """A 5xx answer, worth another try."""
+
+
+class _TooSlow(requests.RequestException):
+    """The transfer averaged less than the low-speed limit; worth another try, resuming."""
 
 
 @dataclass(frozen=True)
@@ -61,17 +121,19 @@ def download(url: str, target: Path, progress: bool | None = None) -> Download:
     """Fetch ``url`` into ``partial_path(target)``, resuming what an earlier attempt left.
 
     ``progress=None`` shows a progress bar only on a terminal. Connection
-    errors, timeouts and 5xx answers are retried ``RETRIES`` times with
-    exponential backoff; the caller verifies the result and renames it.
+    errors, timeouts, 5xx answers and transfers below the speed limit are
+    retried with exponential backoff, within :class:`DownloadLimits`; the
+    caller verifies the result and renames it.
     """
+    limits = DownloadLimits.from_env()
     failures = 0
     with requests.Session() as session:
         while True:
             try:
-                return _attempt(session, url, target, progress)
-            except (*_RETRYABLE, _RetryableStatus) as err:
+                return _attempt(session, url, target, progress, limits)
+            except (*_RETRYABLE, _RetryableStatus, _TooSlow) as err:
                 failures += 1
-                if failures > RETRIES:
+                if failures > limits.retries:
                     raise WeightsUnavailableError(f"could not download {url} after {failures} attempts: {err}") from err
                 delay = BACKOFF_S * 2 ** (failures - 1)
                 log.warning("download of %s failed (%s); retrying in %.1fs", url, err, delay)
@@ -80,13 +142,26 @@ def download(url: str, target: Path, progress: bool | None = None) -> Download:
                 raise WeightsUnavailableError(f"could not download {url}: {err}") from err
 
 
-def _attempt(session: requests.Session, url: str, target: Path, progress: bool | None) -> Download:
+def _pieces(response: requests.Response):
+    """The body as it arrives: each piece as soon as the socket has some, so that a trickle is noticed."""
+    try:
+        while piece := response.raw.read1(CHUNK_BYTES, decode_content=True):
+            yield piece
+    except urllib3.exceptions.ReadTimeoutError as err:
+        raise requests.Timeout(str(err)) from err
+    except urllib3.exceptions.HTTPError as err:
+        raise requests.exceptions.ChunkedEncodingError(str(err)) from err
+
+
+def _attempt(
+    session: requests.Session, url: str, target: Path, progress: bool | None, limits: DownloadLimits
+) -> Download:
     partial = partial_path(target)
     validator_file = _validator_path(partial)
     offset = partial.stat().st_size if partial.is_file() else 0
     validator = _saved_validator(validator_file, url) if offset else None
     headers = {"Range": f"bytes={offset}-", "If-Range": validator} if validator else {}
-    with session.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as response:
+    with session.get(url, headers=headers, stream=True, timeout=limits.timeout_s) as response:
         if response.status_code >= 500:
             raise _RetryableStatus(f"{response.status_code} {response.reason} for {url}")
         if response.status_code == 416:  # the partial file is not a prefix of this file
@@ -110,15 +185,26 @@ def _attempt(session: requests.Session, url: str, target: Path, progress: bool |
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length else None
         written = offset
+        window_start, window_bytes = time.monotonic(), 0
         with open(partial, "ab" if resumed else "wb") as out, tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, desc=target.name,
             disable=None if progress is None else not progress,
         ) as bar:
-            for chunk in response.iter_content(CHUNK_BYTES):
-                out.write(chunk)
-                sha.update(chunk)
-                bar.update(len(chunk))
-                written += len(chunk)
+            for piece in _pieces(response):
+                out.write(piece)
+                sha.update(piece)
+                bar.update(len(piece))
+                written += len(piece)
+                window_bytes += len(piece)
+                elapsed = time.monotonic() - window_start
+                if elapsed >= limits.speed_time_s:
+                    if window_bytes / elapsed < limits.min_speed:
+                        raise _TooSlow(
+                            f"{url} arrived at {window_bytes / elapsed:.0f} bytes/s over {elapsed:.0f}s, below the "
+                            f"limit of {limits.min_speed:.0f} bytes/s (SEGZOO_DOWNLOAD_MIN_SPEED, "
+                            f"SEGZOO_DOWNLOAD_SPEED_TIME)"
+                        )
+                    window_start, window_bytes = time.monotonic(), 0
         if total is not None and written != total:
             raise requests.exceptions.ChunkedEncodingError(f"{url}: got {written} of {total} bytes")
     return Download(sha.hexdigest(), written, resumed)

@@ -19,3 +19,7 @@ class CheckpointError(WeightsError):
 
 class CheckpointMismatchError(CheckpointError):
     """A state dict does not match the model key for key and shape for shape."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that needs more than tensors and plain data; segzoo does not run the code it would take."""

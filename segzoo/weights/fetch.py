@@ -1,33 +1,52 @@
 """Put a weight source's file in the local cache, verified, once, whatever other processes do.
 
 Where the bytes come from, in order: the cache; ``$SEGZOO_MIRROR`` (a local
-folder or a base URL holding the same file names); the source's own URL.
-``SEGZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` rules out the network.
+folder or a base URL holding the same file names, and the ``manifest.json``
+that ``segzoo download`` writes, whose sha256 and size a copy must match); the
+source's own URL. A ``manual`` source (a share page behind a login) is never
+downloaded: its file must be put in the cache or a mirror by a person, and
+the error says how. ``SEGZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` rules out
+the network.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
 from filelock import FileLock
 
 from segzoo.weights import hf_hub
 from segzoo.weights.cache import ChecksumLock, cache_dir, file_sha256
-from segzoo.weights.download import CHUNK_BYTES, discard_partial, download, partial_path
-from segzoo.weights.errors import ChecksumMismatchError, WeightsUnavailableError
+from segzoo.weights.download import CHUNK_BYTES, DownloadLimits, discard_partial, download, partial_path
+from segzoo.weights.errors import ChecksumMismatchError, WeightsError, WeightsUnavailableError
 from segzoo.zoo.records import WeightSource
 
 log = logging.getLogger(__name__)
 
 _TRUE = {"1", "true", "yes", "on"}
+MANIFEST_NAME = "manifest.json"
 
 
 def offline() -> bool:
     """Whether ``SEGZOO_OFFLINE`` or ``HF_HUB_OFFLINE`` forbids network access."""
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("SEGZOO_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def verify_always() -> bool:
+    """Whether ``SEGZOO_VERIFY=always`` asks to re-hash cached files on every load."""
+    value = os.environ.get("SEGZOO_VERIFY", "").strip().lower()
+    if value not in ("", "always", "changed"):
+        raise WeightsError(f"SEGZOO_VERIFY={value!r} is not valid: use 'always' or 'changed' (the default)")
+    return value == "always"
+
+
+class ManualDownloadRequired(WeightsUnavailableError):
+    """The file is published where only a person can fetch it; the message says where and how."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +57,37 @@ class FetchedFile:
     sha256: str | None
 
 
-def fetch_weights(source: WeightSource, progress: bool | None = None) -> FetchedFile:
-    """The local file of ``source``, fetched and verified if the cache does not hold a good copy."""
+@dataclass(frozen=True)
+class _Expected:
+    """What a copy must be: hashes and sizes from the pins or the lock, and from a mirror's manifest."""
+
+    sha256: str | None
+    size: int | None
+    manifest: str | None = None  # where the manifest entry came from
+    manifest_sha256: str | None = None
+    manifest_size: int | None = None
+
+    def problem(self, sha256: str, size: int) -> str | None:
+        if self.size is not None and size != self.size:
+            return f"expected {self.size} bytes, got {size}"
+        if self.sha256 is not None and sha256 != self.sha256:
+            return f"sha256 mismatch: expected {self.sha256}, got {sha256}"
+        if self.manifest_size is not None and size != self.manifest_size:
+            return f"{self.manifest} says {self.manifest_size} bytes, got {size}"
+        if self.manifest_sha256 is not None and sha256 != self.manifest_sha256:
+            return f"sha256 mismatch: {self.manifest} says {self.manifest_sha256}, got {sha256}"
+        return None
+
+
+def fetch_weights(source: WeightSource, progress: bool | None = None, verify: bool | None = None) -> FetchedFile:
+    """The local file of ``source``, fetched and verified if the cache does not hold a good copy.
+
+    A cached file is re-hashed when its size or mtime changed since it was
+    verified, or on every call with ``verify`` (default: ``SEGZOO_VERIFY``).
+    """
     if source.is_hf_hub:
         return FetchedFile(hf_hub.download_file(source.url, hf_hub.WEIGHTS_NAME, local_only=offline()), None)
+    verify = verify_always() if verify is None else verify
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     target = root / source.filename
@@ -49,7 +95,7 @@ def fetch_weights(source: WeightSource, progress: bool | None = None) -> Fetched
     with FileLock(str(target) + ".lock"):
         expected = lock.expected_sha256(source)
         if target.is_file():
-            cached = _check_cached(source, target, expected, lock)
+            cached = _check_cached(source, target, expected, lock, verify)
             if cached is not None:
                 return cached
         sha256 = _obtain(source, target, expected, progress)
@@ -58,11 +104,13 @@ def fetch_weights(source: WeightSource, progress: bool | None = None) -> Fetched
         return FetchedFile(target, sha256)
 
 
-def _check_cached(source: WeightSource, target: Path, expected: str | None, lock: ChecksumLock) -> FetchedFile | None:
+def _check_cached(
+    source: WeightSource, target: Path, expected: str | None, lock: ChecksumLock, verify: bool
+) -> FetchedFile | None:
     if expected is None:
         log.info("using cached %s (no checksum known yet)", target)
         return FetchedFile(target, None)
-    if lock.is_unchanged(source, target, expected):
+    if not verify and lock.is_unchanged(source, target, expected):
         log.info("using cached %s", target)
         return FetchedFile(target, expected)
     actual = file_sha256(target)
@@ -74,13 +122,39 @@ def _check_cached(source: WeightSource, target: Path, expected: str | None, lock
     return None
 
 
-def _obtain(source: WeightSource, target: Path, expected: str | None, progress: bool | None) -> str:
+def _mirror() -> str:
+    return os.environ.get("SEGZOO_MIRROR", "").strip()
+
+
+def _is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+def manual_instructions(source: WeightSource, target: Path) -> str:
+    """How a person gets a ``manual`` source's file to where segzoo looks for it."""
+    code = f" (extraction code {source.access_code})" if source.access_code else ""
+    return (
+        f"{source.filename} is published on a share page that needs a person to download it: open {source.url}"
+        f"{code}, download the checkpoint and save it as {target} (SEGZOO_CACHE sets the folder), or put it "
+        f"under that name in the folder SEGZOO_MIRROR points to, or pass checkpoint_path=<file> to "
+        f"segzoo.create_model (--checkpoint <file> on the command line)."
+    )
+
+
+def _obtain(source: WeightSource, target: Path, expected_sha256: str | None, progress: bool | None) -> str:
     """Bring the file to ``target`` through its partial file; returns its sha256."""
-    mirror = os.environ.get("SEGZOO_MIRROR", "").strip()
-    if mirror and not mirror.startswith(("http://", "https://")):
-        sha256, size = _copy_from_folder(Path(mirror) / source.filename, target)
-        _verify(source, str(Path(mirror) / source.filename), target, expected, sha256, size)
+    mirror = _mirror()
+    if mirror and not _is_url(mirror):
+        expected = _Expected(expected_sha256, source.size, *_manifest_entry(mirror, source))
+        origin = Path(mirror) / source.filename
+        if not origin.is_file() and source.kind == "manual":
+            raise ManualDownloadRequired(f"the mirror folder has no {source.filename}. " + manual_instructions(
+                source, target))
+        sha256, size = _copy_from_folder(origin, target)
+        _verify(source, str(origin), target, expected, sha256, size)
     else:
+        if source.kind == "manual" and not mirror:
+            raise ManualDownloadRequired(manual_instructions(source, target))
         if offline():
             raise WeightsUnavailableError(
                 f"segzoo is offline (SEGZOO_OFFLINE / HF_HUB_OFFLINE) and {source.filename} is not cached. "
@@ -90,6 +164,7 @@ def _obtain(source: WeightSource, target: Path, expected: str | None, progress: 
         url = f"{mirror.rstrip('/')}/{source.filename}" if mirror else source.url
         log.info("downloading %s to %s", url, target)
         try:
+            expected = _Expected(expected_sha256, source.size, *_manifest_entry(mirror, source))
             result = download(url, target, progress)
             try:
                 _verify(source, url, target, expected, result.sha256, result.size)
@@ -111,6 +186,40 @@ def _obtain(source: WeightSource, target: Path, expected: str | None, progress: 
     return sha256
 
 
+def _manifest_entry(mirror: str, source: WeightSource) -> tuple[str | None, str | None, int | None]:
+    """(where, sha256, size) of ``source``'s file in the mirror's ``manifest.json``, or Nones without one."""
+    if not mirror:
+        return None, None, None
+    if _is_url(mirror):
+        where = f"{mirror.rstrip('/')}/{MANIFEST_NAME}"
+        if offline():
+            return None, None, None
+        try:
+            response = requests.get(where, timeout=DownloadLimits.from_env().timeout_s)
+        except requests.RequestException as err:
+            raise WeightsUnavailableError(f"could not download the mirror's manifest {where}: {err}") from err
+        if response.status_code == 404:
+            return None, None, None
+        if not response.ok:
+            raise WeightsUnavailableError(f"could not download the mirror's manifest {where}: {response.status_code}")
+        text = response.text
+    else:
+        path = Path(mirror) / MANIFEST_NAME
+        if not path.is_file():
+            return None, None, None
+        where, text = str(path), path.read_text()
+    try:
+        manifest = json.loads(text)
+        entries = [e for e in manifest.values() if e.get("url") == source.url or e.get("file") == source.filename]
+    except (ValueError, AttributeError) as err:
+        raise WeightsUnavailableError(
+            f"the mirror's manifest {where} is not what `segzoo download` writes ({err}); fix or remove it"
+        ) from err
+    if not entries:
+        return None, None, None
+    return where, entries[0].get("sha256"), entries[0].get("size")
+
+
 def _copy_from_folder(src: Path, target: Path) -> tuple[str, int]:
     if not src.is_file():
         raise WeightsUnavailableError(f"the mirror folder has no {src.name}: expected {src} (SEGZOO_MIRROR)")
@@ -123,12 +232,8 @@ def _copy_from_folder(src: Path, target: Path) -> tuple[str, int]:
     return sha.hexdigest(), size
 
 
-def _verify(source: WeightSource, origin: str, target: Path, expected: str | None, sha256: str, size: int) -> None:
-    problem = None
-    if source.size is not None and size != source.size:
-        problem = f"expected {source.size} bytes, got {size}"
-    elif expected is not None and sha256 != expected:
-        problem = f"sha256 mismatch: expected {expected}, got {sha256}"
+def _verify(source: WeightSource, origin: str, target: Path, expected: _Expected, sha256: str, size: int) -> None:
+    problem = expected.problem(sha256, size)
     if problem:
         discard_partial(target)
         raise ChecksumMismatchError(f"{source.filename} from {origin}: {problem}; nothing was cached")

@@ -40,6 +40,14 @@ def download_file(spec: str, filename: str, local_only: bool = False) -> Path:
             repo_id, filename, revision=revision, endpoint=endpoint(), local_files_only=local_only,
             library_name="segzoo",
         ))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
-        where = "offline and not in the Hugging Face cache" if local_only else "could not be downloaded"
-        raise WeightsUnavailableError(f"{filename} of {spec} {where}: {err}") from err
+    except LocalEntryNotFoundError as err:
+        if not local_only:
+            raise WeightsUnavailableError(f"{filename} of {spec} could not be downloaded: {err}") from err
+        from huggingface_hub import constants
+
+        raise WeightsUnavailableError(
+            f"segzoo is offline (SEGZOO_OFFLINE / HF_HUB_OFFLINE) and {filename} of {spec} is not in the Hugging "
+            f"Face cache ({constants.HF_HUB_CACHE}); unset those variables to download it once"
+        ) from err
+    except (HfHubHTTPError, OSError) as err:
+        raise WeightsUnavailableError(f"{filename} of {spec} could not be downloaded: {err}") from err

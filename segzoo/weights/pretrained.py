@@ -15,32 +15,39 @@ from segzoo.families import convert_state_dict
 from segzoo.weights.cache import ChecksumLock, cache_dir, file_sha256
 from segzoo.weights.checkpoint import load_state_dict_strict, read_state_dict
 from segzoo.weights.errors import CheckpointError, WeightsUnavailableError
-from segzoo.weights.fetch import fetch_weights
+from segzoo.weights.fetch import fetch_weights, verify_always
 from segzoo.zoo.records import ModelInfo, WeightSource
 
 log = logging.getLogger(__name__)
 
 
 def load_pretrained(
-    model: nn.Module, info: ModelInfo, skip: Iterable[str] = (), progress: bool | None = None
+    model: nn.Module,
+    info: ModelInfo,
+    skip: Iterable[str] = (),
+    progress: bool | None = None,
+    verify: bool | None = None,
 ) -> WeightSource:
     """Load the first of ``info.weights`` that can be fetched into ``model``; returns the source used.
 
     A file with no known checksum that fails the strict load is removed from
     the cache; one that passes has its sha256 recorded (trust on first use).
-    A verified ``.pth`` file also gets a safetensors copy in the cache, which
-    later loads read instead.
+    A verified ``.pth`` file (or the checkpoint inside a verified archive)
+    also gets a safetensors copy in the cache, with its own recorded sha256,
+    which later loads read instead. ``verify`` re-hashes cached files even
+    when unchanged (default: ``SEGZOO_VERIFY``).
     """
+    verify = verify_always() if verify is None else verify
     failures = []
     for source in info.weights:
         try:
-            fetched = fetch_weights(source, progress)
+            fetched = fetch_weights(source, progress, verify)
         except WeightsUnavailableError as err:
             log.warning("%s: weights unavailable from %s", info.name, source.url)
             failures.append(f"- {source.url}: {err}")
             continue
         lock = None if source.is_hf_hub else ChecksumLock(cache_dir())
-        copy = lock.derived_copy(source, fetched.path) if lock is not None else None
+        copy = lock.derived_copy(source, fetched.path, verify) if lock is not None else None
         try:
             state_dict = read_state_dict(copy or fetched.path)
             if not source.is_hf_hub:
@@ -60,10 +67,10 @@ def load_pretrained(
 
 
 def _write_safetensors_copy(path: Path, state_dict: Mapping[str, torch.Tensor]) -> Path | None:
-    """Save the tensors just loaded from ``path`` as ``<stem>.safetensors`` beside it."""
+    """Save the tensors just loaded from ``path`` as ``<name>.safetensors`` beside it."""
     if path.suffix == ".safetensors":
         return None
-    copy = path.with_suffix(".safetensors")
+    copy = path.with_name(path.name.removesuffix(".pth").removesuffix(".tar") + ".safetensors")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{copy.name}.")
     os.close(fd)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
+import types
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -46,6 +47,9 @@ def from_plain(cls: type[T], data: Mapping[str, Any]) -> T:
 
 def _from_plain_value(hint: Any, value: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and value is not None:  # X | None: rebuild as X
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
     if is_dataclass(hint) and isinstance(value, Mapping):
         return from_plain(hint, value)
     if origin is tuple and isinstance(value, list):

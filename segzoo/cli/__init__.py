@@ -1,0 +1,56 @@
+"""The ``segzoo`` command: list and describe models, segment images, evaluate, manage weights and datasets.
+
+One module per group of commands, as users see them: ``models`` (list, info),
+``predict``, ``evaluate`` (eval, prepare) and ``weights`` (download, pin,
+verify, convert, inspect). A user error ends with one ``segzoo: error:`` line
+and exit status 1, never a traceback (``--verbose`` adds it, for reports).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from segzoo.cli import evaluate, models, predict, weights
+from segzoo.cli.predict import DEFAULT_MODEL, sample_image_path
+
+__all__ = ["DEFAULT_MODEL", "build_parser", "main", "sample_image_path"]
+
+log = logging.getLogger("segzoo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segzoo", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what happens (downloads, cache hits) and show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for group in (models, predict, evaluate, weights):
+        group.register(commands)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the input or the environment is wrong, not segzoo."""
+    from segzoo.datasets.folders import DatasetError
+    from segzoo.registry import UnknownModelError
+    from segzoo.weights import WeightsError
+
+    return UnknownModelError, WeightsError, DatasetError, OSError, ValueError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "models") and getattr(args, "all", False) == bool(args.models):
+        parser.error(f"{args.command}: name models or pass --all (not both)")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.run(args)
+    except _user_errors() as err:
+        if args.verbose:
+            log.exception("traceback:")
+        print(f"segzoo: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("segzoo: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,5 @@
+import sys
+
+from segzoo.cli import main
+
+sys.exit(main())
