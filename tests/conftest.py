@@ -58,7 +58,8 @@ class FileServer:
 
     Knobs for fault tests: ``truncate`` (close the connection after half of the
     next N bodies), ``fail`` (answer the next requests with these statuses),
-    ``corrupt`` (serve altered bytes), ``chunk_delay_s`` (slow bodies down).
+    ``corrupt`` (serve altered bytes), ``chunk_delay_s`` (slow bodies down),
+    ``trickle_s`` (send bodies one byte at a time, this far apart).
     ``requests`` records (path, Range header) of every GET.
     """
 
@@ -69,6 +70,7 @@ class FileServer:
         self.fail: list[int] = []
         self.corrupt = False
         self.chunk_delay_s = 0.0
+        self.trickle_s = 0.0
         self.lock = threading.Lock()
         server = self
 
@@ -112,9 +114,14 @@ class FileServer:
                 self.end_headers()
                 if truncate:
                     body = body[: len(body) // 2]
-                for i in range(0, len(body), 65536):
-                    self.wfile.write(body[i : i + 65536])
-                    time.sleep(server.chunk_delay_s)
+                step = 1 if server.trickle_s else 65536
+                for i in range(0, len(body), step):
+                    try:
+                        self.wfile.write(body[i : i + step])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+                    time.sleep(server.trickle_s or server.chunk_delay_s)
                 if truncate:
                     self.close_connection = True
 
@@ -152,6 +159,17 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # the local test servers, even behind a proxy
     monkeypatch.setattr("segzoo.weights.download.BACKOFF_S", 0.01)
     return cache_dir
+
+
+@pytest.fixture
+def silent_server_url() -> Iterator[str]:
+    """A URL on 127.0.0.1 whose server accepts connections and never answers."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)  # the kernel completes the handshakes; nobody ever reads or writes
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def closed_port_url() -> str:

@@ -1,6 +1,7 @@
 """Reading checkpoints: original mmseg files and segzoo safetensors, strictly, without unsafe unpickling."""
 import os
 import pickle
+import shutil
 
 import pytest
 import safetensors.torch
@@ -9,6 +10,8 @@ import torch
 import segzoo
 from segzoo.weights import CheckpointError, CheckpointMismatchError, read_state_dict
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
+
+KEY = "decode_head.conv_seg.weight"
 
 
 def _assert_loaded(model, state_dict):
@@ -141,3 +144,72 @@ def test_checkpoints_needing_more_than_weights_only_require_opt_in(tmp_path):
         segzoo.create_model(name, checkpoint_path=path)
     model = segzoo.create_model(name, checkpoint_path=path, allow_unsafe_pickle=True)
     _assert_loaded(model, synthetic_state_dict(name))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), "is a folder, not a checkpoint file"),
+    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+    (lambda p: p.write_text("epoch 1: loss 0.53\nepoch 2: loss 0.41\n"), "is a text file"),
+    (lambda p: p.write_text("<!DOCTYPE html><html><body>Sign in</body></html>"), "is a web page"),
+    (lambda p: p.write_bytes(bytes(range(7, 256)) * 40), "neither a PyTorch file"),
+    (lambda p: p.write_bytes(b"\x80\x02" + bytes(100)), "truncated or damaged"),
+])
+def test_each_kind_of_bad_file_gets_its_own_message(tmp_path, make, message):
+    path = tmp_path / "weights.pth"
+    make(path)
+    with pytest.raises(CheckpointError, match=message) as err:
+        segzoo.create_model("moganet_xt_fpn_ade20k", checkpoint_path=path)
+    assert str(path) in str(err.value) and "allow_unsafe_pickle" not in str(err.value)
+
+
+def test_safetensors_content_is_recognised_whatever_the_suffix(tmp_path):
+    name = "moganet_xt_fpn_ade20k"
+    path = tmp_path / "model.pth"
+    safetensors.torch.save_file(synthetic_state_dict(name), path)
+    _assert_loaded(segzoo.create_model(name, checkpoint_path=path), synthetic_state_dict(name))
+
+
+def test_unsafe_pickle_advice_only_where_the_flag_exists(tmp_path, file_server, monkeypatch):
+    name = "moganet_xt_fpn_ade20k"
+    path = tmp_path / "custom.pth"
+    torch.save({"state_dict": synthetic_state_dict(name), "meta": TrainingState(7)}, path)
+    with pytest.raises(CheckpointError) as err:
+        segzoo.create_model(name, checkpoint_path=path)
+    assert "TrainingState" in str(err.value) and "allow_unsafe_pickle=True" in str(err.value)
+    assert "weights_only=False" not in str(err.value)  # never torch's advice to turn the safety off
+    shutil.copy(path, file_server.root / segzoo.model_info(name).weights[0].filename)
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    with pytest.raises(CheckpointError) as err:
+        segzoo.create_model(name, pretrained=True, progress=False)
+    assert "TrainingState" in str(err.value) and "allow_unsafe_pickle" not in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_floating_checkpoints_of_another_precision_are_cast(tmp_path, dtype, caplog):
+    name = "moganet_xt_fpn_ade20k"
+    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in synthetic_state_dict(name).items()}
+    path = save_mmseg_checkpoint(tmp_path / "half.pth", state_dict)
+    with caplog.at_level("INFO", logger="segzoo"):
+        model = segzoo.create_model(name, checkpoint_path=path)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert f"{dtype} -> torch.float32" in caplog.text
+    assert model(torch.randn(1, 3, 64, 64)).dtype == torch.float32
+
+
+def test_integer_weights_are_rejected_naming_file_key_and_dtypes(tmp_path):
+    name = "moganet_xt_fpn_ade20k"
+    state_dict = synthetic_state_dict(name)
+    state_dict[KEY] = state_dict[KEY].to(torch.int32)
+    path = save_mmseg_checkpoint(tmp_path / "int.pth", state_dict)
+    with pytest.raises(CheckpointMismatchError) as err:
+        segzoo.create_model(name, checkpoint_path=path)
+    assert str(path) in str(err.value) and f"{KEY}: checkpoint torch.int32, model torch.float32" in str(err.value)
+
+
+def test_checkpoint_in_another_layout_shows_both_layouts(tmp_path):
+    name = "moganet_xt_fpn_ade20k"
+    renamed = {f"sem_seg_head.{k}": v for k, v in synthetic_state_dict(name).items()}
+    path = save_mmseg_checkpoint(tmp_path / "other.pth", renamed)
+    with pytest.raises(CheckpointMismatchError) as err:
+        segzoo.create_model(name, checkpoint_path=path)
+    assert "the file holds: sem_seg_head.*" in str(err.value) and "the model expects: backbone.*" in str(err.value)

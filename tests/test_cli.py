@@ -3,6 +3,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 import segzoo
@@ -76,3 +78,61 @@ def test_predict_folder_and_files_with_indexed_label_output(tmp_path):
 def test_predict_missing_input_is_a_clear_error(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nope.jpg")]) == 1
     assert "no such image or folder" in capsys.readouterr().err
+
+
+def test_one_unreadable_image_never_costs_the_others(tmp_path, capsys):
+    name = "moganet_xt_fpn_ade20k"
+    ckpt = save_mmseg_checkpoint(tmp_path / "ckpt.pth", synthetic_state_dict(name))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (120, 80, 40)).save(folder / "a.jpg")
+    (folder / "b.jpg").write_bytes(b"this is not a jpeg")
+    Image.new("RGB", (36, 36), (10, 80, 40)).save(folder / "c.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-m", name, "-c", str(ckpt), "-o", str(out), "--quiet"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == [f"a_{name}.png", f"c_{name}.png"]
+    err = capsys.readouterr().err
+    assert f"segzoo: error: {folder / 'b.jpg'}: not an image (" in err and "Traceback" not in err
+
+
+def test_every_command_that_shows_progress_takes_quiet():
+    from segzoo.cli import build_parser
+
+    parser = build_parser()
+    for command in ("predict", "eval", "prepare", "download", "pin", "convert"):
+        help_text = parser._subparsers._group_actions[0].choices[command].format_help()
+        assert "--quiet" in help_text, command
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "--checkpoint", "missing.pth"], "checkpoint file not found: missing.pth"),
+    (["eval", "moganet_xt_fpn", "--data-root", "nowhere"], "is not a folder"),
+    (["inspect", "missing.pth"], "not found"),
+    (["eval", "moganet_xt_fpn", "--data-root", ".", "--limit", "0"], None),
+])
+def test_user_errors_never_print_tracebacks(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if message is None:  # argparse rejects the value itself
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "positive whole number" in capsys.readouterr().err
+        return
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("segzoo: error:") and message in err and "Traceback" not in err
+
+
+def test_unsafe_checkpoint_needs_the_flag_on_the_command_line(tmp_path, capsys):
+    name = "moganet_xt_fpn_ade20k"
+    path = tmp_path / "custom.pth"
+    torch.save({"state_dict": synthetic_state_dict(name), "meta": _Opaque()}, path)
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (48, 40), (90, 140, 200)).save(image)
+    args = ["predict", str(image), "-m", name, "-c", str(path), "-o", str(tmp_path / "x.png")]
+    assert main(args) == 1
+    assert "--allow-unsafe-pickle" in capsys.readouterr().err
+    assert main([*args, "--allow-unsafe-pickle"]) == 0
+
+
+class _Opaque:
+    """An object of the kind training frameworks pickle into checkpoints."""

@@ -278,3 +278,47 @@ def test_verified_pth_gets_a_safetensors_copy_that_later_loads_use(file_server, 
     model = segzoo.create_model(name, pretrained=True, progress=False)
     assert read[-1] == isolated_cache / filename
     assert torch.equal(model.state_dict()["decode_head.conv_seg.weight"], state_dict["decode_head.conv_seg.weight"])
+
+
+def test_server_that_never_answers_fails_in_bounded_time(silent_server_url, isolated_cache, monkeypatch):
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_TIMEOUT", "0.3")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "1")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as err:
+        fetch_weights(WeightSource(url=f"{silent_server_url}/weights.pth", format="mmseg"), progress=False)
+    assert time.monotonic() - start < 5
+    message = str(err.value)
+    assert "after 2 attempts" in message and "checkpoint_path" in message  # still says how to load offline
+    assert _cache_files(isolated_cache) == []
+
+
+def test_default_limits_end_a_silent_download_within_about_a_minute(monkeypatch):
+    from segzoo.weights.download import DownloadLimits
+
+    for var in ("SEGZOO_DOWNLOAD_TIMEOUT", "SEGZOO_DOWNLOAD_RETRIES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("segzoo.weights.download.BACKOFF_S", 0.5)
+    assert 45 <= DownloadLimits.from_env().worst_case_stall_s <= 75
+
+
+def test_trickling_server_is_aborted_by_the_low_speed_limit(served, isolated_cache, monkeypatch):
+    served.trickle_s = 0.05  # 20 bytes/s: each byte arrives well within the read timeout
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_MIN_SPEED", "1000")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_SPEED_TIME", "0.5")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "1")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="SEGZOO_DOWNLOAD_MIN_SPEED") as err:
+        fetch_weights(_source(served), progress=False)
+    assert time.monotonic() - start < 10
+    assert "bytes/s" in str(err.value)
+    assert "weights.pth" not in _cache_files(isolated_cache)
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("SEGZOO_DOWNLOAD_TIMEOUT", "soon"), ("SEGZOO_DOWNLOAD_TIMEOUT", "0"), ("SEGZOO_DOWNLOAD_RETRIES", "-1"),
+    ("SEGZOO_DOWNLOAD_MIN_SPEED", "fast"),
+])
+def test_bad_limit_settings_name_the_variable(served, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(segzoo.weights.WeightsError, match=variable):
+        fetch_weights(_source(served), progress=False)

@@ -79,8 +79,10 @@ def test_hub_offline_flag_uses_the_hf_cache_only(model, hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert _same_weights(segzoo.create_model("hf-hub:org/xt"), model)
     assert len(hub.log) == requests_before
-    with pytest.raises(WeightsUnavailableError, match="offline"):
+    with pytest.raises(WeightsUnavailableError, match="offline") as err:
         segzoo.create_model("hf-hub:org/never-downloaded")
+    assert "HF_HUB_OFFLINE" in str(err.value) and "SEGZOO_OFFLINE" in str(err.value)
+    assert "local_files_only" not in str(err.value) and "local_only" not in str(err.value)
 
 
 def test_unknown_hub_repo_is_a_clear_error(hub):

@@ -109,3 +109,10 @@ def test_import_has_no_side_effects():
         "assert not built, built\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("num_classes", [0, -3, 2.5, "19", True, [19]])
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_num_classes_must_be_a_positive_integer(num_classes, pretrained):
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        segzoo.create_model("moganet_xt_fpn_ade20k", num_classes=num_classes, pretrained=pretrained)

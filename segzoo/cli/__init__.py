@@ -30,12 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean the input or the environment is wrong, not segzoo."""
+    """The exceptions that mean the input or the environment is wrong (an optional extra missing included)."""
     from segzoo.datasets.folders import DatasetError
     from segzoo.registry import UnknownModelError
     from segzoo.weights import WeightsError
 
-    return UnknownModelError, WeightsError, DatasetError, OSError, ValueError
+    return UnknownModelError, WeightsError, DatasetError, OSError, ValueError, ImportError
 
 
 def main(argv: list[str] | None = None) -> int:

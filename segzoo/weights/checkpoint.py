@@ -5,7 +5,6 @@ import logging
 import pickle
 import re
 import tarfile
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def sniff_format(path: Path) -> str:
         raise CheckpointError(f"{path} is empty (0 bytes), perhaps an interrupted download or copy; fetch it again")
     with open(path, "rb") as f:
         head = f.read(512)
-    if zipfile.is_zipfile(path):
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format (a zip inside a tar would fool is_zipfile)
         return "torch-zip"
     if tarfile.is_tarfile(path):
         return "tar"
@@ -95,10 +94,11 @@ def load_checkpoint_object(path: str | Path, allow_unsafe_pickle: bool = False) 
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         needed = re.search(r"GLOBAL (\S+)", str(err))
-        what = f"the Python object {needed.group(1)}" if needed else str(err).strip().splitlines()[-1]
+        if needed is None:  # not a request for code: the pickle itself is broken
+            raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (truncated or damaged?)") from err
         raise UnsafeCheckpointError(
-            f"{path} holds more than tensors and plain data (it needs {what}), and segzoo does not unpickle "
-            f"arbitrary objects, which could run code"
+            f"{path} holds more than tensors and plain data (it needs the Python object {needed.group(1)}), and "
+            f"segzoo does not unpickle arbitrary objects, which could run code"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (truncated or damaged?): {err}") from err
