@@ -27,7 +27,7 @@ from segzoo.datasets.folders import DatasetError, SegmentationFolder
 
 __all__ = ["CityscapesEvaluation", "SCORES"]
 
-# segzoo's metric name (the GloRe table's column) -> the official result of the same name.
+# segzoo's metric name (the GloRe table's column) -> the official scores it averages (createResultDict's keys).
 SCORES = {
     "IoU class": "classScores",
     "iIoU class": "classInstScores",
