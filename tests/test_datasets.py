@@ -145,6 +145,26 @@ def test_cityscapes_reads(tmp_path: Path) -> None:
         np.testing.assert_array_equal(item["label"], labels[item["name"]])
 
 
+def test_cityscapes_points_at_the_official_annotations(tmp_path: Path) -> None:
+    make_cityscapes(tmp_path, "labelTrainIds")
+    ds = open_dataset("Cityscapes", tmp_path, "val")
+    assert ds.split == "val"
+    gt = tmp_path / "gtFine" / "val"
+    assert ds[0]["annotations"] == {
+        "labelIds": gt / "frankfurt" / "frankfurt_000000_000294_gtFine_labelIds.png",
+        "instanceIds": gt / "frankfurt" / "frankfurt_000000_000294_gtFine_instanceIds.png",
+    }
+    with pytest.raises(DatasetError, match="3 of 3 Cityscapes val samples have no instanceIds file") as err:
+        ds.annotation_files("instanceIds")
+    assert "unzip gtFine_trainvaltest.zip into" in str(err.value)
+    assert str(gt / "lindau" / "lindau_000000_000019_gtFine_instanceIds.png") in str(err.value)
+
+    make_cityscapes(tmp_path, "instanceIds")
+    assert ds.annotation_files("instanceIds") == [s.annotations["instanceIds"] for s in ds.samples]
+    with pytest.raises(DatasetError, match=r"known: \['instanceIds', 'labelIds'\]"):
+        ds.annotation_files("polygons")
+
+
 def test_cityscapes_prepare(tmp_path: Path) -> None:
     pytest.importorskip("cityscapesscripts.helpers.labels")
     label_ids = make_cityscapes(tmp_path, "labelIds")

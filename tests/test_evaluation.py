@@ -1,17 +1,23 @@
-"""Evaluation end to end on a tiny ADE20K folder: metrics, saved predictions, batching, torchrun sharding."""
+"""Evaluation end to end on tiny ADE20K and Cityscapes folders: metrics, saved predictions, batching, sharding."""
+import copy
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from PIL import Image
 
 import segzoo
 from segzoo.cli import main
-from segzoo.datasets.folders import open_dataset
+from segzoo.datasets.folders import DatasetError, open_dataset
 from segzoo.evaluation.runner import evaluate, format_report, shard_indices
 from tests.conftest import REPO, save_mmseg_checkpoint, synthetic_state_dict
 
@@ -120,3 +126,200 @@ def test_eval_of_a_missing_dataset_says_what_it_expected(tmp_path, checkpoint, c
     assert main(["eval", NAME, "--data-root", str(tmp_path), "-c", str(checkpoint)]) == 1
     err = capsys.readouterr().err
     assert "ADEChallengeData2016" in err and str(tmp_path) in err
+
+
+# --- Cityscapes: the official cityscapesScripts evaluation --------------------------------------
+
+CITY_H, CITY_W = 64, 96
+CITY_FRAMES = {"frankfurt": ["000000_000294", "000001_000538"], "lindau": ["000000_000019"]}
+# Label ids painted in blocks: evaluated stuff and things, an instance class that is not
+# evaluated (caravan), and ignored labels (unlabeled, static, parking).
+CITY_LABEL_IDS = [7, 8, 11, 21, 23, 24, 25, 26, 27, 28, 32, 33, 29, 0, 4, 9]
+GLORE_LIKE_REPORTED = {"IoU class": 78.4, "iIoU class": 56.9, "IoU category": 90.5, "iIoU category": 79.3}
+
+
+def _train_id_lut():
+    from cityscapesscripts.helpers.labels import labels
+
+    lut = np.full(256, 255, dtype=np.uint8)
+    for label in labels:
+        if 0 <= label.id < 256 and 0 <= label.trainId < 255:
+            lut[label.id] = label.trainId
+    return lut
+
+
+def make_official_cityscapes(root, seed=0):
+    """Images, labelIds, labelTrainIds and instanceIds in the official layout (16x16 blocks).
+
+    Each block is one label; blocks of classes with instances are one instance each
+    (id label * 1000 + k) unless "crowd" (the label id alone). The image's red channel
+    paints the train id the stand-in model reads back, wrong on part of some blocks.
+    """
+    rng = np.random.default_rng(seed)
+    lut = _train_id_lut()
+    from cityscapesscripts.helpers.labels import id2label
+
+    for city, frames in CITY_FRAMES.items():
+        for frame in frames:
+            stem = f"{city}_{frame}"
+            label_ids = np.zeros((CITY_H, CITY_W), dtype=np.uint8)
+            instance_ids = np.zeros((CITY_H, CITY_W), dtype=np.uint16)
+            painted = np.zeros((CITY_H, CITY_W), dtype=np.int64)
+            for k, (y, x) in enumerate((y, x) for y in range(0, CITY_H, 16) for x in range(0, CITY_W, 16)):
+                label_id = int(rng.choice(CITY_LABEL_IDS))
+                block = (slice(y, y + 16), slice(x, x + 16))
+                label_ids[block] = label_id
+                crowd = rng.random() < 0.2
+                instance_ids[block] = label_id * 1000 + k if id2label[label_id].hasInstances and not crowd else label_id
+                train_id = lut[label_id]
+                painted[block] = train_id if train_id != 255 else rng.integers(19)
+                if rng.random() < 0.4:  # the model gets part of this block wrong
+                    painted[y:y + int(rng.integers(4, 16)), x:x + 8] = rng.integers(19)
+            image = rng.integers(0, 256, (CITY_H, CITY_W, 3), dtype=np.uint8)
+            image[..., 0] = 12 * painted + 6
+            for folder, suffix, array in (
+                ("leftImg8bit", "leftImg8bit", image),
+                ("gtFine", "gtFine_labelIds", label_ids),
+                ("gtFine", "gtFine_labelTrainIds", lut[label_ids]),
+                ("gtFine", "gtFine_instanceIds", instance_ids),
+            ):
+                path = root / folder / "val" / city / f"{stem}_{suffix}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(path)
+    return root
+
+
+class RedChannelModel(torch.nn.Module):
+    """A stand-in segmentor: class c wherever the red channel is nearest 12 c + 6."""
+
+    align_corners = False
+
+    def __init__(self, info):
+        super().__init__()
+        self.info = info
+        self.num_classes = info.num_classes
+        self.sharpness = torch.nn.Parameter(torch.ones(()))
+
+    def require_info(self):
+        return self.info
+
+    def forward(self, images):
+        norm = self.info.normalization
+        red = images[:, :1] * norm.std[0] + norm.mean[0]
+        centers = (12 * torch.arange(self.num_classes, device=images.device) + 6).view(1, -1, 1, 1)
+        return -self.sharpness * (red - centers).abs()
+
+
+def cityscapes_info(**changes):
+    """A MogaNet entry turned into a Cityscapes one scored by the official evaluation, like GloRe's."""
+    info = segzoo.model_info(NAME)
+    return dataclasses.replace(
+        info, name="synthetic_cityscapes", dataset="Cityscapes", num_classes=19, evaluator="cityscapes",
+        metrics_split="test", metrics=GLORE_LIKE_REPORTED,
+        test_pipeline=dataclasses.replace(info.test_pipeline, scale=(CITY_W, CITY_H)), **changes,
+    )
+
+
+@pytest.fixture(scope="module")
+def cityscapes_root(tmp_path_factory):
+    pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    return make_official_cityscapes(tmp_path_factory.mktemp("cityscapes"))
+
+
+def official_scores_from_files(prediction_dir, root):
+    """The four scores as cityscapesScripts' own loop computes them over labelIds prediction files."""
+    from segzoo.evaluation.cityscapes import _official
+
+    official = _official()
+    args = copy.copy(official.args)
+    args.quiet, args.JSONOutput, args.colorized = True, False, False
+    ground_truth = sorted(str(p) for p in (root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    predictions = [str(prediction_dir / Path(gt).name.replace("gtFine_labelIds", "pred")) for gt in ground_truth]
+    return official.evaluateImgLists(predictions, ground_truth, args)
+
+
+def test_cityscapes_scores_equal_the_official_script_on_the_same_files(cityscapes_root, tmp_path):
+    from cityscapesscripts.helpers.labels import trainId2label
+
+    dataset = open_dataset("Cityscapes", cityscapes_root)
+    model = RedChannelModel(cityscapes_info())
+    result = evaluate(model, dataset, save_predictions=tmp_path / "train_ids", progress=False)
+
+    # The saved trainId maps, turned into labelIds files and scored by the official script's loop.
+    to_label_id = np.array([trainId2label[t].id for t in range(19)], dtype=np.uint8)
+    for png in (tmp_path / "train_ids").glob("*.png"):
+        train_ids = np.asarray(Image.open(png))
+        Image.fromarray(to_label_id[train_ids]).save(tmp_path / f"{png.stem}_pred.png")
+    expected = official_scores_from_files(tmp_path, cityscapes_root)
+
+    measured = result.scalars
+    assert list(measured) == ["IoU class", "iIoU class", "IoU category", "iIoU category"]
+    for name, key in [("IoU class", "averageScoreClasses"), ("iIoU class", "averageScoreInstClasses"),
+                      ("IoU category", "averageScoreCategories"), ("iIoU category", "averageScoreInstCategories")]:
+        assert measured[name] == pytest.approx(100 * expected[key], abs=1e-9), name
+        assert 5 < measured[name] < 99  # a real mix of hits and misses, not a degenerate case
+    names = [trainId2label[t].name for t in range(19)]
+    np.testing.assert_allclose(result.metrics["IoU"], [100 * expected["classScores"][n] for n in names])
+    np.testing.assert_allclose(result.metrics["iIoU"], [100 * expected["classInstScores"][n] for n in names])
+    assert math.isnan(result.metrics["iIoU"][0]) and not math.isnan(result.metrics["iIoU"][11])  # road, person
+
+    report = format_report(result)
+    assert "reported numbers are from the test split" in report and "measured ones from val" in report
+    assert "iIoU category" in report and "78.4" in report
+    assert ["class", "IoU", "iIoU"] in [line.split() for line in report.splitlines()]
+    as_dict = result.to_dict()
+    assert as_dict["split"] == "val" and as_dict["reported_split"] == "test"
+    assert as_dict["reported"] == GLORE_LIKE_REPORTED and as_dict["measured"] == measured
+    assert as_dict["per_class"][11]["class"] == "person" and set(as_dict["per_class"][11]) == {"class", "IoU", "iIoU"}
+
+
+def test_cityscapes_evaluation_needs_the_instance_ids(cityscapes_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "cityscapes"
+    shutil.copytree(cityscapes_root, root)
+    missing = root / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_instanceIds.png"
+    missing.unlink()
+    model = RedChannelModel(cityscapes_info())
+    model.forward = None  # fails before running the model
+    with pytest.raises(DatasetError, match="gtFine_trainvaltest.zip") as err:
+        evaluate(model, open_dataset("Cityscapes", root), progress=False)
+    assert "1 of 3" in str(err.value) and str(missing) in str(err.value)
+
+
+def test_cityscapes_evaluation_needs_cityscapesscripts(cityscapes_root, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling", None)
+    with pytest.raises(ImportError, match=r'pip install "segzoo\[cityscapes\]"'):
+        evaluate(RedChannelModel(cityscapes_info()), open_dataset("Cityscapes", cityscapes_root), progress=False)
+
+
+def test_in1d_stand_in_matches_the_removed_numpy_function():
+    from segzoo.evaluation.cityscapes import _NumpyWithIn1d
+
+    values = np.array([[7, 24, 26], [33, 0, 26]], dtype=np.uint8)
+    assert _NumpyWithIn1d.in1d(values, [24, 26]).tolist() == [False, True, True, False, False, True]
+    assert _NumpyWithIn1d.in1d(values, [24, 26], invert=True).tolist() == [True, False, False, True, True, False]
+    assert _NumpyWithIn1d().uint8 is np.uint8
+
+
+def _cityscapes_shard_worker(rank, world_size, root, out):
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world_size)
+    try:
+        result = evaluate(RedChannelModel(cityscapes_info()), open_dataset("Cityscapes", root), progress=False)
+        if rank == 0:
+            Path(out, "sharded.json").write_text(json.dumps(result.to_dict()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cityscapes_evaluation_sums_shards_under_torch_distributed(cityscapes_root, tmp_path):
+    single = evaluate(RedChannelModel(cityscapes_info()), open_dataset("Cityscapes", cityscapes_root),
+                      progress=False).to_dict()
+    mp.spawn(_cityscapes_shard_worker, args=(2, cityscapes_root, str(tmp_path)), nprocs=2, join=True)
+    sharded = json.loads((tmp_path / "sharded.json").read_text())
+    assert sharded["settings"]["world_size"] == 2
+    # Instance statistics are float sums, added in another order across processes.
+    assert sharded["measured"] == pytest.approx(single["measured"], rel=1e-12)
+    for a, b in zip(sharded["per_class"], single["per_class"]):
+        assert a["class"] == b["class"]
+        np.testing.assert_allclose([a["IoU"], a["iIoU"]], [b["IoU"], b["iIoU"]], rtol=1e-12)

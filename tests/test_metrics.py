@@ -1,4 +1,4 @@
-"""Confusion matrix and the mmseg / detectron2 metrics, checked by hand and against a NumPy reference."""
+"""Confusion matrix and the mmseg / detectron2 (2019) metrics, checked by hand and against NumPy references."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from segzoo.evaluation import ConfusionMatrix, detectron2_metrics, mmseg_metrics
+from segzoo.evaluation import ConfusionMatrix, detectron2_2019_metrics, mmseg_metrics
 
 NAN = float("nan")
 
@@ -49,22 +49,86 @@ def test_tiny_mmseg() -> None:
     assert_close(out["aAcc"], 60.0)
 
 
-def test_tiny_detectron2_excludes_classes_absent_from_ground_truth() -> None:
-    out = detectron2_metrics(tiny_matrix())
-    assert_close(out["IoU"], [100 / 3, 200 / 3, NAN, NAN])
+def test_tiny_detectron2_2019_counts_predicted_only_classes() -> None:
+    # tp [1, 2, 0, 0], gt pixels [3, 2, 0, 0], predicted [1, 3, 1, 0], union [3, 3, 1, 0].
+    # Class 2 is predicted only: IoU 0, in the mean; class 3 is nowhere: left out.
+    out = detectron2_2019_metrics(tiny_matrix())
+    assert_close(out["IoU"], [100 / 3, 200 / 3, 0.0, NAN])
     assert_close(out["Acc"], [100 / 3, 100.0, NAN, NAN])
-    assert_close(out["mean IoU"], 50.0)  # mmseg: 33.33, class 2's zero IoU left out here
-    assert_close(out["mean PA"], (100 / 3 + 100.0) / 2)
-    assert_close(out["PA"], 60.0)
-    assert_close(out["FW IoU"], 100 * (1 / 3 * 3 / 5 + 2 / 3 * 2 / 5))
+    assert_close(out["mean IoU"], (100 / 3 + 200 / 3 + 0.0) / 3)  # 33.33; today's detectron2: 50.0
+    assert_close(out["mean PA"], (100 / 3 + 100.0) / 2)  # classes with ground truth only
+    assert_close(out["PA"], 60.0)  # 3 of 5 labelled pixels
+    assert_close(out["FW IoU"], 100 * (1 / 3 * 3 / 5 + 2 / 3 * 2 / 5))  # weights: gt share 3/5, 2/5
 
 
-def test_metrics_of_an_empty_matrix_are_nan() -> None:
-    empty = torch.zeros(3, 3, dtype=torch.int64)
-    mm, d2 = mmseg_metrics(empty), detectron2_metrics(empty)
-    for value in (mm["aAcc"], mm["mIoU"], mm["mAcc"], d2["PA"], d2["mean PA"], d2["mean IoU"]):
+def test_detectron2_2019_on_the_issue_example() -> None:
+    # One 2x2 image, all road (class 0); the model says car (class 1) on half of it.
+    # Road: tp 2, union 4 -> IoU 1/2; car: tp 0, union 2 -> IoU 0.
+    # 2019: (1/2 + 0) / 2 classes seen = 25.0; detectron2 since 2022 averages road only: 50.0.
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([[0, 0], [1, 1]]), torch.tensor([[0, 0], [0, 0]]))
+    out = detectron2_2019_metrics(cm.matrix)
+    assert_close(out["mean IoU"], 25.0)
+    assert_close(out["PA"], 50.0)
+    assert_close(out["mean PA"], 50.0)  # road only: 2 of 4
+    assert_close(out["FW IoU"], 50.0)  # road weighs 1, car 0
+    assert_close(out["IoU"], [50.0, 0.0, NAN])
+
+
+def test_metrics_of_an_all_ignored_set_are_nan() -> None:
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([[0, 1], [2, 2]]), torch.full((2, 2), 255))
+    assert not cm.matrix.any()
+    mm, d2 = mmseg_metrics(cm.matrix), detectron2_2019_metrics(cm.matrix)
+    # 2019 detectron2: every mean is 0 / 0, and the FW IoU weights gt / sum(gt) are NaN
+    # (detectron2 since 2020 reports an FW IoU of 0 here).
+    for value in (mm["aAcc"], mm["mIoU"], mm["mAcc"], d2["PA"], d2["mean PA"], d2["mean IoU"], d2["FW IoU"]):
         assert math.isnan(value)
-    assert all(math.isnan(v) for v in mm["IoU"] + d2["IoU"])
+    assert all(math.isnan(v) for v in mm["IoU"] + d2["IoU"] + d2["Acc"])
+
+
+def detectron2_2019_reference(d2_matrix: np.ndarray) -> dict[str, float]:
+    """The late-2019 ``SemSegEvaluator.evaluate`` formulas, transcribed to NumPy.
+
+    ``d2_matrix`` is detectron2's (N+1) x (N+1) matrix: rows prediction, columns
+    ground truth, last column the ignored pixels.
+    """
+    n = d2_matrix.shape[0] - 1
+    acc = np.zeros(n)
+    iou = np.zeros(n)
+    tp = d2_matrix.diagonal()[:-1].astype(np.float64)
+    pos_gt = np.sum(d2_matrix[:-1, :-1], axis=0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        class_weights = pos_gt / np.sum(pos_gt)
+        pos_pred = np.sum(d2_matrix[:-1, :-1], axis=1).astype(np.float64)
+        acc_valid = pos_gt > 0
+        acc[acc_valid] = tp[acc_valid] / pos_gt[acc_valid]
+        iou_valid = (pos_gt + pos_pred) > 0
+        union = pos_gt + pos_pred - tp
+        iou[acc_valid] = tp[acc_valid] / union[acc_valid]
+        return {
+            "mean IoU": 100 * np.sum(iou) / np.sum(iou_valid),
+            "FW IoU": 100 * np.sum(iou * class_weights),
+            "mean PA": 100 * np.sum(acc) / np.sum(acc_valid),
+            "PA": 100 * np.sum(tp) / np.sum(pos_gt),
+        }
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_detectron2_2019_matches_a_transcription_on_random_matrices(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 6
+    matrix = rng.integers(0, 50, (n, n)) * (rng.random((n, n)) < 0.7)  # [gt, pred], many zeros
+    matrix[rng.integers(n)] = 0  # a class with no ground truth (maybe predicted)
+    matrix[:, rng.integers(n)] = 0  # a class never predicted
+    if seed == 0:
+        matrix[:] = 0  # all ignored
+    d2_matrix = np.zeros((n + 1, n + 1), dtype=np.int64)
+    d2_matrix[:-1, :-1] = matrix.T
+    d2_matrix[:-1, -1] = rng.integers(0, 30, n)  # predictions on ignored pixels: dropped
+    out = detectron2_2019_metrics(torch.from_numpy(matrix))
+    for key, value in detectron2_2019_reference(d2_matrix).items():
+        assert_close(out[key], value)
 
 
 def reference_metrics(pred: np.ndarray, gt: np.ndarray, n: int, ignore: int) -> tuple[np.ndarray, dict, dict]:
@@ -86,17 +150,16 @@ def reference_metrics(pred: np.ndarray, gt: np.ndarray, n: int, ignore: int) -> 
         "Acc": 100 * np.array(mm_acc),
     }
 
-    valid = [c for c in range(n) if gt_px[c] > 0 and union[c] > 0]
-    d2_iou = np.full(n, np.nan)
-    d2_acc = np.full(n, np.nan)
-    for c in valid:
-        d2_iou[c] = tp[c] / union[c]
-        d2_acc[c] = tp[c] / gt_px[c]
+    # detectron2 2019: the means run over classes with ground truth (PA) or seen anywhere (IoU).
+    in_gt = [c for c in range(n) if gt_px[c] > 0]
+    seen = [c for c in range(n) if union[c] > 0]
+    d2_iou = np.array([tp[c] / union[c] if c in in_gt else 0.0 if c in seen else np.nan for c in range(n)])
+    d2_acc = np.array([tp[c] / gt_px[c] if c in in_gt else np.nan for c in range(n)])
     d2 = {
         "PA": 100 * tp.sum() / gt_px.sum(),
-        "mean PA": 100 * np.mean(d2_acc[valid]),
-        "mean IoU": 100 * np.mean(d2_iou[valid]),
-        "FW IoU": 100 * sum(d2_iou[c] * gt_px[c] / gt_px.sum() for c in valid),
+        "mean PA": 100 * np.mean(d2_acc[in_gt]),
+        "mean IoU": 100 * np.mean(d2_iou[seen]),
+        "FW IoU": 100 * sum(d2_iou[c] * gt_px[c] / gt_px.sum() for c in in_gt),
         "IoU": 100 * d2_iou,
         "Acc": 100 * d2_acc,
     }
@@ -122,13 +185,19 @@ def test_matches_numpy_reference(seed: int) -> None:
     cm.update(torch.from_numpy(pred), torch.from_numpy(gt))
     np.testing.assert_array_equal(cm.matrix.numpy(), ref_matrix)
 
-    mm, d2 = mmseg_metrics(cm.matrix), detectron2_metrics(cm.matrix)
+    mm, d2 = mmseg_metrics(cm.matrix), detectron2_2019_metrics(cm.matrix)
     assert mm.keys() == ref_mm.keys() and d2.keys() == ref_d2.keys()
     for out, ref in ((mm, ref_mm), (d2, ref_d2)):
         for key, value in ref.items():
             assert_close(out[key], value)
-    # The data has a predicted-only class, so the two mean IoUs must differ.
-    assert mm["mIoU"] < d2["mean IoU"]
+    # Both conventions average the same classes for the mean IoU, predicted-only ones included.
+    assert_close(mm["mIoU"], d2["mean IoU"])
+    # And as detectron2 counted in 2019: ignored pixels moved to an extra ground-truth class n.
+    d2_matrix = np.bincount(
+        (n + 1) * pred.reshape(-1) + np.where(gt == ignore, n, gt).reshape(-1), minlength=(n + 1) ** 2
+    ).reshape(n + 1, n + 1)
+    for key, value in detectron2_2019_reference(d2_matrix).items():
+        assert_close(d2[key], value)
 
 
 def test_streaming_updates_equal_one_update() -> None:
@@ -215,7 +284,7 @@ def test_counts_on_cuda_match_cpu() -> None:
     gpu.update(torch.from_numpy(pred).cuda(), torch.from_numpy(gt).cuda())
     assert gpu.matrix.device.type == "cuda"
     assert torch.equal(gpu.matrix.cpu(), cpu.matrix)
-    for metrics in (mmseg_metrics, detectron2_metrics):
+    for metrics in (mmseg_metrics, detectron2_2019_metrics):
         on_gpu, on_cpu = metrics(gpu.matrix), metrics(cpu.matrix)
         for key, value in on_cpu.items():
             assert_close(on_gpu[key], value)

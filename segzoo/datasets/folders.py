@@ -6,8 +6,8 @@ through an evaluation.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +28,42 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its label file; ``name`` is the image's stem without dataset suffixes."""
+    """One image and its label file; ``name`` is the image's stem without dataset suffixes.
+
+    ``annotations`` maps other official annotation kinds of the sample to where
+    their files belong (Cityscapes: ``labelIds``, ``instanceIds``); they may be
+    absent on disk until an evaluation asks for them.
+    """
 
     name: str
     image: Path
     label: Path
+    annotations: Mapping[str, Path] = field(default_factory=dict)
 
 
 class SegmentationFolder(torch.utils.data.Dataset):
-    """Image/label pairs of one split, in name order; labels use 255 for ignored pixels."""
+    """Image/label pairs of one split, in name order; labels use 255 for ignored pixels.
+
+    ``annotations_fix`` tells the user how to get the samples' other annotation
+    files when an evaluation needs them (see :meth:`annotation_files`).
+    """
 
     ignore_index = IGNORE_INDEX
 
-    def __init__(self, dataset: str, samples: Sequence[Sample], reduce_zero_label: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        samples: Sequence[Sample],
+        split: str = "val",
+        reduce_zero_label: bool = False,
+        annotations_fix: str = "",
+    ) -> None:
         self.dataset = dataset
+        self.split = split
         self.classes, self.palette = dataset_metadata(dataset)
         self.samples = sorted(samples, key=lambda s: s.name)
         self.reduce_zero_label = reduce_zero_label
+        self.annotations_fix = annotations_fix
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -61,10 +80,28 @@ class SegmentationFolder(torch.utils.data.Dataset):
                 f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its label "
                 f"{sample.label} is {label.shape[1]}x{label.shape[0]}"
             )
-        return {"name": sample.name, "image": image, "label": label}
+        return {"name": sample.name, "image": image, "label": label, "annotations": sample.annotations}
 
     def __repr__(self) -> str:
-        return f"SegmentationFolder({self.dataset!r}, {len(self)} samples)"
+        return f"SegmentationFolder({self.dataset!r}, {self.split!r}, {len(self)} samples)"
+
+    def annotation_files(self, kind: str) -> list[Path]:
+        """The ``kind`` annotation file of every sample, in order; all must exist.
+
+        A DatasetError names the dataset's known kinds when it has no ``kind``,
+        and a few missing files with what to unzip when some are absent.
+        """
+        known = sorted({k for sample in self.samples for k in sample.annotations})
+        if kind not in known:
+            raise DatasetError(f"{self.dataset} samples have no {kind!r} annotation files; known: {known}")
+        files = [sample.annotations[kind] for sample in self.samples]
+        missing = [path for path in files if not path.is_file()]
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} of {len(files)} {self.dataset} {self.split} samples have no {kind} file; "
+                f"missing {_listing(missing)}; {self.annotations_fix}"
+            )
+        return files
 
 
 def open_dataset(dataset: str, root: str | Path, split: str = "val") -> SegmentationFolder:
@@ -90,11 +127,15 @@ def _ade20k(root: Path, split: str) -> SegmentationFolder:
     samples = _pair(
         root / "images" / folder, "*.jpg", root / "annotations" / folder, ".png", fix, fix
     )
-    return SegmentationFolder("ADE20K", samples, reduce_zero_label=True)
+    return SegmentationFolder("ADE20K", samples, split, reduce_zero_label=True)
 
 
 def _cityscapes(root: Path, split: str) -> SegmentationFolder:
-    """leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelTrainIds.png."""
+    """leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelTrainIds.png.
+
+    Each sample also points at its official ``*_gtFine_labelIds.png`` and
+    ``*_gtFine_instanceIds.png``, which the official evaluation reads.
+    """
     samples = _pair(
         root / "leftImg8bit" / split,
         "*/*_leftImg8bit.png",
@@ -104,7 +145,18 @@ def _cityscapes(root: Path, split: str) -> SegmentationFolder:
         f"unzip gtFine_trainvaltest.zip into {root}, then make the labelTrainIds files from its "
         f"labelIds with `segzoo prepare cityscapes {root}`",
     )
-    return SegmentationFolder("Cityscapes", samples)
+    official = [
+        replace(sample, annotations={
+            kind: sample.label.with_name(sample.label.name.replace("_labelTrainIds.", f"_{kind}."))
+            for kind in ("labelIds", "instanceIds")
+        })
+        for sample in samples
+    ]
+    return SegmentationFolder(
+        "Cityscapes", official, split,
+        annotations_fix=f"unzip gtFine_trainvaltest.zip into {root}: the official Cityscapes evaluation reads "
+        f"its *_gtFine_labelIds.png and *_gtFine_instanceIds.png",
+    )
 
 
 def _coco_stuff54(root: Path, split: str) -> SegmentationFolder:
@@ -119,7 +171,7 @@ def _coco_stuff54(root: Path, split: str) -> SegmentationFolder:
         f"unzip COCO's panoptic annotations into {root} (annotations/panoptic_{year_split}.json "
         f"and panoptic_{year_split}/), then make the stuff labels with `segzoo prepare coco-stuff54 {root}`",
     )
-    return SegmentationFolder("COCO-Stuff54", samples)
+    return SegmentationFolder("COCO-Stuff54", samples, split)
 
 
 _READERS: dict[str, Callable[[Path, str], SegmentationFolder]] = {
@@ -151,13 +203,13 @@ def _pair(
     if no_label:
         raise DatasetError(
             f"{len(no_label)} of {len(images)} images have no label; missing "
-            f"{_listing(label_dir, no_label, label_suffix)}; {label_fix}"
+            f"{_listing([label_dir / f'{key}{label_suffix}' for key in no_label])}; {label_fix}"
         )
     no_image = sorted(labels.keys() - images.keys())
     if no_image:
         raise DatasetError(
             f"{len(no_image)} labels in {label_dir} have no image; missing "
-            f"{_listing(image_dir, no_image, image_suffix)}"
+            f"{_listing([image_dir / f'{key}{image_suffix}' for key in no_image])}"
         )
     return [Sample(Path(key).name, images[key], labels[key]) for key in images]
 
@@ -167,10 +219,10 @@ def _by_key(folder: Path, pattern: str, suffix: str) -> dict[str, Path]:
     return {p.relative_to(folder).as_posix()[: -len(suffix)]: p for p in folder.glob(pattern)}
 
 
-def _listing(folder: Path, keys: list[str], suffix: str) -> str:
-    """A few expected paths, and how many more there are."""
-    shown = ", ".join(str(folder / f"{key}{suffix}") for key in keys[:_MAX_LISTED])
-    more = len(keys) - _MAX_LISTED
+def _listing(paths: Sequence[Path]) -> str:
+    """A few of the expected ``paths``, and how many more there are."""
+    shown = ", ".join(str(path) for path in paths[:_MAX_LISTED])
+    more = len(paths) - _MAX_LISTED
     return shown + (f" and {more} more" if more > 0 else "")
 
 

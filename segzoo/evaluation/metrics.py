@@ -1,17 +1,25 @@
-"""Streaming confusion matrix and the two metric conventions the published numbers use.
+"""Streaming confusion matrix and the metric conventions of the published numbers.
 
-mmsegmentation 0.x and detectron2 agree on pixel and class accuracy but not on
-which classes enter the mean IoU: mmseg averages every class seen in either the
-prediction or the ground truth, detectron2 only classes present in the ground
-truth. Both are computed here from the same matrix so a model can be compared
-with the paper it came from.
+Each zoo entry is scored with the convention that produced its paper's table
+(``ModelInfo.evaluator``):
+
+- ``mmseg`` (mmsegmentation 0.x ``eval_metrics``): MogaNet, RegionProxy and EurNet.
+  aAcc, mIoU, mAcc; every class seen in the prediction or the ground truth enters
+  the mean IoU.
+- ``detectron2_2019`` (detectron2's ``SemSegEvaluator`` as of late 2019, which
+  EMANet's detectron2 project used unchanged): PA, mean PA, mean IoU, FW IoU. A
+  class predicted but absent from the ground truth enters the mean IoU with IoU 0,
+  as in mmseg; detectron2 changed that in 2022 (such classes are now left out),
+  and no entry uses the newer form, so segzoo does not implement it.
+- ``cityscapes`` (the official cityscapesScripts evaluation, GloRe): driven by
+  :mod:`segzoo.evaluation.cityscapes`, not computed from this matrix.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["ConfusionMatrix", "detectron2_metrics", "mmseg_metrics"]
+__all__ = ["ConfusionMatrix", "detectron2_2019_metrics", "mmseg_metrics"]
 
 
 class ConfusionMatrix:
@@ -102,32 +110,41 @@ def mmseg_metrics(matrix: torch.Tensor) -> dict[str, float | list[float]]:
     }
 
 
-def detectron2_metrics(matrix: torch.Tensor) -> dict[str, float | list[float]]:
-    """Metrics as detectron2's ``SemSegEvaluator.evaluate`` computes them, in percent.
+def detectron2_2019_metrics(matrix: torch.Tensor) -> dict[str, float | list[float]]:
+    """Metrics as detectron2's ``SemSegEvaluator.evaluate`` computed them in late 2019, in percent.
 
-    Keys follow EMANet's report: PA, mean PA, mean IoU, FW IoU.
+    Keys follow EMANet's table: PA, mean PA, mean IoU, FW IoU. ``matrix`` is
+    [ground truth, prediction] with ignored pixels already dropped (detectron2
+    stored the transpose plus one ignore column that it sliced off).
 
-    ``matrix`` is [ground truth, prediction] (detectron2 stores the transpose).
-    Only classes with ground-truth pixels are valid, for accuracy and IoU alike
-    (detectron2 also asks union > 0, which that implies), so a class that is
-    predicted but absent from the ground truth is left out of the mean IoU.
-    FW IoU weights each valid IoU by its share of ground-truth pixels.
+    - PA: correct pixels / labelled pixels.
+    - mean PA: class accuracy averaged over the classes with ground-truth pixels.
+    - mean IoU: summed IoU of the classes with ground-truth pixels divided by the
+      number of classes in the prediction *or* the ground truth, so a class only
+      predicted counts with IoU 0.
+    - FW IoU: IoU weighted by each class's share of the labelled pixels.
+
+    With no labelled pixel at all every scalar is NaN (0 / 0), as it was then.
+    Per class, ``IoU`` is 0 for a class only predicted and NaN for one absent from
+    both, ``Acc`` NaN for a class without ground-truth pixels (2019 reported no
+    per-class values; these are the ones its means average).
     """
     m = _as_float64(matrix)
     tp = m.diagonal()
     pos_gt = m.sum(dim=1)
     pos_pred = m.sum(dim=0)
-    valid = pos_gt > 0
+    in_gt = pos_gt > 0
+    seen = (pos_gt + pos_pred) > 0
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=m.device)
-    acc = torch.where(valid, tp / pos_gt, nan)
-    iou = torch.where(valid, tp / (pos_gt + pos_pred - tp), nan)
-    n_valid = valid.sum()
-    weights = pos_gt / pos_gt.sum()
+    acc = torch.where(in_gt, tp / pos_gt, nan)
+    iou = torch.where(in_gt, tp / (pos_gt + pos_pred - tp), torch.where(seen, 0.0, nan))
+    class_weights = pos_gt / pos_gt.sum()
     return {
         "PA": 100 * (tp.sum() / pos_gt.sum()).item(),
-        "mean PA": 100 * (acc[valid].sum() / n_valid).item(),
-        "mean IoU": 100 * (iou[valid].sum() / n_valid).item(),
-        "FW IoU": 100 * (iou[valid] * weights[valid]).sum().item(),
+        "mean PA": 100 * (acc[in_gt].sum() / in_gt.sum()).item(),
+        "mean IoU": 100 * (iou[seen].sum() / seen.sum()).item(),
+        # Classes without ground truth weigh 0; with no labelled pixel the weights are NaN.
+        "FW IoU": 100 * (torch.where(in_gt, iou, 0.0) * class_weights).sum().item(),
         "IoU": (100 * iou).tolist(),
         "Acc": (100 * acc).tolist(),
     }

@@ -2,27 +2,75 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from segzoo.datasets.folders import SegmentationFolder
-from segzoo.evaluation.metrics import ConfusionMatrix, detectron2_metrics, mmseg_metrics
+from segzoo.evaluation.cityscapes import CityscapesEvaluation
+from segzoo.evaluation.metrics import ConfusionMatrix, detectron2_2019_metrics, mmseg_metrics
 from segzoo.inference.predict import Amp, Mode, infer_scores
 from segzoo.segmentors import EncoderDecoder
 from segzoo.visualize import indexed_labels
 
-_METRICS = {"mmseg": mmseg_metrics, "detectron2_2019": detectron2_metrics}
+Metrics = dict[str, float | list[float]]
+
+
+class Evaluation(Protocol):
+    """What ``evaluate`` streams predictions into: one per metric convention."""
+
+    def update(self, predictions: torch.Tensor, samples: list[dict[str, Any]]) -> None:
+        """Count a batch of ``(N, H, W)`` class predictions of ``samples`` (dataset items)."""
+
+    def all_reduce(self) -> None:
+        """Sum the counts of all torchrun processes."""
+
+    def compute(self) -> Metrics:
+        """Scalar metrics and per-class lists, in percent."""
+
+
+class ConfusionEvaluation:
+    """A streaming confusion matrix of the dataset's labels, scored by one of the matrix conventions."""
+
+    def __init__(
+        self, metrics: Callable[[torch.Tensor], Metrics], dataset: SegmentationFolder, device: torch.device
+    ) -> None:
+        self.metrics = metrics
+        self.confusion = ConfusionMatrix(len(dataset.classes), dataset.ignore_index, device=device)
+
+    def update(self, predictions: torch.Tensor, samples: list[dict[str, Any]]) -> None:
+        labels = torch.stack([torch.from_numpy(s["label"]) for s in samples]).to(predictions.device)
+        self.confusion.update(predictions, labels.long())
+
+    def all_reduce(self) -> None:
+        self.confusion.all_reduce()
+
+    def compute(self) -> Metrics:
+        return self.metrics(self.confusion.matrix)
+
+
+# ModelInfo.evaluator -> how its metrics are computed (conventions described in segzoo.evaluation.metrics).
+EVALUATORS: dict[str, Callable[[SegmentationFolder, torch.device], Evaluation]] = {
+    "mmseg": lambda dataset, device: ConfusionEvaluation(mmseg_metrics, dataset, device),
+    "detectron2_2019": lambda dataset, device: ConfusionEvaluation(detectron2_2019_metrics, dataset, device),
+    "cityscapes": CityscapesEvaluation,
+}
 
 
 @dataclass
 class EvalResult:
-    """Measured metrics (percent) next to what the source README reports."""
+    """Measured metrics (percent) next to what the source README reports.
+
+    ``metrics`` holds the convention's scalars under the names the paper's table
+    uses, and per-class lists (e.g. ``IoU``, ``Acc``) aligned with ``class_names``.
+    ``split`` is the split measured, ``reported_split`` the one the reported
+    numbers come from (``test``: the benchmark's evaluation server).
+    """
 
     model: str
     dataset: str
@@ -31,16 +79,23 @@ class EvalResult:
     metrics: dict[str, Any]
     reported: dict[str, float]
     class_names: list[str] = field(default_factory=list)
+    split: str = "val"
+    reported_split: str = "val"
+
+    @property
+    def scalars(self) -> dict[str, float]:
+        return {k: v for k, v in self.metrics.items() if not isinstance(v, list)}
+
+    @property
+    def per_class(self) -> list[dict[str, Any]]:
+        columns = {k: v for k, v in self.metrics.items() if isinstance(v, list)}
+        return [{"class": name, **{k: v[i] for k, v in columns.items()}} for i, name in enumerate(self.class_names)]
 
     def to_dict(self) -> dict[str, Any]:
-        scalars = {k: v for k, v in self.metrics.items() if not isinstance(v, list)}
-        per_class = [
-            {"class": name, "IoU": self.metrics["IoU"][i], "Acc": self.metrics["Acc"][i]}
-            for i, name in enumerate(self.class_names)
-        ]
         return {
-            "model": self.model, "dataset": self.dataset, "num_images": self.num_images,
-            "settings": self.settings, "reported": self.reported, "measured": scalars, "per_class": per_class,
+            "model": self.model, "dataset": self.dataset, "split": self.split, "num_images": self.num_images,
+            "settings": self.settings, "reported_split": self.reported_split, "reported": self.reported,
+            "measured": self.scalars, "per_class": self.per_class,
         }
 
 
@@ -76,10 +131,11 @@ def evaluate(
 ) -> EvalResult:
     """Run ``model`` over ``dataset`` (its first ``limit`` samples) and compute the entry's metrics.
 
-    Under an initialized ``torch.distributed`` process group each process
-    takes its own shard and the confusion matrices are summed, so the result
-    equals a single process's. ``save_predictions`` writes each label map as an
-    indexed PNG named after the sample.
+    The metrics follow the entry's ``evaluator`` (see ``EVALUATORS``). Under an
+    initialized ``torch.distributed`` process group each process takes its own
+    shard and the counts are summed, so the result equals a single process's.
+    ``save_predictions`` writes each label map as an indexed PNG named after the
+    sample.
     """
     info = model.require_info()
     if info.num_classes != len(dataset.classes) or model.num_classes != len(dataset.classes):
@@ -89,7 +145,7 @@ def evaluate(
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     indices = shard_indices(count, rank, world_size)
-    confusion = ConfusionMatrix(len(dataset.classes), dataset.ignore_index, device=device)
+    evaluation = EVALUATORS[info.evaluator](dataset, device)
     if save_predictions is not None:
         save_predictions.mkdir(parents=True, exist_ok=True)
     with tqdm(total=count, desc=f"{info.name} on {dataset.dataset}", unit="img",
@@ -97,39 +153,44 @@ def evaluate(
         for batch in _batches(dataset, indices, batch_size):
             pixels = torch.stack([torch.from_numpy(s["image"]).permute(2, 0, 1) for s in batch]).float().to(device)
             predictions = infer_scores(model, pixels, mode, aug_test, amp).argmax(dim=1)
-            labels = torch.stack([torch.from_numpy(s["label"]) for s in batch]).to(device)
-            confusion.update(predictions, labels.long())
+            evaluation.update(predictions, batch)
             if save_predictions is not None:
                 for sample, prediction in zip(batch, predictions.cpu().numpy()):
                     indexed_labels(prediction, dataset.palette).save(save_predictions / f"{sample['name']}.png")
             bar.update(len(batch) * world_size)
-    confusion.all_reduce()
+    evaluation.all_reduce()
     settings = {
         "mode": mode or info.test_pipeline.mode, "aug_test": aug_test, "amp": amp, "batch_size": batch_size,
         "limit": limit, "world_size": world_size, "device": str(device), "evaluator": info.evaluator,
     }
     return EvalResult(
         model=info.name, dataset=dataset.dataset, num_images=count, settings=settings,
-        metrics=_METRICS[info.evaluator](confusion.matrix), reported=dict(info.metrics),
-        class_names=[c.strip() for c in dataset.classes],
+        metrics=evaluation.compute(), reported=dict(info.metrics),
+        class_names=[c.strip() for c in dataset.classes], split=dataset.split, reported_split=info.metrics_split,
     )
 
 
 def format_report(result: EvalResult) -> str:
-    """Reported vs. measured for the README's metrics, then per-class IoU and accuracy."""
-    def pct(value: float) -> str:
-        return "  n/a" if value is None or math.isnan(value) else f"{value:6.2f}"
+    """Reported vs. measured under the convention's metric names and the splits they come from, then per class."""
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
-    lines = [f"{result.model} on {result.dataset}: {result.num_images} images ({result.settings['mode']}"
-             f"{', aug-test' if result.settings['aug_test'] else ''})", "",
-             f"{'metric':<10} {'reported':>9} {'measured':>9}"]
-    names = list(result.reported) + [k for k in result.metrics if k not in result.reported
-                                     and not isinstance(result.metrics[k], list)]
+    measured = result.scalars
+    names = list(result.reported) + [k for k in measured if k not in result.reported]
+    width = max(len(name) for name in ["metric", *names])
+    lines = [f"{result.model} on {result.dataset} {result.split}: {result.num_images} images "
+             f"({result.settings['mode']}{', aug-test' if result.settings['aug_test'] else ''})"]
+    if result.reported_split != result.split:
+        server = " (the benchmark's evaluation server)" if result.reported_split == "test" else ""
+        lines.append(f"reported numbers are from the {result.reported_split} split{server}, "
+                     f"measured ones from {result.split}: expect them to differ")
+    lines += ["", f"{'metric':<{width}} {'reported':>9} {'measured':>9}"]
     for name in names:
         reported = result.reported.get(name)
-        lines.append(f"{name:<10} {reported if reported is not None else '':>9} {pct(result.metrics.get(name)):>9}")
-    lines += ["", f"{'class':<24} {'IoU':>7} {'Acc':>7}"]
-    for i, name in enumerate(result.class_names):
-        lines.append(f"{name[:24]:<24} {pct(result.metrics['IoU'][i]):>7} {pct(result.metrics['Acc'][i]):>7}")
+        lines.append(f"{name:<{width}} {'' if reported is None else reported:>9} {pct(measured.get(name)):>9}")
+    per_class = result.per_class
+    columns = [k for k in (per_class[0] if per_class else {}) if k != "class"]
+    lines += ["", f"{'class':<24}" + "".join(f" {c:>7}" for c in columns)]
+    for row in per_class:
+        lines.append(f"{row['class'][:24]:<24}" + "".join(f" {pct(row[c]):>7}" for c in columns))
     return "\n".join(lines)
-
