@@ -1,13 +1,14 @@
-"""Throughput and peak memory of ``segzoo.predict`` for MogaNet-S UperNet.
+"""Throughput and peak memory of ``segzoo.predict``, one named case per row.
 
-Configurations: 512x512 whole-image inference and a 512x2048 image with
-sliding-window inference (512x512 windows, stride 341). On CUDA also bf16
-autocast, channels_last and ``torch.compile``. Each configuration runs in a
-fresh process so that its peak memory is its own (peak RSS on the CPU,
-``torch.cuda.max_memory_allocated`` on a GPU). Weights are random: speed does
-not depend on them.
+Each case names a model, an input size, an inference mode and predict options; a family adds
+its rows by appending to ``CASES``. Variants (bf16 autocast, channels_last, ``torch.compile``)
+run on CUDA only. Every configuration runs in a fresh process so that its peak memory is its
+own: on the CPU the process's peak resident set size (``ru_maxrss``: everything the process
+touched, model, images, PyTorch's allocator and all, as the operating system counts it), on a
+GPU ``torch.cuda.max_memory_allocated``. Weights are random: speed and memory do not depend
+on them.
 
-    python benchmarks/inference.py [--device cuda] [--runs 3]
+    python benchmarks/inference.py [--device cuda] [--runs 3] [--case NAME ...]
 """
 from __future__ import annotations
 
@@ -19,41 +20,66 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-MODEL = "moganet_s_upernet_ade20k"
-SHAPES = {"whole": (512, 512), "slide": (512, 2048)}
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark row: ``model`` on a random ``height x width`` photo in ``mode``, with ``predict`` options."""
+
+    name: str
+    model: str
+    height: int
+    width: int
+    mode: str = "whole"
+    options: dict = field(default_factory=dict)
+    runs: int | None = None  # overrides --runs (big images: one run)
+    warmup: int | None = None
+
+
+CASES = [
+    Case("upernet-512", "moganet_s_upernet_ade20k", 512, 512),
+    Case("upernet-slide", "moganet_s_upernet_ade20k", 512, 2048, mode="slide"),
+    # A 5000x5000 photo is resized to 512x512 for the model; what grows is the final resize to 5000x5000.
+    Case("fpn-5000-labels", "moganet_s_fpn_ade20k", 5000, 5000, runs=1, warmup=0),
+]
+GPU_VARIANTS = [
+    dict(amp="bf16"), dict(channels_last=True), dict(amp="bf16", channels_last=True), dict(compile=True),
+]
 
 
 def run_one(config: dict) -> dict:
     import segzoo
 
+    case = Case(**config["case"])
+    device = config["device"]
+    options = {**case.options, **config["variant"]}
     torch.manual_seed(0)
-    model = segzoo.create_model(MODEL).to(config["device"])
-    if config["compile"]:
+    model = segzoo.create_model(case.model).to(device)
+    if options.pop("compile", False):
         model = torch.compile(model)  # attribute access (info, num_classes) falls through to the model
-    image = np.random.default_rng(0).integers(0, 255, (*SHAPES[config["mode"]], 3), dtype=np.uint8)
-    kwargs = dict(mode=config["mode"], amp=config["amp"], channels_last=config["channels_last"])
+    image = np.random.default_rng(0).integers(0, 255, (case.height, case.width, 3), dtype=np.uint8)
 
     def once() -> float:
         start = time.perf_counter()
-        segzoo.predict(model, image, **kwargs)
-        if config["device"].startswith("cuda"):
+        segzoo.predict(model, image, mode=case.mode, **options)
+        if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    for _ in range(config["warmup"]):
+    for _ in range(case.warmup if case.warmup is not None else config["warmup"]):
         once()
-    if config["device"].startswith("cuda"):
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    seconds = statistics.median(once() for _ in range(config["runs"]))
-    if config["device"].startswith("cuda"):
+    seconds = statistics.median(once() for _ in range(case.runs or config["runs"]))
+    if device.startswith("cuda"):
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {**config, "images_per_s": 1 / seconds, "peak_mb": peak_mb}
+    return {"images_per_s": 1 / seconds, "peak_mb": peak_mb}
 
 
 def main() -> None:
@@ -61,30 +87,28 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--case", nargs="+", choices=[c.name for c in CASES], help="only these cases")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a single configuration, as JSON (internal)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
-    variants = [dict(amp=None, channels_last=False, compile=False)]
-    if args.device.startswith("cuda"):
-        variants += [dict(amp="bf16", channels_last=False, compile=False),
-                     dict(amp=None, channels_last=True, compile=False),
-                     dict(amp="bf16", channels_last=True, compile=False),
-                     dict(amp=None, channels_last=False, compile=True)]
+    variants = [{}] + (GPU_VARIANTS if args.device.startswith("cuda") else [])
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
-    print(f"{MODEL}, torch {torch.__version__}, {args.device} ({name}), {torch.get_num_threads()} CPU threads, "
-          f"median of {args.runs} runs after {args.warmup} warm-up")
-    print("| input | mode | amp | channels_last | compile | images/s | peak memory (MB) |")
-    print("|---|---|---|---|---|---:|---:|")
-    for mode in SHAPES:
+    print(f"torch {torch.__version__}, {args.device} ({name}), {torch.get_num_threads()} CPU threads, "
+          f"median of {args.runs} runs after {args.warmup} warm-up unless the case says otherwise")
+    print("| case | model | input | mode | options | images/s | peak memory (MB) |")
+    print("|---|---|---|---|---|---|---:|")
+    for case in CASES:
+        if args.case and case.name not in args.case:
+            continue
         for variant in variants:
-            config = dict(mode=mode, device=args.device, runs=args.runs, warmup=args.warmup, **variant)
+            config = dict(case=asdict(case), variant=variant, device=args.device, runs=args.runs, warmup=args.warmup)
             out = subprocess.run([sys.executable, __file__, "--one", json.dumps(config)],
                                  check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
-            h, w = SHAPES[mode]
-            print(f"| {h}x{w} | {mode} | {r['amp'] or 'fp32'} | {r['channels_last']} | {r['compile']} "
+            options = ", ".join(f"{k}={v}" for k, v in {**case.options, **variant}.items()) or "fp32"
+            print(f"| {case.name} | {case.model} | {case.height}x{case.width} | {case.mode} | {options} "
                   f"| {r['images_per_s']:.3f} | {r['peak_mb']:.0f} |", flush=True)
 
 

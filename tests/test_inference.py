@@ -4,12 +4,23 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 import segzoo
-from segzoo.inference import keep_ratio_shape, load_image, preprocess, slide_logits
-from segzoo.inference.pipeline import to_pixels
+from segzoo.inference import (
+    infer_labels,
+    infer_scores,
+    keep_ratio_shape,
+    load_image,
+    preprocess,
+    rescaled_labels,
+    rescaled_scores,
+    resize_rows,
+    slide_logits,
+)
+from segzoo.zoo.records import Normalization
 from tests.conftest import synthetic_state_dict
 
 
@@ -43,7 +54,7 @@ def test_keep_ratio_resize_rule(hw, expected):
 
 def test_preprocess_aligns_to_32_and_normalizes():
     info = segzoo.model_info("moganet_s_fpn")
-    pixels = to_pixels(Image.new("RGB", (683, 512), (124, 116, 104)))
+    pixels = np.asarray(Image.new("RGB", (683, 512), (124, 116, 104)))
     x = preprocess(pixels, info.test_pipeline, info.normalization)
     assert x.shape == (1, 3, 512, 704)
     mean, std = torch.tensor(info.normalization.mean), torch.tensor(info.normalization.std)
@@ -174,3 +185,146 @@ def test_predict_by_name_needs_the_weights(monkeypatch):
 def test_bad_mode_is_rejected(model):
     with pytest.raises(ValueError, match="mode"):
         segzoo.predict(model, np.zeros((40, 40, 3), np.uint8), mode="sliding")
+
+
+# --- labels from the logits a band of rows at a time -------------------------------------------------------------
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("source, size", [((7, 9), (97, 131)), ((64, 64), (213, 150)), ((33, 50), (130, 67)),
+                                          ((128, 96), (100, 30)), ((1, 5), (131, 17)), ((80, 80), (80, 80))])
+def test_resize_rows_equals_the_full_resize_bit_for_bit(source, size, align_corners):
+    logits = torch.randn(2, 19, *source, generator=torch.Generator().manual_seed(0)) * 10
+    full = F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+    for band in (1, 7, 64, size[0]):
+        rows = [resize_rows(logits, size, range(s, min(s + band, size[0])), align_corners) for s in range(0, size[0], band)]
+        assert torch.equal(torch.cat(rows, dim=2), full), band
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_tiled_labels_equal_untiled_labels(align_corners):
+    generator = torch.Generator().manual_seed(1)
+    views = [(torch.randn(1, 150, 24, 32, generator=generator), False)]
+    size = (101, 67)
+    expected = rescaled_scores(views, size, align_corners, averaged=False).argmax(1)
+    assert torch.equal(rescaled_labels(views, size, align_corners, averaged=False, band_bytes=1), expected)
+    aug = [(torch.randn(1, 150, h, w, generator=generator), flip) for h, w in ((12, 16), (24, 32)) for flip in (False, True)]
+    expected = rescaled_scores(aug, size, align_corners, averaged=True).argmax(1)
+    assert torch.equal(rescaled_labels(aug, size, align_corners, averaged=True, band_bytes=3 * 150 * 4 * 67), expected)
+
+
+def test_predict_labels_equal_the_argmax_of_full_scores(model):
+    image = np.random.default_rng(5).integers(0, 255, (67, 101, 3), dtype=np.uint8)
+    assert np.array_equal(segzoo.predict(model, image).labels, segzoo.predict(model, image, return_scores=True).labels)
+    original = _with_pipeline(model, aug_ratios=(0.5, 1.0), aug_flip=True)
+    try:
+        aug = segzoo.predict(model, image, aug_test=True)
+        full = segzoo.predict(model, image, aug_test=True, return_scores=True)
+    finally:
+        model.info = original
+    assert np.array_equal(aug.labels, full.labels)
+
+
+# --- detectron2's pipeline and RegionProxy's padded slide --------------------------------------------------------
+
+def test_shortest_edge_pipeline_and_its_final_resize(model):
+    """A detectron2-style entry: BGR, shortest-edge resize, the final resize with its own align_corners."""
+    info = model.info
+    bgr = Normalization(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395), channel_order="BGR")
+    image = np.random.default_rng(6).integers(0, 255, (45, 75, 3), dtype=np.uint8)
+    try:
+        for rescale_align_corners, expected_align in ((False, False), (True, True), (None, model.align_corners)):
+            model.info = dataclasses.replace(info, normalization=bgr, test_pipeline=dataclasses.replace(
+                info.test_pipeline, resize="shortest_edge", scale=(64, 100), size_divisor=None,
+                rescale_align_corners=rescale_align_corners))
+            x = preprocess(image, model.info.test_pipeline, bgr)
+            assert x.shape == (1, 3, 60, 100)  # 64 x 106.7, capped at 100 on the long edge: 60 x 100
+            expected = F.interpolate(model(x), size=(45, 75), mode="bilinear", align_corners=expected_align)[0]
+            pred = segzoo.predict(model, image, return_scores=True)
+            torch.testing.assert_close(pred.scores, expected, rtol=0, atol=0)
+            assert np.array_equal(pred.labels, segzoo.predict(model, image).labels)
+    finally:
+        model.info = info
+
+
+class _WindowMean(nn.Module):
+    """Output depends on the window's mean, so zero padding shows; records each window's shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape[2:]))
+        x = x.contiguous()
+        return x[:, :2] - x.mean(dim=(2, 3), keepdim=True)[:, :2]
+
+
+@pytest.mark.parametrize("hw, differ", [((30, 50), True), ((50, 20), True), ((64, 96), False), ((45, 70), False)])
+def test_padded_slide_windows_differ_only_on_images_smaller_than_the_crop(hw, differ):
+    image = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(0)) + 1
+    shifted, padded = _WindowMean(), _WindowMean()
+    shift = slide_logits(shifted, image, 2, (32, 32), (20, 20), windows="shift")
+    pad = slide_logits(padded, image, 2, (32, 32), (20, 20), windows="pad")
+    assert set(padded.shapes) == {(32, 32)}
+    assert (set(shifted.shapes) != {(32, 32)}) == differ
+    assert torch.equal(shift, pad) != differ
+
+
+def test_predict_and_infer_follow_the_entrys_slide_variant(model):
+    image = np.random.default_rng(7).integers(0, 255, (40, 90, 3), dtype=np.uint8)
+    original = _with_pipeline(model, mode="slide", crop_size=(160, 160), stride=(128, 128))
+    try:
+        scores = {}
+        for windows in ("shift", "pad"):
+            _with_pipeline(model, slide_windows=windows)
+            x = preprocess(image, model.info.test_pipeline, model.info.normalization)
+            expected = F.interpolate(slide_logits(model, x, 150, (160, 160), (128, 128), windows), size=(40, 90),
+                                     mode="bilinear", align_corners=model.align_corners)
+            scores[windows] = segzoo.predict(model, image, return_scores=True).scores
+            torch.testing.assert_close(scores[windows], expected[0], rtol=0, atol=0)
+            pixels = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float()  # as the evaluation runner passes them
+            torch.testing.assert_close(infer_scores(model, pixels)[0], expected[0], rtol=0, atol=0)
+            assert torch.equal(infer_labels(model, pixels), expected.argmax(1))
+    finally:
+        model.info = original
+    assert not torch.equal(scores["shift"], scores["pad"])  # the resized image (128 x 288) is lower than the crop (160)
+
+
+# --- what predict accepts, and clear errors for everything else --------------------------------------------------
+
+@pytest.mark.parametrize(
+    "image, error, message",
+    [
+        (None, TypeError, "image is None; pass a path"),
+        (np.zeros((0, 10, 3), np.uint8), ValueError, "empty"),
+        (torch.zeros(3, 10, 0), ValueError, "empty"),
+        (Image.new("RGB", (0, 0)), ValueError, "empty"),
+        (np.random.default_rng(0).random((20, 20, 3)), ValueError, r"float64 with values in \[.*\] \(0-1 values"),
+        (np.full((20, 20, 3), 300.0, np.float32), ValueError, r"float32 with values in \[300, 300\]"),
+        (np.full((20, 20, 3), -1, np.int16), ValueError, r"int16 with values in \[-1, -1\]"),
+        (np.full((20, 20, 3), np.nan, np.float32), ValueError, "nan"),
+        (torch.full((3, 20, 20), 0.5), ValueError, r"float32 with values in \[0.5, 0.5\]"),
+        (np.zeros((20, 20), np.uint8), ValueError, r"shape \(20, 20\); pass \(H, W, 3\)"),
+        (np.zeros((20, 20, 4), np.uint8), ValueError, r"RGBA: a\[..., :3\]"),
+        (torch.zeros(4, 20, 20), ValueError, r"shape \(4, 20, 20\)"),
+        (np.zeros((20, 20, 3), bool), TypeError, "dtype bool"),
+        (42, TypeError, "image is a int; pass a path"),
+    ],
+    ids=["none", "empty-array", "empty-tensor", "empty-pil", "unit-float", "above-255", "negative", "nan",
+         "fractional-tensor", "grayscale", "rgba", "4-channel-tensor", "bool", "int"],
+)
+def test_predict_rejects_bad_images_with_a_sentence(model, image, error, message):
+    with pytest.raises(error, match=message):
+        segzoo.predict(model, image)
+
+
+def test_predict_names_the_bad_image_in_a_list(model):
+    with pytest.raises(ValueError, match="image 1 has shape"):
+        segzoo.predict(model, [np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20), np.uint8)])
+
+
+def test_whole_valued_float_and_integer_images_are_uint8_images(model):
+    image = np.random.default_rng(8).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    expected = segzoo.predict(model, image).labels
+    for same in (image.astype(np.float32), image.astype(np.int64), torch.from_numpy(image).permute(2, 0, 1).double()):
+        assert np.array_equal(segzoo.predict(model, same).labels, expected)

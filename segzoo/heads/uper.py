@@ -47,4 +47,6 @@ class UPerHead(DecodeHead):
             laterals[i - 1] = laterals[i - 1] + self._resize(laterals[i], laterals[i - 1].shape[2:])
         outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals)] + [laterals[-1]]
         outs = [outs[0]] + [self._resize(x, outs[0].shape[2:]) for x in outs[1:]]
-        return self.fpn_bottleneck(torch.cat(outs, dim=1))
+        fused = torch.cat(outs, dim=1)
+        del outs  # free the resized maps before the 3x3 convolution runs on their concatenation, as upstream does
+        return self.fpn_bottleneck(fused)

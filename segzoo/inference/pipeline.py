@@ -1,25 +1,49 @@
-"""Images in, normalized model input out, resized the way the entry's upstream test pipeline does."""
+"""Images in, normalized model input out, computing exactly what the entry's upstream test pipeline feeds its model.
+
+Two upstream pipelines, named by ``InferencePipeline.resize``:
+
+- ``keep_ratio`` (mmseg 0.x with mmcv): OpenCV decodes the file (EXIF orientation applied),
+  ``mmcv.imrescale`` resizes the 8-bit image with ``cv2.resize(..., INTER_LINEAR)`` into
+  ``scale``, MogaNet's ``AlignResize`` resizes it again to a multiple of ``size_divisor``,
+  the aug-test flips it, and mmcv's ``imnormalize`` computes ``(x - mean) * (1 / std)``
+  (the difference in float32, the product in float64 rounded to float32).
+- ``shortest_edge`` (detectron2 as of late 2019, which EMANet used): PIL decodes the file
+  *without* applying EXIF orientation (detectron2 applied it only from 2019-11-11, after
+  EMANet's results), ``ResizeShortestEdge`` picks the size with ``int(x + 0.5)``, PIL's
+  ``Image.resize(..., BILINEAR)`` resizes the 8-bit image, and the model computes
+  ``(x - mean) / std`` in float32.
+
+Resizing the uint8 image with the library the upstream pipeline used (not a float resize
+rounded afterwards) is what makes the input bit-identical.
+"""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from segzoo.zoo.records import InferencePipeline, Normalization
 
 
-def load_image(image: str | Path | Image.Image | np.ndarray) -> Image.Image:
+def applies_exif_orientation(pipeline: InferencePipeline | None) -> bool:
+    """Whether the upstream image reader turned photos upright by their EXIF orientation tag."""
+    return pipeline is None or pipeline.resize == "keep_ratio"
+
+
+def load_image(image: str | Path | Image.Image | np.ndarray, pipeline: InferencePipeline | None = None) -> Image.Image:
     """An RGB PIL image from a path, a PIL image or an (H, W, 3) uint8 RGB array.
 
-    Files are turned upright by their EXIF orientation, as OpenCV's decoder does upstream.
+    Files are turned upright by their EXIF orientation unless ``pipeline``'s
+    upstream reader ignored it (detectron2 in 2019; see the module docstring).
     """
     if isinstance(image, (str, Path)):
         with Image.open(image) as opened:
-            return ImageOps.exif_transpose(opened).convert("RGB")
+            upright = ImageOps.exif_transpose(opened) if applies_exif_orientation(pipeline) else opened
+            return upright.convert("RGB")
     if isinstance(image, np.ndarray):
         return Image.fromarray(image).convert("RGB")
     return image.convert("RGB")
@@ -32,41 +56,65 @@ def keep_ratio_shape(height: int, width: int, scale: tuple[int, int]) -> tuple[i
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def _resize_like_uint8(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of 0-255 pixels, rounded back to integers as an 8-bit image resize would be."""
-    if tuple(pixels.shape[2:]) == size:
-        return pixels
-    resized = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
-    return resized.round().clamp(0, 255)
+def shortest_edge_shape(height: int, width: int, short_edge: int, max_size: int) -> tuple[int, int]:
+    """(H, W) after detectron2's test-time ``ResizeShortestEdge(short_edge, max_size)``."""
+    factor = short_edge / min(height, width)
+    new_h, new_w = (short_edge, factor * width) if height < width else (factor * height, short_edge)
+    if max(new_h, new_w) > max_size:
+        cap = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * cap, new_w * cap
+    return int(new_h + 0.5), int(new_w + 0.5)
 
 
-def to_pixels(image: Image.Image) -> torch.Tensor:
-    """``(1, 3, H, W)`` float RGB pixel values in [0, 255]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+def _cv2_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_image(image: np.ndarray, pipeline: InferencePipeline, ratio: float = 1.0) -> np.ndarray:
+    """The (H, W, 3) uint8 image at the model's input size, resized as the upstream pipeline resizes it.
+
+    ``ratio`` scales both numbers of ``pipeline.scale`` (mmseg's ``img_ratios``).
+    """
+    height, width = image.shape[:2]
+    first, second = int(pipeline.scale[0] * ratio), int(pipeline.scale[1] * ratio)
+    if pipeline.resize == "shortest_edge":
+        new_h, new_w = shortest_edge_shape(height, width, first, second)
+        if (new_h, new_w) == (height, width):
+            return image
+        return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    image = _cv2_bilinear(image, keep_ratio_shape(height, width, (first, second)))
+    if pipeline.size_divisor:
+        d = pipeline.size_divisor
+        image = _cv2_bilinear(image, (math.ceil(image.shape[0] / d) * d, math.ceil(image.shape[1] / d) * d))
+    return image
+
+
+def normalize(
+    image: np.ndarray, pipeline: InferencePipeline, normalization: Normalization, device: torch.device | None = None
+) -> torch.Tensor:
+    """``(1, 3, H, W)`` float32 model input from an (H, W, 3) uint8 RGB image, in the upstream's arithmetic."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).unsqueeze(0).float()
+    if normalization.channel_order == "BGR":
+        pixels = pixels.flip(1)
+    mean = torch.tensor(normalization.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    std = np.asarray(normalization.std, dtype=np.float32)
+    if pipeline.resize == "shortest_edge":
+        return (pixels - mean) / torch.from_numpy(std).to(pixels.device).view(1, 3, 1, 1)
+    # mmcv (OpenCV) multiplies by the float64 reciprocal of the float32 std, in float64, then rounds to float32.
+    inverse_std = torch.from_numpy(1.0 / std.astype(np.float64)).to(pixels.device).view(1, 3, 1, 1)
+    return ((pixels - mean).double() * inverse_std).float()
 
 
 def preprocess(
-    pixels: torch.Tensor,
+    image: np.ndarray,
     pipeline: InferencePipeline,
     normalization: Normalization,
     ratio: float = 1.0,
     flip: bool = False,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Resize ``(1, 3, H, W)`` 0-255 RGB pixels for the model and normalize them.
-
-    ``ratio`` scales the pipeline's target size (mmseg's ``img_ratios``);
-    ``flip`` mirrors the resized image horizontally, as the aug-test does.
-    """
-    scale = (int(pipeline.scale[0] * ratio), int(pipeline.scale[1] * ratio))
-    pixels = _resize_like_uint8(pixels, keep_ratio_shape(pixels.shape[2], pixels.shape[3], scale))
-    if pipeline.size_divisor:
-        d = pipeline.size_divisor
-        pixels = _resize_like_uint8(pixels, (math.ceil(pixels.shape[2] / d) * d, math.ceil(pixels.shape[3] / d) * d))
+    """Model input ``(1, 3, h, w)`` for one (H, W, 3) uint8 RGB image: resize, flip (aug-test), normalize."""
+    resized = resize_image(image, pipeline, ratio)
     if flip:
-        pixels = pixels.flip(3)
-    if normalization.channel_order == "BGR":
-        pixels = pixels.flip(1)
-    mean = torch.tensor(normalization.mean, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(normalization.std, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels - mean) / std
+        resized = resized[:, ::-1]
+    return normalize(resized, pipeline, normalization, device)

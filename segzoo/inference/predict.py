@@ -2,24 +2,29 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from segzoo.inference.modes import slide_logits
-from segzoo.inference.pipeline import load_image, preprocess, to_pixels
+from segzoo.inference.pipeline import load_image, preprocess
+from segzoo.inference.rescale import View, rescaled_labels, rescaled_scores
 from segzoo.segmentors import EncoderDecoder
+from segzoo.zoo.records import InferencePipeline
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 Mode = Literal["whole", "slide"]
 Amp = Literal["bf16", "fp16"]
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_ACCEPTED = (
+    "a path, a PIL image, an (H, W, 3) uint8 RGB array, a (3, H, W) or (N, 3, H, W) tensor of 0-255 RGB values, "
+    "or a list of them"
+)
 
 
 @dataclass(frozen=True)
@@ -35,15 +40,51 @@ class Prediction:
     scores: torch.Tensor | None = None
 
 
-def _as_pixels(image: ImageLike) -> Iterator[torch.Tensor]:
-    """``(1, 3, H, W)`` float 0-255 RGB pixels for each image in ``image``."""
+def _checked_uint8(array: np.ndarray, what: str) -> np.ndarray:
+    """``array`` as uint8 if every value is a whole number in [0, 255]; a clear error otherwise."""
+    if array.dtype == np.uint8:
+        return array
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{what} has dtype {array.dtype}; pass uint8 RGB values in [0, 255]")
+    low, high = float(array.min()), float(array.max())
+    if not (0 <= low and high <= 255 and np.array_equal(array, np.round(array))):
+        hint = " (0-1 values? multiply by 255)" if 0 <= low and high <= 1 else ""
+        raise ValueError(
+            f"{what} has dtype {array.dtype} with values in [{low:g}, {high:g}]{hint}; images are 0-255 RGB "
+            f"values: pass uint8, e.g. np.clip(x, 0, 255).round().astype(np.uint8)"
+        )
+    return array.astype(np.uint8)
+
+
+def _checked_array(array: np.ndarray, what: str) -> np.ndarray:
+    """An (H, W, 3) array, not empty, as uint8."""
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"{what} has shape {array.shape}; pass (H, W, 3) RGB (grayscale: "
+                         f"np.stack([a] * 3, axis=-1); RGBA: a[..., :3])")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{what} is empty ({array.shape[1]}x{array.shape[0]} pixels)")
+    return _checked_uint8(array, what)
+
+
+def _as_arrays(image: ImageLike, what: str, pipeline: InferencePipeline | None = None) -> list[np.ndarray]:
+    """(H, W, 3) uint8 RGB arrays for one input (a batch tensor gives several); clear errors for anything else."""
+    if image is None:
+        raise TypeError(f"{what} is None; pass {_ACCEPTED}")
+    if isinstance(image, (str, Path)):
+        image = load_image(image, pipeline)
+    if isinstance(image, Image.Image):
+        return [_checked_array(np.asarray(image.convert("RGB")), what)]
+    if isinstance(image, np.ndarray):
+        return [_checked_array(image, what)]
     if torch.is_tensor(image):
         batch = image.unsqueeze(0) if image.ndim == 3 else image
         if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"image tensors must be (3, H, W) or (N, 3, H, W) RGB in [0, 255], got {tuple(image.shape)}")
-        yield from (x.unsqueeze(0).float() for x in batch)
-    else:
-        yield to_pixels(load_image(image))
+            raise ValueError(f"{what} is a tensor of shape {tuple(image.shape)}; pass (3, H, W) or (N, 3, H, W) RGB")
+        batch = batch.detach().cpu()
+        if batch.dtype in (torch.float16, torch.bfloat16):
+            batch = batch.float()
+        return [_checked_array(array, what) for array in batch.permute(0, 2, 3, 1).numpy()]
+    raise TypeError(f"{what} is a {type(image).__name__}; pass {_ACCEPTED}")
 
 
 def _is_single(images: ImageLike | Sequence[ImageLike]) -> bool:
@@ -52,15 +93,16 @@ def _is_single(images: ImageLike | Sequence[ImageLike]) -> bool:
     return not isinstance(images, (list, tuple))
 
 
-def infer_scores(
+def _view_logits(
     model: EncoderDecoder,
-    pixels: torch.Tensor,
-    mode: Mode | None = None,
-    aug_test: bool = False,
-    amp: Amp | None = None,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """``(N, C, H, W)`` scores at the pixels' own size for a batch of same-sized ``(N, 3, H, W)`` 0-255 images."""
+    images: Sequence[np.ndarray],
+    mode: Mode | None,
+    aug_test: bool,
+    amp: Amp | None,
+    channels_last: bool,
+) -> tuple[list[View], bool]:
+    """Each test view's ``(N, C, h, w)`` logits at the model's input size for same-sized images, and the
+    ``align_corners`` of their final resize to the images' size."""
     info = model.require_info()
     pipeline = info.test_pipeline
     mode = mode or pipeline.mode
@@ -70,23 +112,59 @@ def infer_scores(
     stride = pipeline.stride or (crop[0] * 2 // 3, crop[1] * 2 // 3)
     flips = (False, True) if pipeline.aug_flip else (False,)
     views = [(r, f) for r in pipeline.aug_ratios for f in flips] if aug_test else [(1.0, False)]
-    autocast = (
-        torch.autocast(pixels.device.type, dtype=_AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
-    )
-    total = None
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=_AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
+    results = []
     for ratio, flip in views:
-        x = preprocess(pixels, pipeline, info.normalization, ratio, flip)
+        x = torch.cat([preprocess(image, pipeline, info.normalization, ratio, flip, device) for image in images])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            logits = model(x) if mode == "whole" else slide_logits(model, x, model.num_classes, crop, stride)
-        logits = F.interpolate(logits.float(), size=pixels.shape[2:], mode="bilinear", align_corners=model.align_corners)
-        if not aug_test:
-            return logits
-        probs = logits.softmax(dim=1)
-        probs = probs.flip(3) if flip else probs
-        total = probs if total is None else total + probs
-    return total / len(views)
+            if mode == "whole":
+                logits = model(x)
+            else:
+                logits = slide_logits(model, x, model.num_classes, crop, stride, pipeline.slide_windows)
+        # The final resize runs on contiguous float32 logits, as upstream's does.
+        results.append((logits.float().contiguous(), flip))
+    align_corners = model.align_corners if pipeline.rescale_align_corners is None else pipeline.rescale_align_corners
+    return results, align_corners
+
+
+def _pixel_arrays(pixels: torch.Tensor) -> list[np.ndarray]:
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"pixels must be (N, 3, H, W) 0-255 RGB values, got {tuple(pixels.shape)}")
+    return _as_arrays(pixels, "pixels")
+
+
+@torch.inference_mode()
+def infer_scores(
+    model: EncoderDecoder,
+    pixels: torch.Tensor,
+    mode: Mode | None = None,
+    aug_test: bool = False,
+    amp: Amp | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """``(N, C, H, W)`` scores at the pixels' own size for a batch of same-sized ``(N, 3, H, W)`` 0-255 RGB images.
+
+    Full-size scores take ``C x H x W`` floats per image; for labels alone use :func:`infer_labels`.
+    """
+    views, align_corners = _view_logits(model, _pixel_arrays(pixels), mode, aug_test, amp, channels_last)
+    return rescaled_scores(views, tuple(pixels.shape[2:]), align_corners, averaged=aug_test).to(pixels.device)
+
+
+@torch.inference_mode()
+def infer_labels(
+    model: EncoderDecoder,
+    pixels: torch.Tensor,
+    mode: Mode | None = None,
+    aug_test: bool = False,
+    amp: Amp | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """``(N, H, W)`` int64 labels, equal to ``infer_scores(...).argmax(1)`` in bounded memory (a band of rows at a time)."""
+    views, align_corners = _view_logits(model, _pixel_arrays(pixels), mode, aug_test, amp, channels_last)
+    return rescaled_labels(views, tuple(pixels.shape[2:]), align_corners, averaged=aug_test).to(pixels.device)
 
 
 @torch.inference_mode()
@@ -102,13 +180,19 @@ def predict(
 ) -> Prediction | list[Prediction]:
     """Segment images as the entry's upstream test pipeline does; results are at each image's own size.
 
-    ``images``: a path, PIL image, ``(H, W, 3)`` uint8 RGB array or ``(3, H, W)``
-    tensor of 0-255 RGB values, or a list of them (or an ``(N, 3, H, W)``
-    tensor); a single image gives a single :class:`Prediction`. ``mode``
-    overrides the entry's inference mode; ``aug_test`` runs mmseg's multi-scale
-    + flip test; ``amp`` (``"bf16"``/``"fp16"``) runs under autocast. A name
-    builds the pretrained model; ``device`` moves the model there (default: where
-    it is).
+    ``images``: a path, a PIL image (any mode, converted to RGB), an
+    ``(H, W, 3)`` uint8 RGB array, a ``(3, H, W)`` tensor, or a list of them,
+    or an ``(N, 3, H, W)`` tensor; arrays and tensors of another numeric dtype
+    are accepted when every value is a whole number in [0, 255] (a 0-1 float
+    image is rejected, not guessed at). A single image gives a single
+    :class:`Prediction`. Images are resized as uint8, bit-identical to the
+    upstream pipeline's input. ``mode`` overrides the entry's inference mode;
+    ``aug_test`` runs mmseg's multi-scale + flip test; ``amp``
+    (``"bf16"``/``"fp16"``) runs under autocast. Labels are computed from the
+    logits a band of rows at a time, so memory does not grow with classes x
+    image pixels; ``return_scores=True`` also builds the full ``(C, H, W)``
+    scores. A name builds the pretrained model; ``device`` moves the model
+    there (default: where it is).
     """
     if isinstance(model_or_name, str):
         from segzoo.registry import create_model
@@ -119,11 +203,21 @@ def predict(
         model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    target = next(model.parameters()).device
+    label_dtype = torch.uint8 if model.num_classes <= 256 else torch.int64
+    pipeline = model.require_info().test_pipeline
+    single = _is_single(images)
+    inputs = [images] if single or torch.is_tensor(images) else list(images)
     results = []
-    for image in [images] if _is_single(images) or torch.is_tensor(images) else images:
-        for pixels in _as_pixels(image):
-            scores = infer_scores(model, pixels.to(target), mode, aug_test, amp, channels_last)[0]
-            labels = scores.argmax(dim=0).to(torch.uint8 if model.num_classes <= 256 else torch.int64).cpu().numpy()
-            results.append(Prediction(labels, scores.cpu() if return_scores else None))
-    return results[0] if _is_single(images) else results
+    for i, image in enumerate(inputs):
+        what = "image" if single or torch.is_tensor(images) else f"image {i}"
+        for array in _as_arrays(image, what, pipeline):
+            views, align_corners = _view_logits(model, [array], mode, aug_test, amp, channels_last)
+            size = array.shape[:2]
+            if return_scores:
+                scores = rescaled_scores(views, size, align_corners, averaged=aug_test)[0]
+                labels = scores.argmax(dim=0).to(label_dtype)
+                results.append(Prediction(labels.cpu().numpy(), scores.cpu()))
+            else:
+                labels = rescaled_labels(views, size, align_corners, averaged=aug_test, dtype=label_dtype)[0]
+                results.append(Prediction(labels.cpu().numpy()))
+    return results[0] if single else results

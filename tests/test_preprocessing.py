@@ -1,0 +1,127 @@
+"""Preprocessing equals what the upstream test pipelines feed their models, value for value."""
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import segzoo
+from segzoo.inference import keep_ratio_shape, load_image, preprocess, resize_image, shortest_edge_shape
+from segzoo.zoo.records import Normalization
+
+SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "samples"
+MOGANET = segzoo.model_info("moganet_s_fpn_ade20k")
+# detectron2's test resize as EMANet configures it for Cityscapes, with its BGR mean/std.
+DETECTRON2 = dataclasses.replace(MOGANET.test_pipeline, resize="shortest_edge", scale=(1024, 2048), size_divisor=None)
+BGR = Normalization(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395), channel_order="BGR")
+
+
+def synthetic_photo(height: int, width: int) -> np.ndarray:
+    """Smooth gradients, hard edges and sensor noise: the structures a bilinear resize rounds differently."""
+    rng = np.random.default_rng(height * 7919 + width)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = np.stack([128 + 100 * np.sin(x / 37 + c) * np.cos(y / 23 - c) for c in range(3)], axis=-1)
+    base[(x // 40 + y // 40) % 2 == 0] *= 0.6
+    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+
+
+def photos() -> list[tuple[str, np.ndarray]]:
+    images = [(f"synthetic {h}x{w}", synthetic_photo(h, w)) for h, w in ((512, 683), (375, 500), (1080, 1920), (97, 131))]
+    for path in sorted(SAMPLES.glob("*.png")) + sorted(SAMPLES.glob("*.jpg")):
+        photo = np.asarray(load_image(path))
+        images.append((path.name, photo))
+        for h, w in ((300, 451), (1201, 1603), (2000, 700)):
+            images.append((f"{path.name} at {h}x{w}", cv2.resize(photo, (w, h), interpolation=cv2.INTER_CUBIC)))
+    return images
+
+
+def mmcv_test_resize(image: np.ndarray, scale: tuple[int, int], divisor: int) -> np.ndarray:
+    """mmcv ``imrescale`` then MogaNet's ``AlignResize``, with their size arithmetic written out here."""
+    h, w = image.shape[:2]
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    new_w, new_h = int(w * float(factor) + 0.5), int(h * float(factor) + 0.5)
+    image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    align_h, align_w = int(np.ceil(new_h / divisor)) * divisor, int(np.ceil(new_w / divisor)) * divisor
+    return cv2.resize(image, (align_w, align_h), interpolation=cv2.INTER_LINEAR)
+
+
+def mmcv_normalize(image: np.ndarray, normalization: Normalization) -> np.ndarray:
+    """mmcv's ``imnormalize``: float32 image, OpenCV subtract of the mean, multiply by the float64 reciprocal std."""
+    mean = np.float64(np.array(normalization.mean, dtype=np.float32).reshape(1, -1))
+    inverse_std = 1 / np.float64(np.array(normalization.std, dtype=np.float32).reshape(1, -1))
+    out = image.astype(np.float32)
+    cv2.subtract(out, mean, out)
+    cv2.multiply(out, inverse_std, out)
+    return out
+
+
+@pytest.mark.parametrize("name, photo", photos(), ids=lambda v: v if isinstance(v, str) else "")
+def test_keep_ratio_and_align_resize_equal_opencv_on_photos(name, photo):
+    pipeline = MOGANET.test_pipeline
+    for ratio in (1.0, 0.75, 1.75):
+        scale = (int(pipeline.scale[0] * ratio), int(pipeline.scale[1] * ratio))
+        expected = mmcv_test_resize(photo, scale, pipeline.size_divisor)
+        assert np.array_equal(resize_image(photo, pipeline, ratio), expected), (name, ratio)
+
+
+def test_the_float_resize_segzoo_used_before_is_not_exact():
+    photo = synthetic_photo(512, 683)
+    pixels = torch.from_numpy(photo).permute(2, 0, 1).unsqueeze(0).float()
+    size = keep_ratio_shape(512, 683, (1024, 256))
+    rounded = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False).round()
+    expected = cv2.resize(photo, size[::-1], interpolation=cv2.INTER_LINEAR)
+    assert not np.array_equal(rounded[0].permute(1, 2, 0).to(torch.uint8).numpy(), expected)
+    assert np.array_equal(resize_image(photo, dataclasses.replace(MOGANET.test_pipeline, scale=(1024, 256),
+                                                                  size_divisor=None)), expected)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_model_input_equals_mmseg_pipeline_bit_for_bit(flip):
+    photo = synthetic_photo(375, 500)
+    resized = mmcv_test_resize(photo, (1536, 384), 32)
+    expected = mmcv_normalize(resized[:, ::-1] if flip else resized, MOGANET.normalization)
+    x = preprocess(photo, MOGANET.test_pipeline, MOGANET.normalization, ratio=0.75, flip=flip)
+    assert torch.equal(x[0].permute(1, 2, 0), torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize(
+    "hw, scale, expected",
+    [
+        ((1024, 2048), (1024, 2048), (1024, 2048)),  # Cityscapes: unchanged
+        ((480, 640), (800, 1333), (800, 1067)),       # 640 * 800 / 480 = 1066.67
+        ((640, 480), (800, 1333), (1067, 800)),
+        ((500, 2000), (800, 1333), (333, 1333)),      # capped: 800 x 3200 * 1333 / 3200 = 333.25 x 1333
+        ((427, 427), (800, 1333), (800, 800)),
+    ],
+)
+def test_shortest_edge_size_rule(hw, scale, expected):
+    assert shortest_edge_shape(*hw, *scale) == expected
+
+
+def test_shortest_edge_resizes_with_pil_and_divides_by_std_in_bgr():
+    photo = synthetic_photo(375, 500)
+    pipeline = dataclasses.replace(DETECTRON2, scale=(600, 1000))
+    bgr = np.asarray(Image.fromarray(np.ascontiguousarray(photo[:, :, ::-1])).resize((800, 600), Image.BILINEAR))
+    expected = (torch.from_numpy(bgr.astype(np.float32)).permute(2, 0, 1) - torch.tensor(BGR.mean).view(3, 1, 1)) \
+        / torch.tensor(BGR.std).view(3, 1, 1)
+    assert torch.equal(preprocess(photo, pipeline, BGR)[0], expected)
+
+
+def test_detectron2_2019_reader_ignores_exif_orientation(tmp_path):
+    image = Image.new("RGB", (60, 40))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg", MOGANET.test_pipeline).size == (40, 60)
+    assert load_image(tmp_path / "rotated.jpg", DETECTRON2).size == (60, 40)
+
+
+def test_opencv_and_pil_decode_jpeg_alike(tmp_path):
+    photo = synthetic_photo(97, 131)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=85)
+    decoded = cv2.imread(str(tmp_path / "photo.jpg"), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert np.array_equal(np.asarray(load_image(tmp_path / "photo.jpg")), decoded)
