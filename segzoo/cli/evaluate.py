@@ -34,7 +34,8 @@ def _eval(args: argparse.Namespace) -> int:
         if device.startswith("cuda"):
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     try:
-        dataset = open_dataset(segzoo.model_info(args.model).dataset, args.data_root, args.split)  # before downloads
+        info = segzoo.model_info(args.model)
+        dataset = open_dataset(info.dataset, args.data_root, args.split, info.test_pipeline)  # before downloads
         model = load_model(args, args.model)
         result = evaluate(
             model.to(device), dataset, mode=args.mode, aug_test=args.aug_test, limit=args.limit,

@@ -32,14 +32,14 @@ def _image_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _read(path: Path):
-    """The image at ``path``, or ``None`` after reporting why it cannot be read."""
+def _read(path: Path, pipeline):
+    """The image at ``path`` read as ``pipeline``'s upstream reader did, or ``None`` after reporting why it cannot be."""
     from PIL import Image, UnidentifiedImageError
 
     from segzoo.inference import load_image
 
     try:
-        return load_image(path)
+        return load_image(path, pipeline)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         reason = str(err).replace(str(path), "").strip(" :'") or type(err).__name__
         print(f"segzoo: error: {path}: not an image ({reason})", file=sys.stderr)
@@ -60,7 +60,7 @@ def _predict(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in files:
-        image = _read(path)
+        image = _read(path, model.info.test_pipeline)
         if image is None:
             failed += 1
             continue

@@ -17,6 +17,7 @@ from PIL import Image
 
 from segzoo.datasets import dataset_metadata
 from segzoo.inference import load_image
+from segzoo.zoo.records import InferencePipeline
 
 IGNORE_INDEX = 255
 _MAX_LISTED = 3  # missing files named in an error message
@@ -49,6 +50,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
     """
 
     ignore_index = IGNORE_INDEX
+    pipeline: InferencePipeline | None = None  # whose upstream image reader to follow (see open_dataset)
 
     def __init__(
         self,
@@ -71,7 +73,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         """``{"name", "image": (H, W, 3) uint8 RGB, "label": (H, W) uint8}`` of sample ``i``."""
         sample = self.samples[i]
-        image = np.array(load_image(sample.image))
+        image = np.array(load_image(sample.image, self.pipeline))
         label = _read_label(sample.label)
         if self.reduce_zero_label:
             label = _reduce_zero_label(label)
@@ -104,8 +106,14 @@ class SegmentationFolder(torch.utils.data.Dataset):
         return files
 
 
-def open_dataset(dataset: str, root: str | Path, split: str = "val") -> SegmentationFolder:
-    """The ``split`` ("val" or "train") of ``dataset`` ("ADE20K", "Cityscapes", "COCO-Stuff54") under ``root``."""
+def open_dataset(
+    dataset: str, root: str | Path, split: str = "val", pipeline: InferencePipeline | None = None
+) -> SegmentationFolder:
+    """The ``split`` ("val" or "train") of ``dataset`` ("ADE20K", "Cityscapes", "COCO-Stuff54") under ``root``.
+
+    ``pipeline`` (a model's ``info.test_pipeline``) makes images read as that
+    model's upstream reader did (EXIF orientation; see :func:`segzoo.inference.load_image`).
+    """
     try:
         reader = _READERS[dataset]
     except KeyError:
@@ -115,7 +123,9 @@ def open_dataset(dataset: str, root: str | Path, split: str = "val") -> Segmenta
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{dataset} root {root} is not a folder")
-    return reader(root, split)
+    folder = reader(root, split)
+    folder.pipeline = pipeline
+    return folder
 
 
 def _ade20k(root: Path, split: str) -> SegmentationFolder:

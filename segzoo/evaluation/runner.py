@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from segzoo.datasets.folders import SegmentationFolder
 from segzoo.evaluation.cityscapes import CityscapesEvaluation
 from segzoo.evaluation.metrics import ConfusionMatrix, detectron2_2019_metrics, mmseg_metrics
-from segzoo.inference.predict import Amp, Mode, infer_scores
+from segzoo.inference.predict import Amp, Mode, infer_labels
 from segzoo.segmentors import EncoderDecoder
 from segzoo.visualize import indexed_labels
 
@@ -152,7 +152,7 @@ def evaluate(
               disable=(rank != 0) or (None if progress is None else not progress)) as bar:
         for batch in _batches(dataset, indices, batch_size):
             pixels = torch.stack([torch.from_numpy(s["image"]).permute(2, 0, 1) for s in batch]).float().to(device)
-            predictions = infer_scores(model, pixels, mode, aug_test, amp).argmax(dim=1)
+            predictions = infer_labels(model, pixels, mode, aug_test, amp)
             evaluation.update(predictions, batch)
             if save_predictions is not None:
                 for sample, prediction in zip(batch, predictions.cpu().numpy()):

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 # Bytes of float32 band values resized at once (the float64 height pass needs about three times this).
 BAND_BYTES = 32 * 2**20
+# Full-size scores up to this size are resized whole: same labels, faster than bands.
+WHOLE_BYTES = 512 * 2**20
 
 View = tuple[torch.Tensor, bool]  # (N, C, h, w) logits of one aug-test view, and whether it was flipped
 
@@ -89,15 +91,20 @@ def rescaled_labels(
     averaged: bool,
     dtype: torch.dtype = torch.int64,
     band_bytes: int = BAND_BYTES,
+    whole_bytes: int = WHOLE_BYTES,
 ) -> torch.Tensor:
-    """``(N, H, W)`` argmax of :func:`rescaled_scores`, computed a band of rows at a time.
+    """``(N, H, W)`` argmax of :func:`rescaled_scores`, computed a band of rows at a time when the full-size
+    scores would take more than ``whole_bytes``.
 
     Equal to ``rescaled_scores(...).argmax(1)`` while holding only about
-    ``band_bytes`` of full-size scores at once.
+    ``band_bytes`` of full-size scores at once. The bands follow PyTorch's CPU
+    kernel; on other devices they can differ from the full resize in the last
+    bit, which only matters for exact ties.
     """
     n, channels = views[0][0].shape[:2]
     height, width = size
-    if height + width <= 128:  # PyTorch resizes such small outputs with another kernel: resize them whole
+    small = 4 * n * channels * height * width <= whole_bytes
+    if small or height + width <= 128:  # (PyTorch resizes outputs this small with another kernel)
         return rescaled_scores(views, size, align_corners, averaged).argmax(dim=1).to(dtype)
     band = max(1, band_bytes // (4 * n * channels * width))
     labels = torch.empty((n, height, width), dtype=dtype, device=views[0][0].device)
