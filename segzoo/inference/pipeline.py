@@ -93,7 +93,8 @@ def normalize(
     image: np.ndarray, pipeline: InferencePipeline, normalization: Normalization, device: torch.device | None = None
 ) -> torch.Tensor:
     """``(1, 3, H, W)`` float32 model input from an (H, W, 3) uint8 RGB image, in the upstream's arithmetic."""
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).unsqueeze(0).float()
+    image = np.require(image, requirements=("C", "W"))  # a read-only view (e.g. of a PIL image) is copied once
+    pixels = torch.from_numpy(image).to(device).permute(2, 0, 1).unsqueeze(0).float()
     if normalization.channel_order == "BGR":
         pixels = pixels.flip(1)
     mean = torch.tensor(normalization.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
