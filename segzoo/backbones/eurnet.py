@@ -346,7 +346,7 @@ class EurNet(nn.Module):
         grid = pretrain_img_size // self.patch_embed.patch_size
         self.absolute_pos_embed = nn.Parameter(torch.zeros(1, dims[0], grid, grid))
         nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
-        rates = torch.linspace(0, drop_path_rate, sum(spec.depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(spec.depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         for i, depth in enumerate(spec.depths):
             start = sum(spec.depths[:i])
