@@ -176,17 +176,15 @@ def _build(size: int):
     return model, images, runners
 
 
-def peak_memory(name: str, size: int, threads: int) -> float:
-    """Peak RSS (MB) of a fresh process that builds the model and runs ``name`` once."""
+def peak_memory(name: str | None, size: int, threads: int) -> float:
+    """Peak RSS (MB) of a fresh process that builds the model and runs ``name`` once (None: builds only)."""
+    call = f"r[{name!r}]()" if name else "None"
     code = (
-        "import resource, sys, torch; sys.path.insert(0, 'benchmarks'); torch.set_num_threads(%d);"
-        "import eurnet_inference as b; _, _, r = b._build(%d);"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "torch.set_grad_enabled(False); r[%r]();"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, base / 1024)"
-    ) % (threads, size, name)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    return float(out[0]), float(out[1])
+        f"import resource, sys, torch; sys.path.insert(0, 'benchmarks'); torch.set_num_threads({threads});"
+        f"import eurnet_inference as b; _, _, r = b._build({size}); torch.set_grad_enabled(False); {call};"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 def main() -> None:
@@ -219,13 +217,14 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"input 1x3x{args.size}x{args.size}, median of {args.runs} interleaved runs")
-    print("| part | implementation | time (s) | speed-up | GFLOP/s | peak memory over the built model (MB) |")
+    print(f"peak RSS of a process that only builds the model: {peak_memory(None, args.size, args.threads):.0f} MB")
+    print("| part | implementation | time (s) | speed-up | GFLOP/s | peak RSS, build + one run (MB) |")
     print("|---|---|---:|---:|---:|---:|")
     for name in runners:
         part, impl = name.split("/")
         seconds = statistics.median(times[name])
         speedup = statistics.median(times[f"{part}/baseline"]) / seconds
-        peak, _ = peak_memory(name, args.size, args.threads)
+        peak = peak_memory(name, args.size, args.threads)
         print(f"| {part} | {impl} | {seconds:.3f} | {speedup:.2f}x | {flops[part] / seconds / 1e9:.1f} | {peak:.0f} |")
     print(json.dumps({name: statistics.median(t) for name, t in times.items()}))
 
