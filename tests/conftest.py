@@ -24,12 +24,16 @@ SHARED = REPO.parent / "shared"
 
 @cache
 def upstream_manifests() -> dict[str, dict[str, list]]:
-    """For each entry, every tensor of the published mmseg checkpoint: {key: [shape, dtype]}.
+    """For each entry, every tensor of the published checkpoint: {key: [shape, dtype]}.
 
-    Read off the upstream code (``shared/golden``); kept here so the tests run without it.
+    Read off the upstream code (the golden cases); kept in ``tests/fixtures/*_manifests.json.gz``
+    so the tests run without them.
     """
-    with gzip.open(FIXTURES / "mmseg_manifests.json.gz", "rt") as f:
-        return json.load(f)
+    manifests = {}
+    for path in sorted(FIXTURES.glob("*_manifests.json.gz")):
+        with gzip.open(path, "rt") as f:
+            manifests.update(json.load(f))
+    return manifests
 
 
 def synthetic_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:

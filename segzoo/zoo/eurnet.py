@@ -1,0 +1,74 @@
+"""The three EurNet ADE20K UperNet models of the EurNet segmentation README."""
+from __future__ import annotations
+
+from segzoo.zoo.records import InferencePipeline, ModelInfo, Normalization, Paper, UpstreamConfig, WeightSource
+
+PAPER = Paper("EurNet: Efficient Multi-Range Relational Modeling of Spatial Multi-Relational Data", "2211.12941",
+              "arXiv 2022")
+CITATION = """@article{xu2022eurnet,
+  title={EurNet: Efficient Multi-Range Relational Modeling of Spatial Multi-Relational Data},
+  author={Xu, Minghao and Guo, Yuanfan and Xu, Yi and Tang, Jian and Chen, Xinlei and Tian, Yuandong},
+  journal={arXiv preprint arXiv:},
+  year={2022}
+}"""
+REPO = "hirl-team/EurNet-Image"
+COMMIT = "35b30f0e105ec6edfa7036e7af3e4bbfc2016b28"  # branch seg
+CHECKPOINTS = "https://eurnet.s3.us-east-2.amazonaws.com/checkpoints/"
+ADE20K_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB")
+# The ADE20K test pipeline of the EurNet configs: keep-ratio resize into 2048x512, no padding, whole image;
+# their (commented-out) multi-scale test uses mmseg's default ratios.
+ADE20K_TEST = InferencePipeline(scale=(2048, 512), mode="whole")
+SIZE_NAMES = {"t": ("tiny", "T"), "s": ("small", "S"), "b": ("base", "B")}
+
+# size: (table params M, table FLOPs G, mIoU, mIoU (MS), exact upstream parameter count)
+UPERNET_TABLE = {
+    "t": (62, 948, 47.2, 48.4, 61_925_334),
+    "s": (85, 1042, 49.8, 50.8, 84_997_698),
+    "b": (126, 1190, 50.7, 51.8, 126_263_554),
+}
+
+
+def _entry(size: str, row: tuple[float, float, float, float, int]) -> ModelInfo:
+    params_m, flops_g, miou, miou_ms, num_params = row
+    long_name, short_name = SIZE_NAMES[size]
+    return ModelInfo(
+        name=f"eurnet_{size}_upernet_ade20k",
+        family="eurnet",
+        paper=PAPER,
+        backbone=f"EurNet-{short_name}",
+        head="UperNet",
+        dataset="ADE20K",
+        num_classes=150,
+        crop_size=(512, 512),
+        normalization=ADE20K_RGB,
+        test_pipeline=ADE20K_TEST,
+        align_corners=False,
+        metrics={"mIoU": miou, "mIoU (MS)": miou_ms},
+        params_m=params_m,
+        flops_g=flops_g,
+        flops_input_shape=(3, 512, 2048),
+        num_params=num_params,
+        train_iters=160_000,
+        train_batch_size=16,
+        weights=(WeightSource(url=f"{CHECKPOINTS}eurnet_{long_name}_upernet_ade20k_160k_last_epoch.pth",
+                              format="mmseg"),),
+        license="MIT",
+        citation=CITATION,
+        upstream=UpstreamConfig(
+            REPO, f"segmentation/configs/eurnet/upernet_eurnet_{long_name}_512x512_160k_ade20k.py", COMMIT
+        ),
+        architecture="eurnet_upernet",
+        arch_args={"arch": size},
+        notes=(
+            f"ImageNet-1K pre-trained EurNet-{short_name} backbone (the training starting point): "
+            f"{CHECKPOINTS}td_eurnet_{long_name}_1k_pretrain.pth",
+            "FLOPs as reported, for a 512x2048 (height x width) input; they include the kNN distance products.",
+            "Where a patch has fewer than 11 kNN candidates in its window and dilation class (inputs under "
+            "about 256x256, or very elongated ones), upstream fills its 12 neighbours from tied distances "
+            "in torch.topk's order; segzoo ranks the same distance row with torch.topk, so results on other "
+            "topk implementations (e.g. CUDA) can differ for those patches.",
+        ),
+    )
+
+
+ENTRIES: tuple[ModelInfo, ...] = tuple(_entry(size, row) for size, row in UPERNET_TABLE.items())
