@@ -20,6 +20,8 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,20 +119,36 @@ def discard_partial(target: Path) -> None:
     _validator_path(partial).unlink(missing_ok=True)
 
 
-def download(url: str, target: Path, progress: bool | None = None) -> Download:
+def download(
+    url: str,
+    target: Path,
+    progress: bool | None = None,
+    *,
+    session: requests.Session | None = None,
+    resume_key: str | None = None,
+    check: Callable[[requests.Response], None] | None = None,
+) -> Download:
     """Fetch ``url`` into ``partial_path(target)``, resuming what an earlier attempt left.
 
     ``progress=None`` shows a progress bar only on a terminal. Connection
     errors, timeouts, 5xx answers and transfers below the speed limit are
     retried with exponential backoff, within :class:`DownloadLimits`; the
     caller verifies the result and renames it.
+
+    For hosts that hand out a fresh link for each download (Google Drive):
+    ``session`` brings the cookies that link needs; ``resume_key`` names the
+    file for resuming instead of the URL, so a partial file from an earlier
+    link may be resumed (still only if the server confirms the validator);
+    ``check(response)`` sees each answer before any byte is written and may
+    raise to refuse it (a web page in place of the file) or to take it back
+    to the caller (a confirmation page leading to another link).
     """
     limits = DownloadLimits.from_env()
     failures = 0
-    with requests.Session() as session:
+    with nullcontext(session) if session is not None else requests.Session() as session:
         while True:
             try:
-                return _attempt(session, url, target, progress, limits)
+                return _attempt(session, url, target, progress, limits, resume_key or url, check)
             except (*_RETRYABLE, _RetryableStatus, _TooSlow) as err:
                 failures += 1
                 if failures > limits.retries:
@@ -154,12 +172,18 @@ def _pieces(response: requests.Response):
 
 
 def _attempt(
-    session: requests.Session, url: str, target: Path, progress: bool | None, limits: DownloadLimits
+    session: requests.Session,
+    url: str,
+    target: Path,
+    progress: bool | None,
+    limits: DownloadLimits,
+    resume_key: str,
+    check: Callable[[requests.Response], None] | None,
 ) -> Download:
     partial = partial_path(target)
     validator_file = _validator_path(partial)
     offset = partial.stat().st_size if partial.is_file() else 0
-    validator = _saved_validator(validator_file, url) if offset else None
+    validator = _saved_validator(validator_file, resume_key) if offset else None
     headers = {"Range": f"bytes={offset}-", "If-Range": validator} if validator else {}
     with session.get(url, headers=headers, stream=True, timeout=limits.timeout_s) as response:
         if response.status_code >= 500:
@@ -167,6 +191,8 @@ def _attempt(
         if response.status_code == 416:  # the partial file is not a prefix of this file
             discard_partial(target)
             raise _RetryableStatus(f"416 for a resumed download of {url}; restarting")
+        if check is not None:
+            check(response)
         response.raise_for_status()
         resumed = bool(validator) and response.status_code == 206 and _range_start(response) == offset
         sha = hashlib.sha256()
@@ -179,7 +205,7 @@ def _attempt(
             offset = 0
         new_validator = _strong_validator(response)
         if new_validator:
-            validator_file.write_text(json.dumps({"url": url, "validator": new_validator}))
+            validator_file.write_text(json.dumps({"url": resume_key, "validator": new_validator}))
         else:
             validator_file.unlink(missing_ok=True)
         length = response.headers.get("Content-Length")

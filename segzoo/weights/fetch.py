@@ -3,10 +3,11 @@
 Where the bytes come from, in order: the cache; ``$SEGZOO_MIRROR`` (a local
 folder or a base URL holding the same file names, and the ``manifest.json``
 that ``segzoo download`` writes, whose sha256 and size a copy must match); the
-source's own URL. A ``manual`` source (a share page behind a login) is never
-downloaded: its file must be put in the cache or a mirror by a person, and
-the error says how. ``SEGZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` rules out
-the network.
+source's own URL (a ``google-drive`` source's through
+:mod:`segzoo.weights.gdrive`, whose refusals become manual downloads). A
+``manual`` source (a share page behind a login) is never downloaded: its file
+must be put in the cache or a mirror by a person, and the error says how.
+``SEGZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` rules out the network.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import requests
 from filelock import FileLock
 
-from segzoo.weights import hf_hub
+from segzoo.weights import gdrive, hf_hub
 from segzoo.weights.cache import ChecksumLock, cache_dir, file_sha256
 from segzoo.weights.download import CHUNK_BYTES, DownloadLimits, discard_partial, download, partial_path
 from segzoo.weights.errors import ChecksumMismatchError, WeightsError, WeightsUnavailableError
@@ -134,10 +135,10 @@ def manual_instructions(source: WeightSource, target: Path) -> str:
     """How a person gets a ``manual`` source's file to where segzoo looks for it."""
     code = f" (extraction code {source.access_code})" if source.access_code else ""
     return (
-        f"{source.filename} is published on a share page that needs a person to download it: open {source.url}"
-        f"{code}, download the checkpoint and save it as {target} (SEGZOO_CACHE sets the folder), or put it "
-        f"under that name in the folder SEGZOO_MIRROR points to, or pass checkpoint_path=<file> to "
-        f"segzoo.create_model (--checkpoint <file> on the command line)."
+        f"{source.filename} needs a person to download it: open {source.url}{code} in a browser, download the "
+        f"checkpoint and save it as {target} (SEGZOO_CACHE sets the folder), or put it under that name in the "
+        f"folder SEGZOO_MIRROR points to, or pass checkpoint_path=<file> to segzoo.create_model (--checkpoint "
+        f"<file> on the command line)."
     )
 
 
@@ -163,17 +164,22 @@ def _obtain(source: WeightSource, target: Path, expected_sha256: str | None, pro
             )
         url = f"{mirror.rstrip('/')}/{source.filename}" if mirror else source.url
         log.info("downloading %s to %s", url, target)
+        from_drive = source.kind == "google-drive" and not mirror
+        fetch_once = (lambda: gdrive.download(source, target, progress)) if from_drive else (
+            lambda: download(url, target, progress))
         try:
             expected = _Expected(expected_sha256, source.size, *_manifest_entry(mirror, source))
-            result = download(url, target, progress)
+            result = fetch_once()
             try:
                 _verify(source, url, target, expected, result.sha256, result.size)
             except ChecksumMismatchError:
                 if not result.resumed:
                     raise
                 log.warning("resumed download of %s did not verify; downloading it again from the start", url)
-                result = download(url, target, progress)
+                result = fetch_once()
                 _verify(source, url, target, expected, result.sha256, result.size)
+        except gdrive.GoogleDriveRefused as err:
+            raise ManualDownloadRequired(f"{err}\n{manual_instructions(source, target)}") from err
         except WeightsUnavailableError as err:
             raise WeightsUnavailableError(
                 f"{err}\nTo load these weights offline, fetch {source.url} where the network allows it and put "
