@@ -1,4 +1,5 @@
-"""Backbones: image in, a list of multi-scale feature maps out (strides 4, 8, 16, 32)."""
+"""Backbones: image in, a list of multi-scale feature maps out."""
 from segzoo.backbones.moganet import MogaNet
+from segzoo.backbones.resnet_dilated import DilatedResNet
 
-__all__ = ["MogaNet"]
+__all__ = ["DilatedResNet", "MogaNet"]
