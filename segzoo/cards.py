@@ -62,7 +62,7 @@ def _training(info: ModelInfo) -> str:
             f"crop {info.crop_size[0]}x{info.crop_size[1]}")
 
 
-def _source(info: ModelInfo, source: WeightSource) -> str:
+def _source(source: WeightSource) -> str:
     pin = f"sha256 {source.sha256 or 'not pinned yet'}"
     if source.kind == "manual":
         return (f"{source.url} ({source.format}; share page, extraction code `{source.access_code}`; {pin}): "
@@ -119,7 +119,7 @@ def render_model_card(info: ModelInfo, hf_repo_id: str | None = None) -> str:
     """A Markdown model card with Hugging Face YAML front matter; ``hf_repo_id`` shows loading from the hub."""
     aliases = [alias for alias, name in list_aliases().items() if name == info.name]
     norm = info.normalization
-    weights = "<br>".join(_source(info, w) for w in info.weights) or "this repository's model.safetensors"
+    weights = "<br>".join(_source(w) for w in info.weights) or "this repository's model.safetensors"
     rows = [
         ("Paper", f"{info.paper.title} ({info.paper.venue}, [arXiv:{info.paper.arxiv_id}]"
                   f"(https://arxiv.org/abs/{info.paper.arxiv_id}))"),
