@@ -8,7 +8,7 @@ ratio is what to trust; peak memory (peak RSS, and its growth over the RSS
 after building the model) is measured per format in a fresh process. Weights
 are random: speed does not depend on them.
 
-    python benchmarks/emanet_inference.py [--runs 3] [--threads N]
+    PYTHONPATH=. python benchmarks/emanet_inference.py [--runs 3] [--threads N]
 """
 from __future__ import annotations
 
@@ -79,8 +79,10 @@ def main() -> None:
     for name in FORMATS:
         out = subprocess.run(
             [sys.executable, __file__, "--memory", name, "--threads", str(args.threads)],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True,
         )
+        if out.returncode:
+            sys.exit(f"the memory run for {name} failed:\n{out.stderr}")
         memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
     flops, seconds = timings(args.runs)
     print(f"{MODEL} at {SIZE[0]}x{SIZE[1]}, torch {torch.__version__}, CPU ({platform.processor() or platform.machine()}), "
