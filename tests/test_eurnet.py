@@ -1,7 +1,6 @@
 """EurNet: parameter counts, the upstream checkpoint layout, the dense graph against the scattered one."""
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import os
@@ -15,17 +14,10 @@ import torch
 import segzoo
 from segzoo.backbones.eurnet import MediumRangeGraph
 from segzoo.families import build_architecture
-from tests.conftest import FIXTURES, REPO, SHARED, save_mmseg_checkpoint
+from tests.conftest import REPO, SHARED, save_mmseg_checkpoint, upstream_manifests
 
 NAMES = [f"eurnet_{size}_upernet_ade20k" for size in "tsb"]
 GOLDEN = SHARED / "golden" / "eurnet"
-
-
-@cache
-def manifests() -> dict[str, dict[str, list]]:
-    """Every tensor of each published checkpoint, {key: [shape, dtype]}, read off the upstream code."""
-    with gzip.open(FIXTURES / "eurnet_manifests.json.gz", "rt") as f:
-        return json.load(f)
 
 
 @cache
@@ -55,7 +47,7 @@ def test_parameter_count_equals_upstream(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_layout_equals_published_checkpoint(name):
     model_layout = {k: list(v.shape) for k, v in _meta_model(name).state_dict().items()}
-    assert model_layout == {k: shape for k, (shape, _) in manifests()[name].items()}
+    assert model_layout == {k: shape for k, (shape, _) in upstream_manifests()[name].items()}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +55,7 @@ def tiny(tmp_path_factory):
     """EurNet-T UperNet loaded strictly from a synthetic checkpoint in the published mmseg layout."""
     g = torch.Generator().manual_seed(0)
     state_dict = {}
-    for key, (shape, dtype) in sorted(manifests()[NAMES[0]].items()):
+    for key, (shape, dtype) in sorted(upstream_manifests()[NAMES[0]].items()):
         if dtype == "int64":
             state_dict[key] = torch.zeros(shape, dtype=torch.int64)
         elif key.endswith("running_var") or key.startswith("backbone.") and ".norm" in key and key.endswith(".weight"):

@@ -1,5 +1,6 @@
 """Architectures: exact parameter counts, the model contract, equivalence with upstream outputs."""
 import json
+import os
 import subprocess
 import sys
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 import segzoo
-from segzoo.families import build_architecture
-from tests.conftest import SHARED, synthetic_state_dict, upstream_manifests
+from segzoo.families import build_architecture, convert_state_dict
+from tests.conftest import REPO, SHARED, synthetic_state_dict, upstream_manifests
 
 NAMES = segzoo.list_models()
 
@@ -16,7 +17,7 @@ NAMES = segzoo.list_models()
 def _meta_model(name: str):
     info = segzoo.model_info(name)
     with torch.device("meta"):
-        return build_architecture(info.architecture, **info.arch_args)
+        return build_architecture(info.architecture, **info.arch_args, num_classes=info.num_classes)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -24,16 +25,19 @@ def test_parameter_count_equals_upstream(name):
     model = _meta_model(name)
     count = sum(p.numel() for p in model.parameters())
     assert count == segzoo.model_info(name).num_params
-    golden = SHARED / "golden" / "moganet" / f"{name}.json"
+    golden = SHARED / "golden" / segzoo.model_info(name).family / f"{name}.json"
     if golden.is_file():
         assert count == json.loads(golden.read_text())["params_total"]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_layout_equals_published_checkpoint(name):
-    model_layout = {k: list(v.shape) for k, v in _meta_model(name).state_dict().items()}
-    published = {k: shape for k, (shape, _) in upstream_manifests()[name].items()}
-    assert model_layout == published
+    """The published checkpoint's keys, after the family's converter, are exactly the model's."""
+    model_layout = {k: (list(v.shape), v.dtype) for k, v in _meta_model(name).state_dict().items()}
+    manifest = upstream_manifests()[name]
+    published = {k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta") for k, (shape, dtype) in manifest.items()}
+    converted = convert_state_dict(segzoo.model_info(name).architecture, published)
+    assert {k: (list(v.shape), v.dtype) for k, v in converted.items()} == model_layout
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +96,7 @@ def test_batch_items_are_independent_in_eval(xt_models):
 def test_golden_cases_match_upstream():
     result = subprocess.run(
         [sys.executable, str(SHARED / "golden" / "check.py"), "--family", "moganet"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's segzoo
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "10/10 cases match upstream" in result.stdout

@@ -12,10 +12,13 @@ from tests.conftest import REPO, SHARED
 
 SIZES = ("xt", "t", "s", "b", "l")
 NAMES = [f"moganet_{s}_{h}_ade20k" for h in ("fpn", "upernet") for s in SIZES]
+EMANET = [f"emanet_r{d}_{s}" for s in ("coco", "cityscapes") for d in (50, 101, 152)]
+GLORE = ["glore_r50_fcn_cityscapes", "glore_r101_fcn_cityscapes"]
+EURNET = [f"eurnet_{s}_upernet_ade20k" for s in ("t", "s", "b")]
 
 
-def test_all_ten_moganet_entries_are_registered():
-    assert segzoo.list_models("moganet_*") == sorted(NAMES)
+def test_all_entries_are_registered():
+    assert segzoo.list_models() == sorted(NAMES + EMANET + GLORE + EURNET)
     assert segzoo.list_models("moganet_*", pretrained=True) == sorted(NAMES)
 
 
@@ -28,6 +31,8 @@ def test_list_models_fnmatch():
 def test_alias_without_dataset_resolves():
     assert segzoo.model_info("moganet_s_fpn").name == "moganet_s_fpn_ade20k"
     assert segzoo.list_aliases()["moganet_xt_upernet"] == "moganet_xt_upernet_ade20k"
+    assert segzoo.list_aliases()["glore_r50_fcn"] == "glore_r50_fcn_cityscapes"
+    assert "emanet_r50" not in segzoo.list_aliases()  # COCO and Cityscapes: ambiguous
     assert all(segzoo.model_info(alias).name == name for alias, name in segzoo.list_aliases().items())
 
 

@@ -1,5 +1,6 @@
-"""Backbones: image in, a list of multi-scale feature maps out (strides 4, 8, 16, 32)."""
+"""Backbones: image in, a list of multi-scale feature maps out."""
 from segzoo.backbones.eurnet import EurNet
 from segzoo.backbones.moganet import MogaNet
+from segzoo.backbones.resnet_dilated import DilatedResNet
 
-__all__ = ["EurNet", "MogaNet"]
+__all__ = ["DilatedResNet", "EurNet", "MogaNet"]

@@ -207,5 +207,6 @@ class ModelInfo:
         """One line: what the model is and how well it does."""
         return (
             f"{self.backbone} + {self.head} on {self.dataset} ({self.num_classes} classes): "
-            f"{self.metrics_text}; {self.params_m}M params ({self.paper.title}, arXiv:{self.paper.arxiv_id})"
+            f"{self.metrics_text}; {self.params_m or round(self.num_params / 1e6, 1)}M params "
+            f"({self.paper.title}, arXiv:{self.paper.arxiv_id})"
         )

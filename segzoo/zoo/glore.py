@@ -1,0 +1,83 @@
+"""The two GloRe Cityscapes models of the facebookresearch/GloRe README (FCN + 1 GloRe unit)."""
+from __future__ import annotations
+
+from segzoo.zoo.records import InferencePipeline, ModelInfo, Normalization, Paper, UpstreamConfig, WeightSource
+
+PAPER = Paper("Graph-Based Global Reasoning Networks", "1811.12814", "CVPR 2019")
+CITATION = """@inproceedings{chen2019graph,
+  title={Graph-based global reasoning networks},
+  author={Chen, Yunpeng and Rohrbach, Marcus and Yan, Zhicheng and Shuicheng, Yan and Feng, Jiashi and Kalantidis, Yannis},
+  booktitle={Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition},
+  pages={433--442},
+  year={2019}
+}"""
+REPO = "facebookresearch/GloRe"
+COMMIT = "9c6a7340ebb44a66a3bf1945094fc685fb7b730d"
+ARCHIVES = "https://dl.fbaipublicfiles.com/glore/cityscapes/"
+# Assumed (the archives' code is not inspected): torchvision's ImageNet statistics on RGB 0-255 pixels.
+IMAGENET_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB")
+# Cityscapes images (1024x2048) go in whole and unresized: a keep-ratio fit into 2048x1024 leaves them as they are.
+CITYSCAPES_WHOLE = InferencePipeline(scale=(2048, 1024), mode="whole")
+
+# depth: (IoU class, iIoU class, IoU category, iIoU category) on the Cityscapes test server, exact parameter count
+TABLE = {
+    50: (79.5, 60.3, 91.3, 81.5, 39_639_507),
+    101: (80.9, 62.2, 91.5, 82.1, 58_631_635),
+}
+ASSUMPTIONS = (
+    "Checkpoint layout unverified: the segmentation code ships only inside the weight archives, which segzoo has "
+    "not inspected; the architecture below is read from the paper and loading the archive may fail until a "
+    "converter for its keys is written (segzoo inspect FILE lists them).",
+    "Assumed: the GloRe unit sits on the res5 output (2048 channels) before the FCN head, with num_mid=512 "
+    "(1024 states, 512 nodes, the repository's num_in/4 convention) and normalize=False (the constructor "
+    "default).",
+    "Assumed: backbone is a dilated ResNet with output stride 8 (res4 dilation 2, res5 dilation 4, first block "
+    "of each at half the rate, no multi-grid) and the deep three-conv stem with 128 channels shared with EMANet.",
+    "Assumed: FCN head = one 3x3 conv-BN-ReLU to 512 channels, dropout 0.1, 1x1 classifier; no auxiliary head; "
+    "BatchNorm eps 1e-5 (the unit's own BatchNorm: eps 1e-4, as upstream).",
+    "Assumed: RGB input normalized with the ImageNet mean/std, whole 1024x2048 images without resizing, and a "
+    "bilinear upsampling of the logits with align_corners=False.",
+    "Training schedule, batch size and crop are not published: train_iters and train_batch_size are recorded as 0 "
+    "(unknown) and crop_size as the full 1024x2048 image.",
+    "Reported numbers are Cityscapes test-server results (fine annotations only); segzoo eval computes the same "
+    "four metrics on the validation set with cityscapesScripts, so they are not directly comparable.",
+)
+
+
+def _entry(depth: int) -> ModelInfo:
+    iou_class, iiou_class, iou_category, iiou_category, num_params = TABLE[depth]
+    return ModelInfo(
+        name=f"glore_r{depth}_fcn_cityscapes",
+        family="glore",
+        paper=PAPER,
+        backbone=f"ResNet-{depth} (dilated, output stride 8)",
+        head="FCN + 1 GloRe unit",
+        dataset="Cityscapes",
+        num_classes=19,
+        crop_size=(1024, 2048),
+        normalization=IMAGENET_RGB,
+        test_pipeline=CITYSCAPES_WHOLE,
+        align_corners=False,
+        metrics={
+            "IoU class": iou_class, "iIoU class": iiou_class,
+            "IoU category": iou_category, "iIoU category": iiou_category,
+        },
+        params_m=None,
+        flops_g=None,
+        flops_input_shape=None,
+        num_params=num_params,
+        train_iters=0,
+        train_batch_size=0,
+        weights=(WeightSource(url=f"{ARCHIVES}resnet{depth}_w-glore.tar", format="pytorch", kind="archive"),),
+        license="MIT",
+        citation=CITATION,
+        upstream=UpstreamConfig(REPO, "network/global_reasoning_unit.py", COMMIT),
+        architecture="glore_fcn",
+        arch_args={"depth": depth, "output_stride": 8, "channels": 512, "num_mid": 512, "normalize": False},
+        evaluator="cityscapes",
+        metrics_split="test",
+        notes=ASSUMPTIONS,
+    )
+
+
+ENTRIES: tuple[ModelInfo, ...] = tuple(_entry(depth) for depth in TABLE)
