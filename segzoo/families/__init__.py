@@ -97,3 +97,4 @@ def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> Enc
 
 
 from segzoo.families import moganet  # noqa: E402,F401  (registers the MogaNet builders)
+from segzoo.families import regproxy  # noqa: E402,F401  (registers the RegionProxy builder)

@@ -2,6 +2,7 @@
 from segzoo.heads.base import DecodeHead
 from segzoo.heads.fcn import FCNHead
 from segzoo.heads.fpn import FPNHead, FPNNeck
+from segzoo.heads.proxy import ProxyHead
 from segzoo.heads.uper import UPerHead
 
-__all__ = ["DecodeHead", "FCNHead", "FPNHead", "FPNNeck", "UPerHead"]
+__all__ = ["DecodeHead", "FCNHead", "FPNHead", "FPNNeck", "ProxyHead", "UPerHead"]

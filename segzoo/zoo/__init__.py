@@ -1,8 +1,8 @@
 """The zoo as data: one :class:`ModelInfo` per published model, the single source of truth."""
-from segzoo.zoo import moganet
+from segzoo.zoo import moganet, regproxy
 from segzoo.zoo.pins import apply_pins, read_pins
 from segzoo.zoo.records import InferencePipeline, ModelInfo, Normalization, Paper, UpstreamConfig, WeightSource
 
-ENTRIES: tuple[ModelInfo, ...] = apply_pins(moganet.ENTRIES, read_pins())
+ENTRIES: tuple[ModelInfo, ...] = apply_pins(moganet.ENTRIES + regproxy.ENTRIES, read_pins())
 
 __all__ = ["ENTRIES", "InferencePipeline", "ModelInfo", "Normalization", "Paper", "UpstreamConfig", "WeightSource"]
