@@ -9,7 +9,7 @@ Configurations: ViT-S/16 ADE20K on one 512x512 window, and ViT-B/16 Cityscapes o
 RegionProxy's zero-padded slide (768x768 windows, stride 512: 2 x 4 windows), done here window by window.
 Weights are random: speed does not depend on them.
 
-    python benchmarks/regproxy_inference.py [--runs 5] [--device cpu] [--skip-cityscapes]
+    python benchmarks/regproxy_inference.py [--runs 5] [--device cpu] [--skip-cityscapes | --only-cityscapes]
 """
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-cityscapes", action="store_true")
+    parser.add_argument("--only-cityscapes", action="store_true")
     args = parser.parse_args()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {args.device} ({where}), {torch.get_num_threads()} threads, "
@@ -89,7 +90,7 @@ def main() -> None:
     print("| model | input | mode | math attention (images/s) | fused attention (images/s) | speed-up | rel. L2 diff |")
     print("|---|---|---|---:|---:|---:|---:|")
     for name, shape in CONFIGS.items():
-        if args.skip_cityscapes and "cityscapes" in name:
+        if ("cityscapes" in name and args.skip_cityscapes) or ("cityscapes" not in name and args.only_cityscapes):
             continue
         print(compare(name, shape, args.runs, args.device), flush=True)
 

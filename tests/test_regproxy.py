@@ -127,9 +127,13 @@ def test_original_checkpoint_loads_strictly(tmp_path, name):
     assert torch.equal(loaded["decode_head.conv_seg.weight"].flatten(1), upstream["decode_head.mlp.0.0.weight"])
     for key, value in convert_mmseg_regproxy(upstream).items():
         assert torch.equal(loaded[key], value), key
+    x = torch.randn(1, 3, 65, 97)
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 64, 96))
-    assert out.shape == (1, model.num_classes, 64, 96) and torch.isfinite(out).all()
+        out = model(x)
+    assert out.shape == (1, model.num_classes, 65, 97) and torch.isfinite(out).all()
+    model.train()
+    model(x)["out"].logsumexp(1).mean().backward()
+    assert all(p.grad is not None for p in model.decode_head.parameters())
 
 
 def test_other_num_classes_reinitializes_only_the_token_classifier(tmp_path):
