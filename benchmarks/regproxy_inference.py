@@ -84,7 +84,8 @@ def main() -> None:
     parser.add_argument("--skip-cityscapes", action="store_true")
     parser.add_argument("--only-cityscapes", action="store_true")
     args = parser.parse_args()
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    on_gpu = args.device.startswith("cuda")
+    where = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {args.device} ({where}), {torch.get_num_threads()} threads, "
           f"median of {args.runs} interleaved runs after a warm-up round, fp32")
     print("| model | input | mode | math attention (images/s) | fused attention (images/s) | speed-up | rel. L2 diff |")

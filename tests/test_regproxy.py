@@ -87,7 +87,8 @@ def test_entries_follow_the_upstream_configs(name):
     assert list(info.arch_args["out_indices"]) == backbone["out_indices"]
     assert info.arch_args.get("distilled", False) == backbone["deit"]
     assert (pipeline.mode, pipeline.slide_windows) == ("slide", "pad")
-    assert [list(pipeline.crop_size), list(pipeline.stride)] == [golden["test_cfg"]["crop_size"], golden["test_cfg"]["stride"]]
+    test_cfg = golden["test_cfg"]
+    assert [list(pipeline.crop_size), list(pipeline.stride)] == [test_cfg["crop_size"], test_cfg["stride"]]
     assert list(pipeline.scale) == golden["test_pipeline"]["img_scale"]
     assert info.params_m == golden["table_params_m"] and info.flops_g == golden["table_flops_g"]
 
@@ -123,7 +124,8 @@ def test_original_checkpoint_loads_strictly(tmp_path, name):
     upstream = synthetic_state_dict(name)
     model = segzoo.create_model(name, checkpoint_path=save_mmseg_checkpoint(tmp_path / f"{name}.pth", upstream))
     loaded = model.state_dict()
-    assert torch.equal(loaded["backbone.blocks.3.attn.qkv.weight"], upstream["backbone.layers.3.attn.attn.in_proj_weight"])
+    qkv = upstream["backbone.layers.3.attn.attn.in_proj_weight"]
+    assert torch.equal(loaded["backbone.blocks.3.attn.qkv.weight"], qkv)
     assert torch.equal(loaded["decode_head.conv_seg.weight"].flatten(1), upstream["decode_head.mlp.0.0.weight"])
     for key, value in convert_mmseg_regproxy(upstream).items():
         assert torch.equal(loaded[key], value), key

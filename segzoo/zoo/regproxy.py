@@ -47,6 +47,7 @@ CITYSCAPES_TABLE: dict[str, tuple[Any, ...]] = {
     "l16": ((5, 23), "cr", None, 307, 81.4, 82.7, "1EBfO9M8ZYB_Eye4WpHqMs9v2WrRzbORI", 306_689_187, 961.87),
 }
 CITYSCAPES_WINDOWS = 8  # 768x768 windows every 512 pixels over a 1024x2048 image: 2 rows x 4 columns
+DEIT_NOTE = "Initialized from DeiT-B/16 distilled: the backbone has DeiT's distillation token."
 
 MMCV_FLOPS_NOTE = (
     "The FLOPs column is mmseg's get_flops (mmcv 1.3.13 get_model_complexity_info): multiply-adds of "
@@ -65,8 +66,6 @@ EXTRA_NOTES: dict[str, tuple[str, ...]] = {
         "640x640 crops (img_scale 2048x640), and its 82G is mmcv's count at 640x640 (82.24 GMACs), "
         "which skips the timm StdConv2dSame stem as well as the attention.",
     ),
-    "regproxy_vit_b16_ade20k": ("DeiT-B/16 (distilled) initialization: the backbone has a distillation token.",),
-    "regproxy_vit_b16_cityscapes": ("DeiT-B/16 (distilled) initialization: the backbone has a distillation token.",),
     "regproxy_vit_l16_cityscapes": ("The table gives no FLOPs for this model.",),
 }
 
@@ -78,8 +77,8 @@ def _config_path(arch: str, out_indices: tuple[int, int], crop: int, schedule: s
 
 
 def _entry(
-    arch: str, dataset: str, crop: int, out_indices: tuple[int, int], schedule: str, flops_g: float | None, params_m: float,
-    metrics: tuple[float, float], drive_id: str, num_params: int, notes: tuple[str, ...],
+    arch: str, dataset: str, crop: int, out_indices: tuple[int, int], schedule: str, flops_g: float | None,
+    params_m: float, metrics: tuple[float, float], drive_id: str, num_params: int, notes: tuple[str, ...],
     reported_costs: dict[str, float], pipeline: InferencePipeline, flops_input_shape: tuple[int, int, int],
 ) -> ModelInfo:
     name = f"{ENTRY_PREFIX[arch]}_{dataset}"
@@ -91,6 +90,7 @@ def _entry(
     }
     if arch == "b16":
         arch_args["distilled"] = True
+        notes += (DEIT_NOTE,)
     return ModelInfo(
         name=name,
         family="regproxy",
@@ -143,8 +143,9 @@ def _ade20k(arch: str, row: tuple[Any, ...]) -> ModelInfo:
 def _cityscapes(arch: str, row: tuple[Any, ...]) -> ModelInfo:
     out_indices, schedule, flops_g, params_m, miou, miou_ms, drive_id, num_params, window_macs = row
     count = (
-        f"Cityscapes FLOPs are for a whole 1024x2048 image, {CITYSCAPES_WINDOWS} slide windows of 768x768; "
-        f"segzoo's full count (torch FlopCounterMode, attention included) is {window_macs} GMACs per window, "
+        f"The Cityscapes FLOPs are about {CITYSCAPES_WINDOWS} times mmcv's count for one 768x768 window: a whole "
+        f"1024x2048 image by slide inference ({CITYSCAPES_WINDOWS} windows). segzoo's full count (torch "
+        f"FlopCounterMode, attention included) is {window_macs} GMACs per window, "
         f"{round(window_macs * CITYSCAPES_WINDOWS)} GMACs per image."
     )
     return _entry(
