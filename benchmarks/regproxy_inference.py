@@ -73,7 +73,7 @@ def compare(name: str, shape: tuple[int, int], runs: int, device: str) -> str:
     math_ips, fused_ips = (1 / statistics.median(seconds[f]) for f in (False, True))
     rel = ((outputs[True] - outputs[False]).norm() / outputs[False].norm()).item()
     mode = "whole" if shape == tuple(model.info.test_pipeline.crop_size) else "slide (pad)"
-    return (f"| {name} | {shape[0]}x{shape[1]} | {mode} | {math_ips:.3f} | {fused_ips:.3f} | "
+    return (f"| {name} | {shape[0]}x{shape[1]} | {mode} | {math_ips:.3g} | {fused_ips:.3g} | "
             f"{fused_ips / math_ips:.2f}x | {rel:.1e} |")
 
 
