@@ -1,8 +1,9 @@
 # The two quick-start commands: `make demo` and `make test`. Both set up .venv themselves.
 PYTHON ?= python3
 VENV ?= .venv
-# The torch the dev environment is pinned to (a CPU or CUDA build of it both work).
-TORCH ?= torch==2.13.0
+# The torch the dev environment is pinned to (a CPU or CUDA build of it both work; timm's torchvision
+# needs this version).
+TORCH ?= torch==2.14.1
 BIN := $(VENV)/bin
 
 .PHONY: demo test docs

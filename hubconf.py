@@ -7,7 +7,7 @@ from segzoo import list_aliases as _list_aliases
 from segzoo import list_models as _list_models
 from segzoo import model_info as _model_info
 
-dependencies = ["torch", "numpy", "cv2", "PIL", "requests", "safetensors", "tqdm", "filelock", "huggingface_hub"]
+dependencies = ["torch", "timm", "numpy", "cv2", "PIL", "requests", "safetensors", "tqdm", "filelock", "huggingface_hub"]
 
 
 def _entry_point(name: str):

@@ -45,8 +45,7 @@ _SPLITS = {"val": "validation set", "test": "test set, evaluation server"}
 def _reported(info: ModelInfo) -> str:
     if not info.metrics:
         return "nothing for these weights"
-    detail = "single scale" if info.metrics_split == "val" else _SPLITS[info.metrics_split]
-    return f"{info.metrics_text} ({detail}; {_EVALUATORS[info.evaluator]})"
+    return f"{info.metrics_text} ({_SPLITS[info.metrics_split]}; {_EVALUATORS[info.evaluator]})"
 
 
 def _params(info: ModelInfo) -> str:

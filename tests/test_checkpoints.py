@@ -19,7 +19,7 @@ def _assert_loaded(model, state_dict):
         assert torch.equal(value, state_dict[key]), key
 
 
-@pytest.mark.parametrize("name", [n for n in segzoo.list_models() if segzoo.model_info(n).weights[0].format == "mmseg"])
+@pytest.mark.parametrize("name", segzoo.list_models("moganet_*"))  # the other families' own tests load theirs
 def test_original_checkpoint_loads_strictly(tmp_path, name):
     state_dict = synthetic_state_dict(name)
     path = save_mmseg_checkpoint(tmp_path / f"{name}.pth", state_dict)

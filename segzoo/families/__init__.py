@@ -96,4 +96,4 @@ def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> Enc
         return builder(**kwargs)
 
 
-from segzoo.families import emanet, eurnet, glore, moganet  # noqa: E402,F401  (registers the builders)
+from segzoo.families import emanet, eurnet, glore, moganet, regproxy  # noqa: E402,F401  (registers the builders)

@@ -1,0 +1,66 @@
+"""RegionProxy segmentors as the RegionProxy configs build them (mmseg 0.17), and their checkpoint converter."""
+from __future__ import annotations
+
+import re
+
+from segzoo.backbones.vit import ViT
+from segzoo.families import StateDict, register_architecture
+from segzoo.heads import ProxyHead
+from segzoo.segmentors import EncoderDecoder
+
+# mmseg 0.17 ViT names -> timm's (segzoo's). Anchored on names that only the mmseg layout has, so a
+# segzoo-layout dict passes through unchanged. Hybrid stems already use timm's names upstream.
+_MMSEG_TO_SEGZOO = [
+    (re.compile(r"^backbone\.patch_embed\.projection\."), "backbone.patch_embed.proj."),
+    (re.compile(r"^backbone\.layers\.(\d+)\.ln([12])\."), r"backbone.blocks.\1.norm\2."),
+    (re.compile(r"^backbone\.layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)$"), r"backbone.blocks.\1.attn.qkv.\2"),
+    (re.compile(r"^backbone\.layers\.(\d+)\.attn\.attn\.out_proj\."), r"backbone.blocks.\1.attn.proj."),
+    (re.compile(r"^backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\."), r"backbone.blocks.\1.mlp.fc1."),
+    (re.compile(r"^backbone\.layers\.(\d+)\.ffn\.layers\.1\."), r"backbone.blocks.\1.mlp.fc2."),
+    (re.compile(r"^backbone\.ln1\."), "backbone.norm."),
+    (re.compile(r"^decode_head\.mlp\.0\.0\."), "decode_head.conv_seg."),
+]
+
+
+def _segzoo_key(key: str) -> str:
+    for pattern, replacement in _MMSEG_TO_SEGZOO:
+        new_key, found = pattern.subn(replacement, key)
+        if found:
+            return new_key
+    return key
+
+
+def convert_mmseg_regproxy(state_dict: StateDict) -> StateDict:
+    """A RegionProxy checkpoint (mmseg 0.17 ViT layout) in segzoo's layout; segzoo's layout is returned as is.
+
+    Renames the ViT tensors to timm's names (``nn.MultiheadAttention``'s packed ``in_proj`` is timm's ``qkv``,
+    same q/k/v order) and turns the linear token classifier ``mlp.0.0`` into the 1x1 ``conv_seg``.
+    """
+    converted = {}
+    for key, tensor in state_dict.items():
+        new_key = _segzoo_key(key)
+        if key == "decode_head.mlp.0.0.weight":
+            tensor = tensor.reshape(*tensor.shape, 1, 1)
+        converted[new_key] = tensor
+    return converted
+
+
+@register_architecture(convert=convert_mmseg_regproxy)
+def regproxy(
+    arch: str,
+    img_size: tuple[int, int],
+    out_indices: tuple[int, int],
+    num_classes: int = 150,
+    distilled: bool = False,
+    region_res: tuple[int, int] = (4, 4),
+    drop_path_rate: float = 0.1,
+) -> EncoderDecoder:
+    """ViT ``arch`` (see :data:`segzoo.backbones.vit.VIT_ARCHS`) + ProxyHead on the token maps ``out_indices``.
+
+    The affinity branch reads the first (a middle block, or -1 for the hybrids: the embedded tokens before
+    the first block), the classifier the second (the last block); ``img_size`` is the training crop that
+    sizes the position embedding; ``distilled`` adds DeiT's distillation token (the Base models).
+    """
+    backbone = ViT(arch, img_size, out_indices, distilled=distilled, drop_path_rate=drop_path_rate)
+    width = backbone.out_channels[-1]
+    return EncoderDecoder(backbone, decode_head=ProxyHead(width, width, num_classes, region_res))
