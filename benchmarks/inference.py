@@ -5,8 +5,10 @@ its rows by appending to ``CASES``. Variants (bf16 autocast, channels_last, ``to
 run on CUDA only. Every configuration runs in a fresh process so that its peak memory is its
 own: on the CPU the process's peak resident set size (``ru_maxrss``: everything the process
 touched, model, images, PyTorch's allocator and all, as the operating system counts it), on a
-GPU ``torch.cuda.max_memory_allocated``. Weights are random: speed and memory do not depend
-on them.
+GPU ``torch.cuda.max_memory_allocated``. GFLOP/s divides the FLOPs ``FlopCounterMode`` counts
+in one ``predict`` call (convolutions and matrix products) by its time. Weights are random:
+speed and memory do not depend on them. The family scripts beside this one pair segzoo with a
+baseline in one process (EMANet memory formats, RegionProxy attention, EurNet's scatter port).
 
     python benchmarks/inference.py [--device cuda] [--runs 3] [--case NAME ...]
 """
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Case:
     model: str
     height: int
     width: int
-    mode: str = "whole"
+    mode: str | None = None  # None: the entry's own inference mode
     options: dict = field(default_factory=dict)
     runs: int | None = None  # overrides --runs (big images: one run)
     warmup: int | None = None
@@ -45,6 +48,14 @@ CASES = [
     Case("upernet-slide", "moganet_s_upernet_ade20k", 512, 2048, mode="slide"),
     # A 5000x5000 photo is resized to 512x512 for the model; what grows is the final resize to 5000x5000.
     Case("fpn-5000-labels", "moganet_s_fpn_ade20k", 5000, 5000, runs=1, warmup=0),
+    # EMANet's test size; the paired NCHW / channels_last comparison is benchmarks/emanet_inference.py.
+    Case("emanet-r50-cityscapes", "emanet_r50_cityscapes", 1024, 2048, runs=1),
+    Case("emanet-r50-cityscapes-cl", "emanet_r50_cityscapes", 1024, 2048, options={"channels_last": True}, runs=1),
+    # Fused against math attention, paired: benchmarks/regproxy_inference.py.
+    Case("regproxy-s16-512", "regproxy_vit_s16_ade20k", 512, 512),
+    Case("regproxy-b16-cityscapes", "regproxy_vit_b16_cityscapes", 1024, 2048, runs=1),
+    # Dense against a scatter port of the upstream structure, paired: benchmarks/eurnet_inference.py.
+    Case("eurnet-t-512", "eurnet_t_upernet_ade20k", 512, 512),
 ]
 GPU_VARIANTS = [
     dict(amp="bf16"), dict(channels_last=True), dict(amp="bf16", channels_last=True), dict(compile=True),
@@ -70,7 +81,9 @@ def run_one(config: dict) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    for _ in range(case.warmup if case.warmup is not None else config["warmup"]):
+    with FlopCounterMode(display=False) as flops:  # the first run counts what predict computes
+        once()
+    for _ in range((case.warmup if case.warmup is not None else config["warmup"]) - 1):
         once()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -79,7 +92,7 @@ def run_one(config: dict) -> dict:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"images_per_s": 1 / seconds, "peak_mb": peak_mb}
+    return {"images_per_s": 1 / seconds, "peak_mb": peak_mb, "gflops_per_s": flops.get_total_flops() / seconds / 1e9}
 
 
 def main() -> None:
@@ -97,8 +110,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {args.device} ({name}), {torch.get_num_threads()} CPU threads, "
           f"median of {args.runs} runs after {args.warmup} warm-up unless the case says otherwise")
-    print("| case | model | input | mode | options | images/s | peak memory (MB) |")
-    print("|---|---|---|---|---|---|---:|")
+    print("| case | model | input | mode | options | images/s | GFLOP/s | peak memory (MB) |")
+    print("|---|---|---|---|---|---:|---:|---:|")
     for case in CASES:
         if args.case and case.name not in args.case:
             continue
@@ -108,8 +121,8 @@ def main() -> None:
                                  check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             options = ", ".join(f"{k}={v}" for k, v in {**case.options, **variant}.items()) or "fp32"
-            print(f"| {case.name} | {case.model} | {case.height}x{case.width} | {case.mode} | {options} "
-                  f"| {r['images_per_s']:.3f} | {r['peak_mb']:.0f} |", flush=True)
+            print(f"| {case.name} | {case.model} | {case.height}x{case.width} | {case.mode or 'as tested'} | {options} "
+                  f"| {r['images_per_s']:.3f} | {r['gflops_per_s']:.1f} | {r['peak_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
