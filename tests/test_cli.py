@@ -136,3 +136,27 @@ def test_unsafe_checkpoint_needs_the_flag_on_the_command_line(tmp_path, capsys):
 
 class _Opaque:
     """An object of the kind training frameworks pickle into checkpoints."""
+
+
+def test_emanet_demo_draws_the_cityscapes_palette_and_legend(tmp_path, monkeypatch):
+    import dataclasses
+
+    from segzoo import registry
+    from tests.test_emanet import synthetic
+
+    name = "emanet_r101_cityscapes"
+    info = registry._BY_NAME[name]
+    small = dataclasses.replace(info.test_pipeline, scale=(64, 128))  # the real test size takes minutes on a CPU
+    monkeypatch.setitem(registry._BY_NAME, name, dataclasses.replace(info, test_pipeline=small))
+    ckpt = tmp_path / "emanet.pth"
+    torch.save({"model": synthetic(name), "iteration": 1}, ckpt)
+    image = tmp_path / "street.png"
+    Image.new("RGB", (96, 48), (70, 130, 180)).save(image)
+    overlay, labels = tmp_path / "overlay.png", tmp_path / "labels.png"
+    assert main(["predict", str(image), "-m", name, "-c", str(ckpt), "-o", str(overlay), "-q"]) == 0
+    assert main(["predict", str(image), "-m", name, "-c", str(ckpt), "-o", str(labels), "--output", "labels"]) == 0
+    with Image.open(overlay) as drawn:
+        assert drawn.width > 96  # the legend beside the image
+    with Image.open(labels) as indexed:
+        assert indexed.mode == "P" and indexed.size == (96, 48)
+        assert indexed.getpalette()[:6] == [128, 64, 128, 244, 35, 232]  # Cityscapes: road, sidewalk

@@ -212,3 +212,36 @@ def test_inspect_never_unpickles_code(tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "not readable safely" in out and "code from the checkpoint ran" not in out
+
+
+# --- the published sources of the EMANet and GloRe entries, end to end ------------------------------------------
+
+
+def test_emanet_share_page_file_put_in_the_cache_loads_through_the_converter(isolated_cache):
+    from tests.test_emanet import synthetic
+
+    name = "emanet_r50_cityscapes"
+    source = segzoo.model_info(name).weights[0]
+    with pytest.raises(WeightsUnavailableError, match=source.access_code):
+        segzoo.create_model(name, pretrained=True, progress=False)
+    isolated_cache.mkdir(exist_ok=True)
+    state_dict = synthetic(name)
+    torch.save({"model": state_dict, "iteration": 29_999}, isolated_cache / source.filename)  # detectron2's layout
+    model = segzoo.create_model(name, pretrained=True, progress=False)
+    assert torch.equal(model.state_dict()["decode_head.conv_seg.weight"], state_dict["sem_seg_head.predictor.2.weight"])
+    assert torch.equal(model.state_dict()["decode_head.emau.mu"], state_dict["sem_seg_head.emau.mu"])
+    segzoo.create_model(name, pretrained=True, progress=False)  # later loads: the verified safetensors copy
+
+
+def test_glore_archive_downloads_and_loads(file_server, monkeypatch, isolated_cache):
+    from tests.test_emanet import synthetic
+
+    name = "glore_r50_fcn_cityscapes"
+    source = segzoo.model_info(name).weights[0]
+    state_dict = synthetic(name)
+    _glore_style_archive(file_server.root / source.filename, state_dict)
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    model = segzoo.create_model(name, pretrained=True, progress=False)
+    assert torch.equal(model.state_dict()["decode_head.glore.conv_proj.weight"],
+                       state_dict["decode_head.glore.conv_proj.weight"])
+    assert file_server.gets(f"/{source.filename}") == [None]
