@@ -160,3 +160,25 @@ def test_emanet_demo_draws_the_cityscapes_palette_and_legend(tmp_path, monkeypat
     with Image.open(labels) as indexed:
         assert indexed.mode == "P" and indexed.size == (96, 48)
         assert indexed.getpalette()[:6] == [128, 64, 128, 244, 35, 232]  # Cityscapes: road, sidewalk
+
+
+@pytest.mark.parametrize("name, scale, first_colors", [
+    ("regproxy_vit_ti16_ade20k", (256, 128), [120, 120, 120, 180, 120, 120]),
+    ("regproxy_vit_ti16_cityscapes", (256, 128), [128, 64, 128, 244, 35, 232]),  # padded slide windows
+    ("eurnet_t_upernet_ade20k", (256, 128), [120, 120, 120, 180, 120, 120]),
+])
+def test_demo_path_of_each_mmseg_family(tmp_path, monkeypatch, name, scale, first_colors):
+    import dataclasses
+
+    from segzoo import registry
+
+    info = registry._BY_NAME[name]
+    small = dataclasses.replace(info.test_pipeline, scale=scale)  # the real test sizes are slow on a CPU
+    monkeypatch.setitem(registry._BY_NAME, name, dataclasses.replace(info, test_pipeline=small))
+    ckpt = save_mmseg_checkpoint(tmp_path / "upstream.pth", synthetic_state_dict(name))  # the upstream layout
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (96, 48), (120, 90, 60)).save(image)
+    out = tmp_path / "labels.png"
+    assert main(["predict", str(image), "-m", name, "-c", str(ckpt), "-o", str(out), "--output", "labels", "-q"]) == 0
+    with Image.open(out) as indexed:
+        assert indexed.size == (96, 48) and indexed.getpalette()[:6] == first_colors
