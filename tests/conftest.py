@@ -37,7 +37,10 @@ def upstream_manifests() -> dict[str, dict[str, list]]:
 
 
 def synthetic_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors with the names, shapes and dtypes of the entry's published checkpoint."""
+    """Random tensors with the names, shapes and dtypes of the entry's published checkpoint.
+
+    EM bases (EMANet's ``mu``) get unit-norm columns, as trained ones have.
+    """
     g = torch.Generator().manual_seed(seed)
     out = {}
     for key, (shape, dtype) in sorted(upstream_manifests()[name].items()):
@@ -45,6 +48,9 @@ def synthetic_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
             out[key] = torch.zeros(shape, dtype=torch.int64)
         elif key.endswith("running_var"):
             out[key] = torch.rand(shape, generator=g) + 0.5
+        elif key.endswith(".mu"):
+            mu = torch.randn(shape, generator=g)
+            out[key] = mu / mu.norm(dim=1, keepdim=True)
         else:
             out[key] = 0.05 * torch.randn(shape, generator=g)
     return out

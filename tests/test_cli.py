@@ -142,14 +142,13 @@ def test_emanet_demo_draws_the_cityscapes_palette_and_legend(tmp_path, monkeypat
     import dataclasses
 
     from segzoo import registry
-    from tests.test_emanet import synthetic
 
     name = "emanet_r101_cityscapes"
     info = registry._BY_NAME[name]
     small = dataclasses.replace(info.test_pipeline, scale=(64, 128))  # the real test size takes minutes on a CPU
     monkeypatch.setitem(registry._BY_NAME, name, dataclasses.replace(info, test_pipeline=small))
     ckpt = tmp_path / "emanet.pth"
-    torch.save({"model": synthetic(name), "iteration": 1}, ckpt)
+    torch.save({"model": synthetic_state_dict(name), "iteration": 1}, ckpt)
     image = tmp_path / "street.png"
     Image.new("RGB", (96, 48), (70, 130, 180)).save(image)
     overlay, labels = tmp_path / "overlay.png", tmp_path / "labels.png"

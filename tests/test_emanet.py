@@ -12,7 +12,7 @@ import segzoo
 from segzoo.families import convert_state_dict
 from segzoo.heads import EMAUnit
 from segzoo.weights import CheckpointMismatchError
-from tests.conftest import REPO, SHARED, upstream_manifests
+from tests.conftest import REPO, SHARED, synthetic_state_dict, upstream_manifests
 
 NAME = "emanet_r50_cityscapes"
 ENTRIES = [f"emanet_r{d}_{s}" for s in ("coco", "cityscapes") for d in (50, 101, 152)]
@@ -27,28 +27,11 @@ def run_golden_check(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def synthetic(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors in the layout of ``name``'s manifest; EM bases with unit-norm columns as trained ones."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, (shape, dtype) in sorted(upstream_manifests()[name].items()):
-        if dtype == "int64":
-            out[key] = torch.zeros(shape, dtype=torch.int64)
-        elif key.endswith("running_var"):
-            out[key] = torch.rand(shape, generator=g) + 0.5
-        elif key.endswith("mu"):
-            mu = torch.randn(shape, generator=g)
-            out[key] = mu / mu.norm(dim=1, keepdim=True)
-        else:
-            out[key] = 0.05 * torch.randn(shape, generator=g)
-    return out
-
-
 @pytest.fixture(scope="module")
 def checkpoint_files(tmp_path_factory):
     """One synthetic R50 Cityscapes checkpoint, saved as detectron2 does and as a bare state dict."""
     root = tmp_path_factory.mktemp("emanet")
-    state_dict = synthetic(NAME)
+    state_dict = synthetic_state_dict(NAME)
     container = root / "detectron2.pth"
     torch.save({"model": state_dict, "optimizer": {}, "scheduler": {}, "iteration": 29_999}, container)
     bare = root / "bare.pth"

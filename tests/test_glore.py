@@ -4,8 +4,8 @@ import torch
 
 import segzoo
 from segzoo.heads import GloReUnit2d
-from tests.conftest import SHARED, upstream_manifests
-from tests.test_emanet import run_golden_check, synthetic
+from tests.conftest import SHARED, synthetic_state_dict, upstream_manifests
+from tests.test_emanet import run_golden_check
 
 NAME = "glore_r50_fcn_cityscapes"
 
@@ -64,7 +64,7 @@ def test_fresh_unit_is_the_identity_and_has_upstream_keys():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    state_dict = synthetic(NAME)
+    state_dict = synthetic_state_dict(NAME)
     path = tmp_path_factory.mktemp("glore") / "resnet50_w-glore.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state_dict.items()}, "epoch": 1}, path)
     return state_dict, path

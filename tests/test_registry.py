@@ -15,10 +15,14 @@ NAMES = [f"moganet_{s}_{h}_ade20k" for h in ("fpn", "upernet") for s in SIZES]
 EMANET = [f"emanet_r{d}_{s}" for s in ("coco", "cityscapes") for d in (50, 101, 152)]
 GLORE = ["glore_r50_fcn_cityscapes", "glore_r101_fcn_cityscapes"]
 EURNET = [f"eurnet_{s}_upernet_ade20k" for s in ("t", "s", "b")]
+REGPROXY = [f"regproxy_vit_{s}_{d}" for s in ("ti16", "s16", "b16", "l16") for d in ("ade20k", "cityscapes")] + [
+    "regproxy_r26_vit_s32_ade20k", "regproxy_r50_vit_l32_ade20k",
+]
 
 
 def test_all_entries_are_registered():
-    assert segzoo.list_models() == sorted(NAMES + EMANET + GLORE + EURNET)
+    assert segzoo.list_models() == sorted(NAMES + EMANET + GLORE + EURNET + REGPROXY)
+    assert len(segzoo.list_models()) == 31
     assert segzoo.list_models("moganet_*", pretrained=True) == sorted(NAMES)
 
 

@@ -218,14 +218,13 @@ def test_inspect_never_unpickles_code(tmp_path, capsys):
 
 
 def test_emanet_share_page_file_put_in_the_cache_loads_through_the_converter(isolated_cache):
-    from tests.test_emanet import synthetic
 
     name = "emanet_r50_cityscapes"
     source = segzoo.model_info(name).weights[0]
     with pytest.raises(WeightsUnavailableError, match=source.access_code):
         segzoo.create_model(name, pretrained=True, progress=False)
     isolated_cache.mkdir(exist_ok=True)
-    state_dict = synthetic(name)
+    state_dict = synthetic_state_dict(name)
     torch.save({"model": state_dict, "iteration": 29_999}, isolated_cache / source.filename)  # detectron2's layout
     model = segzoo.create_model(name, pretrained=True, progress=False)
     assert torch.equal(model.state_dict()["decode_head.conv_seg.weight"], state_dict["sem_seg_head.predictor.2.weight"])
@@ -234,11 +233,10 @@ def test_emanet_share_page_file_put_in_the_cache_loads_through_the_converter(iso
 
 
 def test_glore_archive_downloads_and_loads(file_server, monkeypatch, isolated_cache):
-    from tests.test_emanet import synthetic
 
     name = "glore_r50_fcn_cityscapes"
     source = segzoo.model_info(name).weights[0]
-    state_dict = synthetic(name)
+    state_dict = synthetic_state_dict(name)
     _glore_style_archive(file_server.root / source.filename, state_dict)
     monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
     model = segzoo.create_model(name, pretrained=True, progress=False)

@@ -3,16 +3,10 @@ from __future__ import annotations
 
 from segzoo.backbones.eurnet import EurNet
 from segzoo.families import register_architecture
-from segzoo.heads import FCNHead, UPerHead
-from segzoo.segmentors import EncoderDecoder
+from segzoo.segmentors import EncoderDecoder, upernet
 
 
 @register_architecture
 def eurnet_upernet(arch: str, num_classes: int = 150, drop_path_rate: float = 0.3) -> EncoderDecoder:
     """EurNet + UperNet head (512 channels) + FCN auxiliary head on stage 3 (256 channels)."""
-    backbone = EurNet(arch, drop_path_rate=drop_path_rate)
-    return EncoderDecoder(
-        backbone,
-        decode_head=UPerHead(backbone.out_channels, 512, num_classes),
-        auxiliary_head=FCNHead(backbone.out_channels[2], 256, num_classes, in_index=2),
-    )
+    return upernet(EurNet(arch, drop_path_rate=drop_path_rate), num_classes)

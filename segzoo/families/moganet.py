@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from segzoo.backbones.moganet import MogaNet
 from segzoo.families import register_architecture
-from segzoo.heads import FCNHead, FPNHead, FPNNeck, UPerHead
-from segzoo.segmentors import EncoderDecoder
+from segzoo.heads import FPNHead, FPNNeck
+from segzoo.segmentors import EncoderDecoder, upernet
 
 
 @register_architecture
@@ -21,9 +21,4 @@ def moganet_fpn(arch: str, num_classes: int = 150, drop_path_rate: float = 0.1) 
 @register_architecture
 def moganet_upernet(arch: str, num_classes: int = 150, drop_path_rate: float = 0.1) -> EncoderDecoder:
     """MogaNet + UperNet head (512 channels) + FCN auxiliary head on stage 3 (256 channels)."""
-    backbone = MogaNet(arch, drop_path_rate=drop_path_rate)
-    return EncoderDecoder(
-        backbone,
-        decode_head=UPerHead(backbone.out_channels, 512, num_classes),
-        auxiliary_head=FCNHead(backbone.out_channels[2], 256, num_classes, in_index=2),
-    )
+    return upernet(MogaNet(arch, drop_path_rate=drop_path_rate), num_classes)

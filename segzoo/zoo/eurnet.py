@@ -1,7 +1,7 @@
 """The three EurNet ADE20K UperNet models of the EurNet segmentation README."""
 from __future__ import annotations
 
-from segzoo.zoo.records import InferencePipeline, ModelInfo, Normalization, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
 
 PAPER = Paper("EurNet: Efficient Multi-Range Relational Modeling of Spatial Multi-Relational Data", "2211.12941",
               "arXiv 2022")
@@ -14,7 +14,6 @@ CITATION = """@article{xu2022eurnet,
 REPO = "hirl-team/EurNet-Image"
 COMMIT = "35b30f0e105ec6edfa7036e7af3e4bbfc2016b28"  # branch seg
 CHECKPOINTS = "https://eurnet.s3.us-east-2.amazonaws.com/checkpoints/"
-ADE20K_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB")
 # The ADE20K test pipeline of the EurNet configs: keep-ratio resize into 2048x512, no padding, whole image;
 # their (commented-out) multi-scale test uses mmseg's default ratios.
 ADE20K_TEST = InferencePipeline(scale=(2048, 512), mode="whole")
@@ -40,7 +39,7 @@ def _entry(size: str, row: tuple[float, float, float, float, int]) -> ModelInfo:
         dataset="ADE20K",
         num_classes=150,
         crop_size=(512, 512),
-        normalization=ADE20K_RGB,
+        normalization=IMAGENET_RGB,
         test_pipeline=ADE20K_TEST,
         align_corners=False,
         metrics={"mIoU": miou, "mIoU (MS)": miou_ms},

@@ -1,7 +1,7 @@
 """The two GloRe Cityscapes models of the facebookresearch/GloRe README (FCN + 1 GloRe unit)."""
 from __future__ import annotations
 
-from segzoo.zoo.records import InferencePipeline, ModelInfo, Normalization, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
 
 PAPER = Paper("Graph-Based Global Reasoning Networks", "1811.12814", "CVPR 2019")
 CITATION = """@inproceedings{chen2019graph,
@@ -14,8 +14,6 @@ CITATION = """@inproceedings{chen2019graph,
 REPO = "facebookresearch/GloRe"
 COMMIT = "9c6a7340ebb44a66a3bf1945094fc685fb7b730d"
 ARCHIVES = "https://dl.fbaipublicfiles.com/glore/cityscapes/"
-# Assumed (the archives' code is not inspected): torchvision's ImageNet statistics on RGB 0-255 pixels.
-IMAGENET_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB")
 # Cityscapes images (1024x2048) go in whole and unresized: a keep-ratio fit into 2048x1024 leaves them as they are.
 CITYSCAPES_WHOLE = InferencePipeline(scale=(2048, 1024), mode="whole")
 

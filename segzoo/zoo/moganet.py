@@ -1,7 +1,7 @@
 """The ten MogaNet ADE20K models of the MogaNet segmentation README (Semantic FPN and UperNet tables)."""
 from __future__ import annotations
 
-from segzoo.zoo.records import InferencePipeline, ModelInfo, Normalization, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
 
 PAPER = Paper("Efficient Multi-order Gated Aggregation Network", "2211.03295", "ICLR 2024")
 CITATION = """@inproceedings{iclr2024MogaNet,
@@ -13,7 +13,6 @@ CITATION = """@inproceedings{iclr2024MogaNet,
 REPO = "Westlake-AI/MogaNet"
 COMMIT = "386b548c5f0b0287b45c04397aa4ef46a28f7a26"
 RELEASE = "https://github.com/Westlake-AI/MogaNet/releases/download/moganet-seg-weights/"
-ADE20K_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB")
 # The ADE20K test pipeline of the MogaNet configs: keep-ratio resize into 2048x512, then align to 32;
 # their (commented-out) multi-scale test uses mmseg's default ratios with flip.
 ADE20K_TEST = InferencePipeline(scale=(2048, 512), size_divisor=32, mode="whole")
@@ -61,7 +60,7 @@ def _entry(head: str, size: str, row: tuple[float, float, float, float, int]) ->
         dataset="ADE20K",
         num_classes=150,
         crop_size=(512, 512),
-        normalization=ADE20K_RGB,
+        normalization=IMAGENET_RGB,
         test_pipeline=ADE20K_TEST,
         align_corners=False,
         metrics={"mIoU": miou, "mAcc": macc},

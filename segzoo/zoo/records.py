@@ -108,6 +108,10 @@ class Normalization:
     channel_order: Literal["RGB", "BGR"] = "RGB"
 
 
+# ImageNet's mean and std on 0-255 RGB pixels: the normalization of every mmseg config here (and GloRe's assumption).
+IMAGENET_RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB")
+
+
 @dataclass(frozen=True)
 class InferencePipeline:
     """The upstream test-time preprocessing, inference mode and test-time augmentation.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from segzoo.zoo.records import InferencePipeline, ModelInfo, Normalization, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
 
 PAPER = Paper("Semantic Segmentation by Early Region Proxy", "2203.14043", "CVPR 2022")
 CITATION = """@article{zhang2022semantic,
@@ -15,7 +15,6 @@ CITATION = """@article{zhang2022semantic,
 REPO = "YiF-Zhang/RegionProxy"
 COMMIT = "76fea9b732af22f73aca129f1a2284d6e0fc2953"
 DRIVE = "https://drive.google.com/file/d/{}/view?usp=sharing"
-RGB = Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), channel_order="RGB")
 TRAIN_BATCH = 16  # 2 images per GPU on 8 GPUs
 
 BACKBONE_NAMES = {
@@ -100,7 +99,7 @@ def _entry(
         dataset="ADE20K" if dataset == "ade20k" else "Cityscapes",
         num_classes=num_classes,
         crop_size=(crop, crop),
-        normalization=RGB,
+        normalization=IMAGENET_RGB,
         test_pipeline=pipeline,
         align_corners=False,
         metrics={"mIoU": metrics[0], "mIoU (ms+flip)": metrics[1]},
