@@ -23,7 +23,7 @@ SMALL = ("regproxy_vit_ti16_ade20k", "regproxy_r26_vit_s32_ade20k")  # goldens i
 def _meta_model(name: str):
     info = segzoo.model_info(name)
     with torch.device("meta"):
-        return build_architecture(info.architecture, **info.arch_args)
+        return build_architecture(info.architecture, **info.arch_args, num_classes=info.num_classes)
 
 
 def _golden(name: str) -> dict | None:

@@ -84,9 +84,7 @@ def _entry(
     iters = 160_000 if dataset == "ade20k" else 80_000
     config = _config_path(arch, out_indices, crop, schedule, f"{iters // 1000}k", dataset)
     num_classes = 150 if dataset == "ade20k" else 19
-    arch_args: dict[str, Any] = {
-        "arch": arch, "img_size": (crop, crop), "out_indices": out_indices, "num_classes": num_classes
-    }
+    arch_args: dict[str, Any] = {"arch": arch, "img_size": (crop, crop), "out_indices": out_indices}
     if arch == "b16":
         arch_args["distilled"] = True
         notes += (DEIT_NOTE,)
