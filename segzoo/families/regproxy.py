@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 
-from segzoo.backbones.vit import ViT
 from segzoo.families import StateDict, register_architecture
 from segzoo.heads import ProxyHead
 from segzoo.segmentors import EncoderDecoder
@@ -61,6 +60,8 @@ def regproxy(
     the first block), the classifier the second (the last block); ``img_size`` is the training crop that
     sizes the position embedding; ``distilled`` adds DeiT's distillation token (the Base models).
     """
+    from segzoo.backbones.vit import ViT  # imports timm: only when a RegionProxy model is built
+
     backbone = ViT(arch, img_size, out_indices, distilled=distilled, drop_path_rate=drop_path_rate)
     width = backbone.out_channels[-1]
     return EncoderDecoder(backbone, decode_head=ProxyHead(width, width, num_classes, region_res))
