@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -17,20 +19,34 @@ def build_train_dataset(recipe: Recipe, data: str | Path) -> SegmentationFolder:
     return open_dataset(model_info(recipe.name).dataset, data, "train")
 
 
-class InfiniteSampler(torch.utils.data.Sampler[int]):
-    """Provisional: this rank's share of endless seeded permutations, starting after ``start`` samples."""
+class InfiniteSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """This rank's ``(index, position)`` pairs of an endless stream of seeded permutations.
 
-    def __init__(self, length: int, rank: int, world_size: int, seed: int, start: int = 0) -> None:
-        self.length, self.rank, self.world_size, self.seed, self.start = length, rank, world_size, seed, start
+    Position ``p`` of the stream is sample ``randperm(length, seed + epoch)[p % length]``.
+    Optimizer step ``s`` consumes positions ``[s * B, (s + 1) * B)`` with
+    ``B = world_size * accumulation * micro_batch``; its micro-step ``a`` on rank
+    ``r`` takes ``micro_batch`` positions from ``s * B + (a * world_size + r) * micro_batch``.
+    So any split of one total batch over processes and accumulation steps sees
+    the same samples, and the stream resumes exactly at ``start_step``.
+    """
 
-    def __iter__(self) -> Iterator[int]:
-        position = 0
-        for epoch in range(2**62):
-            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-            for index in order[self.rank::self.world_size]:
-                if position >= self.start:
-                    yield index
-                position += 1
+    def __init__(self, length: int, *, seed: int, rank: int = 0, world_size: int = 1, micro_batch: int = 1,
+                 accumulation: int = 1, start_step: int = 0) -> None:
+        self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
+        self.micro_batch, self.accumulation, self.start_step = micro_batch, accumulation, start_step
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.length)
+        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch))
+        return int(order[offset])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        total = self.world_size * self.accumulation * self.micro_batch
+        for step in itertools.count(self.start_step):
+            for micro in range(self.accumulation):
+                first = step * total + (micro * self.world_size + self.rank) * self.micro_batch
+                for position in range(first, first + self.micro_batch):
+                    yield self._index(position), position
 
 
 def _provisional_transform(sample: dict, recipe: Recipe, index: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,15 +75,17 @@ class _Transformed(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _provisional_transform(self.dataset[index], self.recipe, index, self.seed)
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, position = key  # augmentation drawn from the stream position: identical on resume
+        return _provisional_transform(self.dataset[index], self.recipe, position, self.seed)
 
 
 def build_train_loader(
     dataset: SegmentationFolder, recipe: Recipe, *, batch_size: int, rank: int = 0, world_size: int = 1,
-    seed: int = 0, workers: int = 0, start: int = 0,
+    accumulation: int = 1, seed: int = 0, workers: int = 0, start_step: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """Endless batches of ``(images, labels)`` for this rank; ``start`` samples of it already consumed."""
-    sampler = InfiniteSampler(len(dataset), rank, world_size, seed, start)
+    """Endless micro-batches of ``(images, labels)`` for this rank (see :class:`InfiniteSampler`)."""
+    sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size, micro_batch=batch_size,
+                              accumulation=accumulation, start_step=start_step)
     return torch.utils.data.DataLoader(_Transformed(dataset, recipe, seed), batch_size=batch_size,
                                        sampler=sampler, num_workers=workers, drop_last=True)
