@@ -20,11 +20,18 @@ class ParamRule:
 class OptimizerSpec:
     """The optimizer and the per-parameter rules of the config that trained the entry.
 
-    ``param_rules`` names whose rules apply: ``mmcv`` (``paramwise_cfg``:
-    ``custom_keys`` matched as substrings, longest first, first hit wins; then
-    ``norm_decay_mult``/``bias_decay_mult``/``bias_lr_mult``) or
-    ``detectron2`` (2019 ``SOLVER``: ``bias_lr_factor``, ``weight_decay_bias``,
-    ``weight_decay_norm``).
+    ``param_rules`` names whose rules give each parameter its rate and decay:
+
+    - ``mmcv`` (1.x ``DefaultOptimizerConstructor`` with ``paramwise_cfg``):
+      ``custom_keys`` are matched as substrings of the parameter's upstream
+      name (``prefix.name`` inside any ``module.`` wrapper), longest key first
+      (ties alphabetical), and the first hit sets both multipliers; otherwise a
+      parameter of a norm layer gets ``norm_decay_mult``, of a depth-wise conv
+      ``dwconv_decay_mult``, any other ``bias`` ``bias_decay_mult``, and every
+      ``bias`` outside norm layers ``bias_lr_mult``.
+    - ``detectron2`` (2019-2020 ``build_optimizer``): parameters of norm layers
+      get ``weight_decay_norm`` (rate unchanged); other ``bias`` parameters get
+      ``lr * bias_lr_factor`` and ``weight_decay_bias``.
     """
 
     type: Literal["SGD", "AdamW"]
@@ -35,9 +42,10 @@ class OptimizerSpec:
     eps: float = 1e-8
     param_rules: Literal["mmcv", "detectron2"] = "mmcv"
     custom_keys: tuple[ParamRule, ...] = ()
-    norm_decay_mult: float | None = None
-    bias_decay_mult: float | None = None
-    bias_lr_mult: float | None = None
+    norm_decay_mult: float = 1.0
+    dwconv_decay_mult: float = 1.0
+    bias_decay_mult: float = 1.0
+    bias_lr_mult: float = 1.0
     bias_lr_factor: float = 1.0
     weight_decay_bias: float | None = None
     weight_decay_norm: float = 0.0
@@ -46,35 +54,57 @@ class OptimizerSpec:
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """The learning-rate schedule per iteration, as ``style``'s library computes it.
+    """The learning rate at each iteration, as ``style``'s library computes it from a group's base rate.
 
-    ``policy`` ``poly``: ``(lr - min_lr) * (1 - i / iters) ** power + min_lr``;
-    ``cosine``; ``step`` at ``steps`` by ``gamma``. ``warmup`` over
-    ``warmup_iters`` starting at ``warmup_ratio`` of the rate.
+    ``mmcv`` (``LrUpdaterHook``, ``by_epoch=False``): ``poly`` is
+    ``(base - min_lr) * (1 - i / iters) ** power + min_lr``;
+    ``cosine_restart`` anneals ``restart_weights[k] * base`` to
+    ``min_lr_ratio * base`` by a half cosine over each of ``periods``.
+    During warm-up (``i < warmup_iters``) that value is multiplied by
+    ``warmup_ratio`` (``constant``) or ``1 - (1 - i / warmup_iters) * (1 - warmup_ratio)`` (``linear``).
+    ``detectron2`` (``WarmupCosineLR``/``WarmupMultiStepLR``): ``cosine`` is
+    ``base * 0.5 * (1 + cos(pi * i / iters))``, ``step`` is
+    ``base * gamma ** (number of steps <= i)``, times the warm-up factor
+    ``warmup_ratio * (1 - i / warmup_iters) + i / warmup_iters`` (``linear``)
+    or ``warmup_ratio`` (``constant``) before ``warmup_iters``.
     """
 
-    policy: Literal["poly", "cosine", "step"]
+    policy: Literal["poly", "cosine", "cosine_restart", "step"]
     style: Literal["mmcv", "detectron2"] = "mmcv"
     power: float = 1.0
     min_lr: float = 0.0
     warmup: Literal["linear", "constant"] | None = None
     warmup_iters: int = 0
     warmup_ratio: float = 0.1
+    periods: tuple[int, ...] = ()
+    restart_weights: tuple[float, ...] = ()
+    min_lr_ratio: float = 0.0
     steps: tuple[int, ...] = ()
     gamma: float = 0.1
 
 
 @dataclass(frozen=True)
 class LossTerm:
-    """A cross-entropy on one model output (``out`` or ``aux``) with its weight in the total."""
+    """A cross-entropy on one model output (``out`` or ``aux``) with its weight in the total, logged as ``name``."""
 
     output: Literal["out", "aux"]
     weight: float = 1.0
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        """The term's name in :func:`~segzoo.training.compute_losses`'s result."""
+        return self.name or f"loss_{self.output}"
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """The loss terms and how cross-entropy is averaged (``convention``: whose reduction)."""
+    """The loss terms and how cross-entropy is averaged.
+
+    ``mmseg`` (0.x ``CrossEntropyLoss`` without ``avg_non_ignore``): the mean
+    over all pixels, ignored ones adding 0. ``detectron2``: the mean over the
+    pixels that are not ignored.
+    """
 
     terms: tuple[LossTerm, ...] = (LossTerm("out"),)
     convention: Literal["mmseg", "detectron2"] = "mmseg"
@@ -107,7 +137,13 @@ class PipelineSpec:
 @dataclass(frozen=True)
 class Recipe:
     """How the entry ``name`` was trained. ``iters``, ``batch_size`` (total, all GPUs) and ``crop_size`` come
-    from the registry entry; the rest from ``upstream``, the config at the commit the entry records."""
+    from the registry entry; the rest from ``upstream``, the config at the commit the entry records.
+
+    ``gpus`` is the paper's setting (``gpus`` x :attr:`images_per_gpu`);
+    ``expected_wall_time`` says how long that setting takes and on what the
+    figure rests; ``notes`` every place where the recipe departs from, or
+    guesses at, what upstream ran.
+    """
 
     name: str
     iters: int
@@ -123,6 +159,7 @@ class Recipe:
     eval_interval: int = 16000
     checkpoint_interval: int = 16000
     imagenet_backbone: bool = True
+    expected_wall_time: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property

@@ -35,8 +35,8 @@ ASSUMPTIONS = (
     "BatchNorm eps 1e-5 (the unit's own BatchNorm: eps 1e-4, as upstream).",
     "Assumed: RGB input normalized with the ImageNet mean/std, whole 1024x2048 images without resizing, and a "
     "bilinear upsampling of the logits with align_corners=False.",
-    "Training schedule, batch size and crop are not published: train_iters and train_batch_size are recorded as 0 "
-    "(unknown) and crop_size as the full 1024x2048 image.",
+    "Training schedule, batch size and crop are not published: train_iters (40000) and train_batch_size (8: 8 GPUs "
+    "x 1 image) are the evident intent segzoo's training recipe assumes, crop_size the full 1024x2048 image.",
     "Reported numbers are Cityscapes test-server results (fine annotations only); segzoo eval computes the same "
     "four metrics on the validation set with cityscapesScripts, so they are not directly comparable.",
 )
@@ -64,8 +64,8 @@ def _entry(depth: int) -> ModelInfo:
         flops_g=None,
         flops_input_shape=None,
         num_params=num_params,
-        train_iters=0,
-        train_batch_size=0,
+        train_iters=40_000,
+        train_batch_size=8,
         weights=(WeightSource(url=f"{ARCHIVES}resnet{depth}_w-glore.tar", format="pytorch", kind="archive"),),
         license="MIT",
         citation=CITATION,
