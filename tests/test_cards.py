@@ -28,6 +28,7 @@ def test_cards_render_what_the_detectron2_and_glore_entries_need():
     glore = render_model_card(model_info("glore_r50_fcn_cityscapes"))
     assert '"split": "test"' in glore and "test set, evaluation server" in glore
     assert "tar archive" in glore and "Assumed: the GloRe unit sits on the res5 output" in glore
-    assert "Checkpoint layout unverified" in glore and "schedule not published" in glore
+    assert "Checkpoint layout unverified" in glore and "40,000 iterations, batch 8" in glore
+    assert "are not published" in glore and "evident intent" in glore
     table = render_models_table()
     assert "| 34.78 (counted) | - |" in table and "(test set, evaluation server)" in table
