@@ -37,6 +37,10 @@ ASSUMPTIONS = (
     "bilinear upsampling of the logits with align_corners=False.",
     "Training schedule, batch size and crop are not published: train_iters and train_batch_size are recorded as 0 "
     "(unknown) and crop_size as the full 1024x2048 image.",
+    "No ImageNet backbone is recorded (pretrained_backbone is None): the README names no file the FCN models "
+    "start from. Its ImageNet-1k ResNets (kinetics/pretrained/resnet{50,101}-lite.pth) are the 2D weights the "
+    "video models inflate, in MFNet's layout with a 32-channel single-conv stem that does not fit the deep-stem "
+    "dilated ResNet assumed here, and its imagenet/*.tar releases are the MXNet classification models.",
     "Reported numbers are Cityscapes test-server results (fine annotations only); segzoo eval computes the same "
     "four metrics on the validation set with cityscapesScripts, so they are not directly comparable.",
 )
