@@ -39,7 +39,7 @@ class ZipMember:
 
     name: str
     size: int
-    mode: int  # the Unix mode in the entry's external attributes; 0 when the zip was written elsewhere
+    mode: int  # the Unix mode in the entry's external attributes; no file-type bits when written elsewhere
 
     @classmethod
     def of(cls, info: zipfile.ZipInfo) -> ZipMember:
@@ -59,7 +59,7 @@ class ZipMember:
         return False
 
     def isfile(self) -> bool:
-        return not self.isdir() and (self.mode == 0 or stat.S_ISREG(self.mode))
+        return not self.isdir() and (stat.S_IFMT(self.mode) == 0 or stat.S_ISREG(self.mode))
 
 
 Member = tarfile.TarInfo | ZipMember

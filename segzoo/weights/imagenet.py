@@ -69,6 +69,7 @@ def load_imagenet_backbone(
     then fit every backbone tensor. A file with no known checksum that does
     not load is removed from the cache; one that loads has its sha256 recorded.
     """
+    imagenet_source(name)  # an entry without one fails here, before anything is fetched
     _fetch_and_load(model.backbone, name, progress, verify)
 
 
