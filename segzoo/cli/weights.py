@@ -42,14 +42,17 @@ def _pin(args: argparse.Namespace) -> int:
     from segzoo.weights.imagenet import pin_imagenet
 
     pins_file = Path(args.pins_file or PINS_FILE)
-    pinned, manual = pin(_names(args), pins_file, progress=progress(args))
-    imagenet_pinned, imagenet_failed = pin_imagenet(_names(args), pins_file, progress=progress(args))
-    for name, sha256 in (pinned | imagenet_pinned).items():
+    if args.imagenet:
+        pinned, failed = pin_imagenet(_names(args), pins_file, progress=progress(args))
+        manual = {}
+    else:
+        (pinned, manual), failed = pin(_names(args), pins_file, progress=progress(args)), {}
+    for name, sha256 in pinned.items():
         print(f"{name}: sha256 {sha256}")
     _report_manual(manual)
-    for url, why in imagenet_failed.items():
+    for url, why in failed.items():
         print(f"{url}: not pinned. {why}")
-    manual = manual | imagenet_failed
+    manual = manual | failed
     if manual:
         print(f"segzoo: error: {len(manual)} entries are not pinned; fetch their files as said above and pin again",
               file=sys.stderr)
@@ -95,10 +98,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_quiet(p)
     p.set_defaults(run=_download)
 
-    p = commands.add_parser(
-        "pin", help="(maintainers) record verified sha256 and size in the registry's pins (ImageNet files too)"
-    )
+    p = commands.add_parser("pin", help="(maintainers) record verified sha256 and size in the registry's pins")
     add_names_or_all(p)
+    p.add_argument("--imagenet", action="store_true", help="pin the ImageNet backbone files instead")
     p.add_argument("--pins-file", help="pins file to update (default: the package's zoo/pins.json)")
     add_quiet(p)
     p.set_defaults(run=_pin)
