@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from segzoo.families import build_architecture, convert_state_dict
+from segzoo.features import create_backbone  # noqa: F401  (public here, beside create_model)
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import (
     UnsafeCheckpointError, hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict,

@@ -20,6 +20,13 @@ def _report_manual(manual: dict[str, str]) -> None:
 
 
 def _download(args: argparse.Namespace) -> int:
+    if args.imagenet:
+        from segzoo.weights.imagenet import download_imagenet_to_folder
+
+        manifest, failed = download_imagenet_to_folder(_names(args), Path(args.to), progress=progress(args))
+        _report_manual(failed)
+        print(f"wrote {manifest}")
+        return 1 if failed else 0
     from segzoo.mirror import download_to_folder
 
     manifest, manual = download_to_folder(_names(args), Path(args.to), progress=progress(args))
@@ -32,10 +39,20 @@ def _pin(args: argparse.Namespace) -> int:
     from segzoo.mirror import pin
     from segzoo.zoo.pins import PINS_FILE
 
-    pinned, manual = pin(_names(args), Path(args.pins_file or PINS_FILE), progress=progress(args))
+    from segzoo.weights.imagenet import pin_imagenet
+
+    pins_file = Path(args.pins_file or PINS_FILE)
+    if args.imagenet:
+        pinned, failed = pin_imagenet(_names(args), pins_file, progress=progress(args))
+        manual = {}
+    else:
+        (pinned, manual), failed = pin(_names(args), pins_file, progress=progress(args)), {}
     for name, sha256 in pinned.items():
         print(f"{name}: sha256 {sha256}")
     _report_manual(manual)
+    for url, why in failed.items():
+        print(f"{url}: not pinned. {why}")
+    manual = manual | failed
     if manual:
         print(f"segzoo: error: {len(manual)} entries are not pinned; fetch their files as said above and pin again",
               file=sys.stderr)
@@ -76,11 +93,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("download", help="fill a folder with weights and a manifest, to serve as SEGZOO_MIRROR")
     add_names_or_all(p)
     p.add_argument("--to", required=True, help="destination folder")
+    p.add_argument("--imagenet", action="store_true",
+                   help="the ImageNet backbone files training starts from, instead of the segmentation weights")
     add_quiet(p)
     p.set_defaults(run=_download)
 
     p = commands.add_parser("pin", help="(maintainers) record verified sha256 and size in the registry's pins")
     add_names_or_all(p)
+    p.add_argument("--imagenet", action="store_true", help="pin the ImageNet backbone files instead")
     p.add_argument("--pins-file", help="pins file to update (default: the package's zoo/pins.json)")
     add_quiet(p)
     p.set_defaults(run=_pin)

@@ -4,7 +4,10 @@ A zoo entry names its architecture and arguments; :func:`build_architecture`
 turns that into a module. Builders register themselves with
 :func:`register_architecture` when their family module is imported below,
 optionally with a converter from the original checkpoint layout to segzoo's
-(timm's ``checkpoint_filter_fn`` idea), which :func:`convert_state_dict` applies.
+(timm's ``checkpoint_filter_fn`` idea), which :func:`convert_state_dict` applies,
+and a converter from the ImageNet classification file the paper's training
+starts from to the backbone's layout, which :func:`convert_imagenet_state_dict`
+applies.
 """
 from __future__ import annotations
 
@@ -22,17 +25,25 @@ from segzoo.segmentors import EncoderDecoder
 Builder = Callable[..., EncoderDecoder]
 StateDict = Mapping[str, torch.Tensor]
 Converter = Callable[[StateDict], StateDict]
+# (ImageNet classification state dict, the segmentor's backbone) -> a state dict for that backbone
+ImageNetConverter = Callable[[StateDict, nn.Module], StateDict]
 _ARCHITECTURES: dict[str, Builder] = {}
 _CONVERTERS: dict[str, Converter] = {}
+_IMAGENET_CONVERTERS: dict[str, ImageNetConverter] = {}
 
 
-def register_architecture(fn: Builder | None = None, *, convert: Converter | None = None) -> Any:
+def register_architecture(
+    fn: Builder | None = None, *, convert: Converter | None = None, convert_imagenet: ImageNetConverter | None = None
+) -> Any:
     """Register a builder under its function name: ``@register_architecture`` or
-    ``@register_architecture(convert=fn)``.
+    ``@register_architecture(convert=fn, convert_imagenet=fn2)``.
 
     ``convert`` maps a state dict in the original checkpoint's layout to
     segzoo's; it must return a segzoo-layout state dict unchanged, since
-    segzoo's own files go through it too.
+    segzoo's own files go through it too. ``convert_imagenet`` maps the
+    ImageNet classification file the paper starts from to the state dict of
+    the built model's ``backbone`` (classifier dropped, names and shapes as
+    the backbone has them).
     """
     def register(builder: Builder) -> Builder:
         if builder.__name__ in _ARCHITECTURES:
@@ -40,6 +51,8 @@ def register_architecture(fn: Builder | None = None, *, convert: Converter | Non
         _ARCHITECTURES[builder.__name__] = builder
         if convert is not None:
             _CONVERTERS[builder.__name__] = convert
+        if convert_imagenet is not None:
+            _IMAGENET_CONVERTERS[builder.__name__] = convert_imagenet
         return builder
 
     return register(fn) if fn is not None else register
@@ -49,6 +62,19 @@ def convert_state_dict(architecture: str, state_dict: StateDict) -> StateDict:
     """``state_dict`` in segzoo's layout for ``architecture`` (unchanged when it has no converter)."""
     convert = _CONVERTERS.get(architecture)
     return convert(state_dict) if convert is not None else state_dict
+
+
+def convert_imagenet_state_dict(architecture: str, state_dict: StateDict, backbone: nn.Module) -> StateDict:
+    """An ImageNet classification state dict in the layout of ``backbone``, the backbone of ``architecture``."""
+    convert = _IMAGENET_CONVERTERS.get(architecture)
+    if convert is None:
+        raise NotImplementedError(f"architecture {architecture!r} has no converter for ImageNet backbone files")
+    return convert(state_dict, backbone)
+
+
+def without_classifier(state_dict: StateDict, classifier_keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """``state_dict`` without the classifier tensors named in ``classifier_keys`` (those present)."""
+    return {key: tensor for key, tensor in state_dict.items() if key not in classifier_keys}
 
 
 _INIT_FUNCTIONS = (

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from segzoo.backbones.resnet_dilated import DilatedResNet
-from segzoo.families import StateDict, register_architecture
+import torch
+
+from segzoo.families import StateDict, register_architecture, without_classifier
 from segzoo.heads.ema import EMAHead
 from segzoo.segmentors import EncoderDecoder
 
@@ -32,7 +34,26 @@ def convert_detectron2(state_dict: StateDict) -> StateDict:
     return converted
 
 
-@register_architecture(convert=convert_detectron2)
+# The ImageNet classifier of Hang Zhang's encoding ResNets (deep stem, the layout of segzoo's DilatedResNet).
+IMAGENET_CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
+
+
+def convert_imagenet_resnet(state_dict: StateDict, backbone: object) -> StateDict:
+    """An encoding ResNet (``resnet{50,101,152}-*.pth``) as the dilated backbone's state dict.
+
+    The names are the backbone's already; ``fc.weight`` / ``fc.bias`` are dropped. Files saved before
+    PyTorch 0.4.1 have no BatchNorm ``num_batches_tracked`` counters: each BatchNorm with running
+    statistics but no counter gets a zero one, which is what ``nn.BatchNorm2d`` itself does when it
+    loads such a file (upstream's detectron2 load).
+    """
+    converted = without_classifier(state_dict, IMAGENET_CLASSIFIER_KEYS)
+    for key in [k for k in converted if k.endswith(".running_mean")]:
+        counter = key.removesuffix("running_mean") + "num_batches_tracked"
+        converted.setdefault(counter, torch.tensor(0, dtype=torch.long))
+    return converted
+
+
+@register_architecture(convert=convert_detectron2, convert_imagenet=convert_imagenet_resnet)
 def emanet(
     depth: int,
     output_stride: int,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from segzoo.backbones.resnet_dilated import DilatedResNet
 from segzoo.families import register_architecture
+from segzoo.families.emanet import convert_imagenet_resnet
 from segzoo.heads.glore import GloReFCNHead
 from segzoo.segmentors import EncoderDecoder
 
 
-@register_architecture
+@register_architecture(convert_imagenet=convert_imagenet_resnet)
 def glore_fcn(
     depth: int,
     num_classes: int = 19,

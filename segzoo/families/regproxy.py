@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import re
 
-from segzoo.families import StateDict, register_architecture
+import math
+
+from torch import nn
+
+from segzoo.families import StateDict, register_architecture, without_classifier
 from segzoo.heads import ProxyHead
 from segzoo.segmentors import EncoderDecoder
 
@@ -44,7 +48,34 @@ def convert_mmseg_regproxy(state_dict: StateDict) -> StateDict:
     return converted
 
 
-@register_architecture(convert=convert_mmseg_regproxy)
+# The ImageNet classifiers of timm's ViTs (AugReg) and of DeiT's distilled model (class and distillation heads).
+IMAGENET_CLASSIFIER_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+
+
+def convert_imagenet_vit(state_dict: StateDict, backbone: nn.Module) -> StateDict:
+    """An ImageNet ViT in timm's layout (AugReg from timm, DeiT's release) as ``backbone``'s state dict.
+
+    Drops the classifier (:data:`IMAGENET_CLASSIFIER_KEYS`) and resizes the square 384x384 position grid to
+    the backbone's (the training crop's) with bicubic interpolation, ``align_corners=False`` and no
+    antialiasing, keeping the class (and distillation) token rows: what upstream's ``init_weights`` does
+    through mmseg's ``resize`` before its load. Other names are timm's on both sides.
+    """
+    from timm.layers import resample_abs_pos_embed  # timm is imported only when a RegionProxy model is used
+
+    converted = without_classifier(state_dict, IMAGENET_CLASSIFIER_KEYS)
+    pos_embed = converted.get("pos_embed")
+    target = backbone.pos_embed
+    if pos_embed is not None and pos_embed.shape != target.shape:
+        prefix = backbone.num_prefix_tokens
+        side = math.isqrt(pos_embed.shape[1] - prefix)
+        converted["pos_embed"] = resample_abs_pos_embed(
+            pos_embed, new_size=list(backbone.pos_grid), old_size=[side, side], num_prefix_tokens=prefix,
+            interpolation="bicubic", antialias=False,
+        )
+    return converted
+
+
+@register_architecture(convert=convert_mmseg_regproxy, convert_imagenet=convert_imagenet_vit)
 def regproxy(
     arch: str,
     img_size: tuple[int, int],

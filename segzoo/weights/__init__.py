@@ -1,4 +1,5 @@
-"""Getting weights: sources, download and cache, verification, safe reading, strict loading."""
+"""Getting weights: sources, download and cache, verification, safe reading, strict loading (of the
+segmentation weights and of the ImageNet backbone files training starts from)."""
 from segzoo.weights.cache import cache_dir
 from segzoo.weights.checkpoint import load_state_dict_strict, read_state_dict
 from segzoo.weights.errors import (
@@ -10,6 +11,7 @@ from segzoo.weights.errors import (
     WeightsUnavailableError,
 )
 from segzoo.weights.fetch import FetchedFile, fetch_weights, offline
+from segzoo.weights.imagenet import load_imagenet_backbone
 from segzoo.weights.pretrained import load_pretrained
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "WeightsUnavailableError",
     "cache_dir",
     "fetch_weights",
+    "load_imagenet_backbone",
     "load_pretrained",
     "load_state_dict_strict",
     "offline",

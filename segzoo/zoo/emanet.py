@@ -17,6 +17,15 @@ DETECTRON2_BGR = Normalization(mean=(103.53, 116.28, 123.675), std=(57.375, 57.1
 # configs/base.yaml: SOLVER.MAX_ITER, SOLVER.IMS_PER_BATCH
 TRAIN_ITERS, TRAIN_BATCH = 30_000, 16
 
+# The ImageNet ResNets of the README (Hang Zhang's encoding releases, deep stem): a zip holding one .pth each,
+# unzipped into the folder MODEL.WEIGHTS points to; shared by the COCO and Cityscapes entries of a depth.
+IMAGENET = {
+    depth: WeightSource(
+        url=f"https://hangzh.s3.amazonaws.com/encoding/models/resnet{depth}-{digest}.zip", format="pytorch",
+        kind="archive",
+    )
+    for depth, digest in {50: "25c4b509", 101: "2a57e44d", 152: "0d43d698"}.items()
+}
 # dataset: (segzoo dataset name, classes, output stride, INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST,
 #           training shortest edges (INPUT.MIN_SIZE_TRAIN), INPUT.MAX_SIZE_TRAIN)
 DATASETS = {
@@ -100,6 +109,7 @@ def _entry(dataset: str, depth: int) -> ModelInfo:
             *COMMON_NOTES,
             *NOTES.get((dataset, depth), ()),
         ),
+        pretrained_backbone=IMAGENET[depth],
     )
 
 

@@ -17,6 +17,11 @@ CHECKPOINTS = "https://eurnet.s3.us-east-2.amazonaws.com/checkpoints/"
 # The ADE20K test pipeline of the EurNet configs: keep-ratio resize into 2048x512, no padding, whole image;
 # their (commented-out) multi-scale test uses mmseg's default ratios.
 ADE20K_TEST = InferencePipeline(scale=(2048, 512), mode="whole")
+# The ImageNet-1K pre-trained EurNet-T/S/B files of the README (TorchDrug implementation, 224x224).
+IMAGENET = {
+    size: WeightSource(url=f"{CHECKPOINTS}td_eurnet_{long_name}_1k_pretrain.pth", format="pytorch")
+    for size, long_name in {"t": "tiny", "s": "small", "b": "base"}.items()
+}
 SIZE_NAMES = {"t": ("tiny", "T"), "s": ("small", "S"), "b": ("base", "B")}
 
 # size: (table params M, table FLOPs G, mIoU, mIoU (MS), exact upstream parameter count)
@@ -59,14 +64,13 @@ def _entry(size: str, row: tuple[float, float, float, float, int]) -> ModelInfo:
         architecture="eurnet_upernet",
         arch_args={"arch": size},
         notes=(
-            f"ImageNet-1K pre-trained EurNet-{short_name} backbone (the training starting point): "
-            f"{CHECKPOINTS}td_eurnet_{long_name}_1k_pretrain.pth",
             "FLOPs as reported, for a 512x2048 (height x width) input; they include the kNN distance products.",
             "Where a patch has fewer than 11 kNN candidates in its window and dilation class (inputs under "
             "about 256x256, or very elongated ones), upstream fills its 12 neighbours from tied distances "
             "in torch.topk's order; segzoo ranks the same distance row with torch.topk, so results on other "
             "topk implementations (e.g. CUDA) can differ for those patches.",
         ),
+        pretrained_backbone=IMAGENET[size],
     )
 
 

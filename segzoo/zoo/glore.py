@@ -1,6 +1,7 @@
 """The two GloRe Cityscapes models of the facebookresearch/GloRe README (FCN + 1 GloRe unit)."""
 from __future__ import annotations
 
+from segzoo.zoo.emanet import IMAGENET as EMANET_IMAGENET
 from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
 
 PAPER = Paper("Graph-Based Global Reasoning Networks", "1811.12814", "CVPR 2019")
@@ -37,6 +38,10 @@ ASSUMPTIONS = (
     "bilinear upsampling of the logits with align_corners=False.",
     "Training schedule, batch size and crop are not published: train_iters (40000) and train_batch_size (8: 8 GPUs "
     "x 1 image) are the evident intent segzoo's training recipe assumes, crop_size the full 1024x2048 image.",
+    "Assumed: training starts from the deep-stem ImageNet ResNets EMANet names (Hang Zhang's encoding "
+    "releases), which fit the assumed backbone exactly; the README names no file for the FCN models. Its "
+    "kinetics/pretrained/resnet{50,101}-lite.pth are the 2D weights the video models inflate, in MFNet's layout "
+    "with a 32-channel single-conv stem, and its imagenet/*.tar releases are the MXNet classification models.",
     "Reported numbers are Cityscapes test-server results (fine annotations only); segzoo eval computes the same "
     "four metrics on the validation set with cityscapesScripts, so they are not directly comparable.",
 )
@@ -67,6 +72,7 @@ def _entry(depth: int) -> ModelInfo:
         train_iters=40_000,
         train_batch_size=8,
         weights=(WeightSource(url=f"{ARCHIVES}resnet{depth}_w-glore.tar", format="pytorch", kind="archive"),),
+        pretrained_backbone=EMANET_IMAGENET[depth],
         license="MIT",
         citation=CITATION,
         upstream=UpstreamConfig(REPO, "network/global_reasoning_unit.py", COMMIT),

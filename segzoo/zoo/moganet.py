@@ -16,6 +16,16 @@ RELEASE = "https://github.com/Westlake-AI/MogaNet/releases/download/moganet-seg-
 # The ADE20K test pipeline of the MogaNet configs: keep-ratio resize into 2048x512, then align to 32;
 # their (commented-out) multi-scale test uses mmseg's default ratios with flip.
 ADE20K_TEST = InferencePipeline(scale=(2048, 512), size_divisor=32, mode="whole")
+# The ImageNet-1K classification releases the segmentation configs start from (init_cfg.checkpoint): the
+# 224x224, 300-epoch models; each size's file is shared by its FPN and UperNet entries.
+IN1K_RELEASE = "https://github.com/Westlake-AI/MogaNet/releases/download/moganet-in1k-weights/"
+IMAGENET = {
+    size: WeightSource(url=f"{IN1K_RELEASE}moganet_{stem}_ep300.pth.tar", format="pytorch")
+    for size, stem in {
+        "xt": "xtiny_sz224_8xbs128", "t": "tiny_sz224_8xbs128", "s": "small_sz224_8xbs128",
+        "b": "base_sz224_8xbs128", "l": "large_sz224_8xbs64",
+    }.items()
+}
 SIZE_NAMES = {"xt": ("xtiny", "XT"), "t": ("tiny", "T"), "s": ("small", "S"), "b": ("base", "B"), "l": ("large", "L")}
 DROP_PATH = {"xt": 0.05, "t": 0.1, "s": 0.1, "b": 0.2, "l": 0.3}
 
@@ -77,6 +87,7 @@ def _entry(head: str, size: str, row: tuple[float, float, float, float, int]) ->
         architecture=f"moganet_{head}",
         arch_args={"arch": size, "drop_path_rate": DROP_PATH[size]},
         notes=NOTES.get((head, size), ()),
+        pretrained_backbone=IMAGENET[size],
     )
 
 

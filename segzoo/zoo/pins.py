@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from segzoo.zoo.records import ModelInfo
+from segzoo.zoo.records import ModelInfo, WeightSource
 
 PINS_FILE = Path(__file__).with_name("pins.json")
 
@@ -33,12 +33,18 @@ def write_pin(url: str, sha256: str, size: int, path: Path = PINS_FILE) -> None:
 
 
 def apply_pins(entries: Iterable[ModelInfo], pins: dict[str, dict[str, object]]) -> tuple[ModelInfo, ...]:
-    """The entries with each weight source's sha256 and size filled in from ``pins``."""
+    """The entries with each weight source's sha256 and size (the ImageNet backbone's too) filled in from ``pins``."""
+    def pinned_source(source: WeightSource) -> WeightSource:
+        if source.url not in pins:
+            return source
+        return dataclasses.replace(source, sha256=pins[source.url]["sha256"], size=pins[source.url]["size"])
+
     def pinned(info: ModelInfo) -> ModelInfo:
-        weights = tuple(
-            dataclasses.replace(w, sha256=pins[w.url]["sha256"], size=pins[w.url]["size"]) if w.url in pins else w
-            for w in info.weights
+        backbone = info.pretrained_backbone
+        return dataclasses.replace(
+            info,
+            weights=tuple(pinned_source(w) for w in info.weights),
+            pretrained_backbone=pinned_source(backbone) if backbone is not None else None,
         )
-        return dataclasses.replace(info, weights=weights)
 
     return tuple(pinned(info) for info in entries)

@@ -165,6 +165,9 @@ class ModelInfo:
     ``SemSegEvaluator`` as of 2019) or ``cityscapes`` (the official
     cityscapesScripts evaluation). ``reported_costs`` holds the table's other
     columns, e.g. ``{"train time (s/iter)": 0.81, "inference time (s/im)": 0.11}``.
+    ``pretrained_backbone`` is the ImageNet classification file the paper's
+    segmentation training starts from (``None`` where the paper names none;
+    the notes say why); :func:`segzoo.weights.load_imagenet_backbone` loads it.
     """
 
     name: str
@@ -195,6 +198,7 @@ class ModelInfo:
     metrics_split: Literal["val", "test"] = "val"
     reported_costs: Mapping[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    pretrained_backbone: WeightSource | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", _freeze(self.metrics))

@@ -25,6 +25,26 @@ ENTRY_PREFIX = {
     "ti16": "regproxy_vit_ti16", "s16": "regproxy_vit_s16", "b16": "regproxy_vit_b16", "l16": "regproxy_vit_l16",
     "r26_s32": "regproxy_r26_vit_s32", "r50_l32": "regproxy_r50_vit_l32",
 }
+# The ImageNet files training starts from (the README's Training section): AugReg (ImageNet-21k, fine-tuned
+# on ImageNet-1k at 384) through the timm names the README gives, read from timm's own Hugging Face copies of
+# them (the weights timm.create_model(name, pretrained=True) loads, already in timm's layout); DeiT-B/16
+# distilled at 384 for the Base models, from its release URL.
+TIMM_HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
+IMAGENET = {
+    arch: WeightSource(url=TIMM_HF.format(timm_name), format="safetensors", file_name=f"{timm_name}.safetensors")
+    for arch, timm_name in {
+        "ti16": "vit_tiny_patch16_384.augreg_in21k_ft_in1k",
+        "s16": "vit_small_patch16_384.augreg_in21k_ft_in1k",
+        "l16": "vit_large_patch16_384.augreg_in21k_ft_in1k",
+        "r26_s32": "vit_small_r26_s32_384.augreg_in21k_ft_in1k",
+        "r50_l32": "vit_large_r50_s32_384.augreg_in21k_ft_in1k",
+    }.items()
+} | {"b16": WeightSource(url="https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_384-d0272ac0.pth",
+                        format="pytorch")}
+IMAGENET_NOTE = (
+    "ImageNet backbone: the 384x384 classification weights; their position embedding is resized to the "
+    "training crop's token grid when loaded (bicubic, align_corners=False), as upstream's init_weights does."
+)
 CONFIG_ARCH = {"ti16": "t16", "s16": "s16", "b16": "b16", "l16": "l16", "r26_s32": "r26-s32", "r50_l32": "r50-l32"}
 
 # arch: (crop, backbone out_indices (affinity branch, classifier; -1: the embedded tokens), schedule, table FLOPs G, table params M, mIoU,
@@ -119,7 +139,8 @@ def _entry(
         architecture="regproxy",
         arch_args=arch_args,
         reported_costs=reported_costs,
-        notes=notes + EXTRA_NOTES.get(name, ()),
+        notes=notes + EXTRA_NOTES.get(name, ()) + (IMAGENET_NOTE,),
+        pretrained_backbone=IMAGENET[arch],
     )
 
 
