@@ -15,7 +15,7 @@ pytest.importorskip("torchvision")
 from segzoo.datasets.folders import DatasetError, open_custom_dataset  # noqa: E402
 from segzoo.training import get_recipe  # noqa: E402
 from segzoo.training.data import (  # noqa: E402
-    InfiniteSampler, build_train_dataset, build_train_loader, collate,
+    InfiniteSampler, build_train_dataset, build_train_loader, collate, seed_worker,
 )
 from segzoo.training.recipe import PipelineSpec  # noqa: E402
 from segzoo.training.transforms import (  # noqa: E402
@@ -213,6 +213,15 @@ def test_sampler_resumes_the_stream_and_walks_seeded_permutations() -> None:
     for index, position in full:
         epoch, offset = divmod(position, 5)
         assert index == int(torch.randperm(5, generator=torch.Generator().manual_seed(1 + epoch))[offset])
+
+
+def test_workers_are_seeded_from_seed_rank_and_worker_id() -> None:
+    def draws(worker_id: int, rank: int) -> tuple[float, float]:
+        seed_worker(worker_id, seed=9, rank=rank)
+        return float(np.random.random()), float(torch.rand(()))
+
+    assert draws(0, 0) == draws(0, 0)
+    assert len({draws(0, 0), draws(1, 0), draws(0, 1)}) == 3
 
 
 # --- custom folders ----------------------------------------------------------------------------------------------

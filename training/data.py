@@ -91,7 +91,8 @@ class TrainSamples(torch.utils.data.Dataset):
 def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images float32 (N, 3, H, W), labels int64 (N, H, W))``, padded at the bottom and right to the
     largest sample with 0 and the ignore index (detectron2's ``ImageList.from_tensors``; a no-op for
-    mmseg crops, which all come at the crop size)."""
+    mmseg crops, which all come at the crop size). detectron2 also grouped same-orientation images into
+    batches (``ASPECT_RATIO_GROUPING``); the position contract of :class:`InfiniteSampler` leaves that out."""
     height = max(image.shape[-2] for image, _ in batch)
     width = max(image.shape[-1] for image, _ in batch)
     images = torch.zeros(len(batch), 3, height, width, dtype=torch.float32)
