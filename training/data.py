@@ -1,22 +1,37 @@
 """Training data: the entry's dataset (or a custom folder) through the recipe's pipeline, batched per process."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
+import functools
 import itertools
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from segzoo.datasets.folders import SegmentationFolder, open_dataset
+from segzoo.datasets.folders import IGNORE_INDEX, DatasetError, SegmentationFolder, open_custom_dataset, open_dataset
 from segzoo.registry import model_info
 from segzoo.training.recipe import Recipe
+from segzoo.training.transforms import TrainTransform
+
+CUSTOM_PREFIX = "custom:"
 
 
-def build_train_dataset(recipe: Recipe, data: str | Path) -> SegmentationFolder:
-    """The ``train`` split of the entry's dataset under ``data``. Provisional: custom folders to come."""
-    return open_dataset(model_info(recipe.name).dataset, data, "train")
+def build_train_dataset(recipe: Recipe, data: str | Path, *, num_classes: int | None = None) -> SegmentationFolder:
+    """The ``train`` split of the entry's dataset under the folder ``data``, or of the user's dataset
+    ``custom:DIR`` (see :func:`segzoo.datasets.folders.open_custom_dataset`; needs ``num_classes``).
+
+    Images are read as the entry's upstream reader read them (EXIF orientation, see
+    :func:`segzoo.inference.load_image`).
+    """
+    info = model_info(recipe.name)
+    data = str(data)
+    if data.startswith(CUSTOM_PREFIX):
+        if num_classes is None:
+            raise DatasetError(f"{data}: a custom dataset needs its number of classes; pass --num-classes K")
+        return open_custom_dataset(data[len(CUSTOM_PREFIX):], "train", num_classes, pipeline=info.test_pipeline)
+    return open_dataset(info.dataset, data, "train", pipeline=info.test_pipeline)
 
 
 class InfiniteSampler(torch.utils.data.Sampler[tuple[int, int]]):
@@ -32,13 +47,18 @@ class InfiniteSampler(torch.utils.data.Sampler[tuple[int, int]]):
 
     def __init__(self, length: int, *, seed: int, rank: int = 0, world_size: int = 1, micro_batch: int = 1,
                  accumulation: int = 1, start_step: int = 0) -> None:
+        if length < 1:
+            raise DatasetError("the training dataset has no samples")
         self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
         self.micro_batch, self.accumulation, self.start_step = micro_batch, accumulation, start_step
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.int64)
 
     def _index(self, position: int) -> int:
         epoch, offset = divmod(position, self.length)
-        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch))
-        return int(order[offset])
+        if epoch != self._epoch:  # positions advance in order: one permutation per epoch
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.length, generator=generator)
+        return int(self._order[offset])
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         total = self.world_size * self.accumulation * self.micro_batch
@@ -49,43 +69,59 @@ class InfiniteSampler(torch.utils.data.Sampler[tuple[int, int]]):
                     yield self._index(position), position
 
 
-def _provisional_transform(sample: dict, recipe: Recipe, index: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crop (padded with 255) and flip, then ImageNet normalization."""
-    rng = np.random.default_rng([seed, index])
-    image, label = sample["image"], sample["label"]
-    ch, cw = recipe.crop_size
-    top = int(rng.integers(0, max(image.shape[0] - ch, 0) + 1))
-    left = int(rng.integers(0, max(image.shape[1] - cw, 0) + 1))
-    image, label = image[top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
-    if rng.random() < 0.5:
-        image, label = image[:, ::-1], label[:, ::-1]
-    info = model_info(recipe.name)
-    mean, std = np.array(info.normalization.mean), np.array(info.normalization.std)
-    padded_image = np.zeros((ch, cw, 3), np.float32)
-    padded_label = np.full((ch, cw), 255, np.int64)
-    padded_image[: image.shape[0], : image.shape[1]] = (image - mean) / std
-    padded_label[: label.shape[0], : label.shape[1]] = label
-    return torch.from_numpy(padded_image).permute(2, 0, 1), torch.from_numpy(padded_label)
+class TrainSamples(torch.utils.data.Dataset):
+    """``dataset`` through ``recipe``'s pipeline, keyed by the sampler's ``(index, position)``.
 
+    Sample ``index`` at stream ``position`` is augmented with ``default_rng([seed, position])``
+    only, so a position looks the same on any rank, worker count or resumed run.
+    """
 
-class _Transformed(torch.utils.data.Dataset):
     def __init__(self, dataset: SegmentationFolder, recipe: Recipe, seed: int) -> None:
-        self.dataset, self.recipe, self.seed = dataset, recipe, seed
+        self.dataset, self.transform, self.seed = dataset, TrainTransform(recipe), seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index, position = key  # augmentation drawn from the stream position: identical on resume
-        return _provisional_transform(self.dataset[index], self.recipe, position, self.seed)
+        index, position = key
+        sample = self.dataset[index]
+        return self.transform(sample["image"], sample["label"], np.random.default_rng([self.seed, position]))
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images float32 (N, 3, H, W), labels int64 (N, H, W))``, padded at the bottom and right to the
+    largest sample with 0 and the ignore index (detectron2's ``ImageList.from_tensors``; a no-op for
+    mmseg crops, which all come at the crop size). detectron2 also grouped same-orientation images into
+    batches (``ASPECT_RATIO_GROUPING``); the position contract of :class:`InfiniteSampler` leaves that out."""
+    height = max(image.shape[-2] for image, _ in batch)
+    width = max(image.shape[-1] for image, _ in batch)
+    images = torch.zeros(len(batch), 3, height, width, dtype=torch.float32)
+    labels = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.int64)
+    for i, (image, label) in enumerate(batch):
+        images[i, :, : image.shape[-2], : image.shape[-1]] = image
+        labels[i, : label.shape[-2], : label.shape[-1]] = label
+    return images, labels
+
+
+def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
+    """Seed numpy, ``random`` and torch in a loader worker from (seed, rank, worker id), for anything
+    not seeded by stream position (the augmentations are)."""
+    state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2)
+    np.random.seed(int(state[0]))
+    random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def build_train_loader(
     dataset: SegmentationFolder, recipe: Recipe, *, batch_size: int, rank: int = 0, world_size: int = 1,
     accumulation: int = 1, seed: int = 0, workers: int = 0, start_step: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """Endless micro-batches of ``(images, labels)`` for this rank (see :class:`InfiniteSampler`)."""
+    """Endless micro-batches of ``(images, labels)`` for this rank (see :class:`InfiniteSampler`), from
+    ``workers`` persistent processes, pinned when CUDA is available."""
     sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size, micro_batch=batch_size,
                               accumulation=accumulation, start_step=start_step)
-    return torch.utils.data.DataLoader(_Transformed(dataset, recipe, seed), batch_size=batch_size,
-                                       sampler=sampler, num_workers=workers, drop_last=True)
+    return torch.utils.data.DataLoader(
+        TrainSamples(dataset, recipe, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate, drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+        worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank),
+    )

@@ -113,25 +113,38 @@ class LossSpec:
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """The training data pipeline.
+    """The training data pipeline, with the upstream configs' names and defaults (see
+    :mod:`segzoo.training.transforms`). The crop is the recipe's ``crop_size``; the dataset reader
+    already applies ``LoadAnnotations(reduce_zero_label=True)`` where the dataset needs it (ADE20K).
 
-    ``mmseg``: random rescale of ``scale`` (long, short) by a ratio in
-    ``ratio_range`` keeping the aspect ratio, random crop avoiding crops where
-    one class exceeds ``cat_max_ratio``, flip with ``flip_prob``, photometric
-    distortion, normalization, padding with the ignore label to the crop.
-    ``detectron2``: shortest edge resized to one of ``min_sizes`` (long edge
-    capped at ``max_size``), flip, crop when ``crop`` is set.
+    ``mmseg`` (mmseg 0.x ``train_pipeline``): ``Resize(img_scale, ratio_range)`` keeping the
+    aspect ratio; ``RandomCrop(crop_size, cat_max_ratio)``; ``RandomFlip(prob=flip_prob)``;
+    ``PhotoMetricDistortion(brightness_delta, contrast_range, saturation_range, hue_delta)``
+    when ``photometric``; ``Normalize``; ``Pad(size=crop_size, pad_val, seg_pad_val)``.
+
+    ``detectron2`` (2019 ``INPUT`` config): ``ResizeShortestEdge(MIN_SIZE_TRAIN,
+    MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING)`` as ``min_size_train``, ``max_size_train``,
+    ``min_size_train_sampling``; ``RandomFlip(prob=flip_prob)``. ``INPUT.CROP`` stays off (its
+    default, which EMANet kept), so whole images train, padded to the largest of the batch.
     """
 
     style: Literal["mmseg", "detectron2"]
-    scale: tuple[int, int] = (2048, 512)
+    flip_prob: float = 0.5
+    # mmseg
+    img_scale: tuple[int, int] = (2048, 512)
     ratio_range: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
-    flip_prob: float = 0.5
     photometric: bool = True
-    min_sizes: tuple[int, ...] = ()
-    max_size: int = 0
-    crop: bool = True
+    brightness_delta: int = 32
+    contrast_range: tuple[float, float] = (0.5, 1.5)
+    saturation_range: tuple[float, float] = (0.5, 1.5)
+    hue_delta: int = 18
+    pad_val: float = 0.0
+    seg_pad_val: int = 255
+    # detectron2
+    min_size_train: tuple[int, ...] = (800,)
+    max_size_train: int = 1333
+    min_size_train_sampling: Literal["choice", "range"] = "choice"
 
 
 @dataclass(frozen=True)

@@ -253,3 +253,94 @@ def _reduce_zero_label(label: np.ndarray) -> np.ndarray:
     label -= 1
     label[label == IGNORE_INDEX - 1] = IGNORE_INDEX
     return label
+
+
+CUSTOM_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CUSTOM_LAYOUT = (
+    "expected DIR/images/{train,val}/*.jpg|*.png with DIR/labels/{train,val}/*.png of the same stem: "
+    "single-channel PNGs (8-bit grey or palette) of class indices 0..K-1, 255 for ignored pixels"
+)
+
+
+class CustomFolder(SegmentationFolder):
+    """A user's dataset (see :func:`open_custom_dataset`): classes ``class_0`` ... ``class_{K-1}``,
+    every label value checked against ``num_classes`` when a sample is read."""
+
+    def __init__(self, root: Path, samples: Sequence[Sample], split: str, num_classes: int) -> None:
+        # SegmentationFolder's own __init__ looks the dataset's classes up by name; a custom one has none
+        self.dataset, self.split, self.root, self.num_classes = "custom", split, root, num_classes
+        self.classes = tuple(f"class_{i}" for i in range(num_classes))
+        rng = np.random.default_rng(num_classes)
+        self.palette = tuple(tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(num_classes))
+        self.samples = sorted(samples, key=lambda s: s.name)
+        self.reduce_zero_label, self.annotations_fix = False, ""
+
+    def __repr__(self) -> str:
+        return f"CustomFolder({str(self.root)!r}, {self.split!r}, {len(self)} samples, {self.num_classes} classes)"
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        label = item["label"]
+        outside = label[(label >= self.num_classes) & (label != IGNORE_INDEX)]
+        if outside.size:
+            raise DatasetError(
+                f"label {self.samples[i].label} has class index {int(outside.max())}, but the dataset has "
+                f"{self.num_classes} classes (0..{self.num_classes - 1}, 255 = ignore); pass the right "
+                f"--num-classes or fix the label"
+            )
+        return item
+
+
+def open_custom_dataset(
+    root: str | Path, split: str, num_classes: int, pipeline: InferencePipeline | None = None
+) -> CustomFolder:
+    """The ``split`` ("train" or "val") of a user's dataset laid out as ``CUSTOM_LAYOUT`` says.
+
+    Images and labels pair by file stem; a DatasetError names the folder and the first
+    unpaired files, a label that is not single-channel 8-bit with what to do, and (when
+    read) a label value that is neither below ``num_classes`` nor 255. ``pipeline`` as in
+    :func:`open_dataset`.
+    """
+    root = Path(root).expanduser()
+    if split not in ("val", "train"):
+        raise DatasetError(f"unknown split {split!r} of {root}; expected 'val' or 'train'")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= IGNORE_INDEX:
+        raise DatasetError(f"num_classes must be an integer from 1 to {IGNORE_INDEX}, got {num_classes!r}")
+    image_dir, label_dir = root / "images" / split, root / "labels" / split
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise DatasetError(f"no folder {folder}; {CUSTOM_LAYOUT}")
+    images: dict[str, Path] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() in CUSTOM_IMAGE_SUFFIXES:
+            if path.stem in images:
+                raise DatasetError(f"{images[path.stem]} and {path} share the stem {path.stem!r}; keep one")
+            images[path.stem] = path
+    labels = {path.stem: path for path in label_dir.glob("*.png")}
+    if not images:
+        raise DatasetError(f"no images in {image_dir}; {CUSTOM_LAYOUT}")
+    no_label = sorted(images.keys() - labels.keys())
+    if no_label:
+        raise DatasetError(
+            f"{len(no_label)} of {len(images)} images in {image_dir} have no label <stem>.png in {label_dir}: "
+            f"{_listing([images[stem] for stem in no_label])}; {CUSTOM_LAYOUT}"
+        )
+    no_image = sorted(labels.keys() - images.keys())
+    if no_image:
+        raise DatasetError(
+            f"{len(no_image)} labels in {label_dir} have no image of the same stem in {image_dir}: "
+            f"{_listing([labels[stem] for stem in no_image])}; {CUSTOM_LAYOUT}"
+        )
+    for path in sorted(labels.values()):
+        with Image.open(path) as img:  # reads the header only
+            mode = img.mode
+        if mode not in ("L", "P"):
+            raise DatasetError(
+                f"label {path} is a {mode!r} image; labels must be single-channel 8-bit PNGs of class indices "
+                f"(mode 'L' or 'P'). Convert colour-coded masks to one index per pixel first, e.g. "
+                f"Image.fromarray(index_array.astype('uint8')).save(path)"
+            )
+    samples = [Sample(stem, images[stem], labels[stem]) for stem in images]
+    folder = CustomFolder(root, samples, split, num_classes)
+    folder.pipeline = pipeline
+    return folder
