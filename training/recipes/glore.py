@@ -34,7 +34,7 @@ def glore_recipe(info: ModelInfo) -> Recipe:
         optimizer=OPTIMIZER,
         schedule=SCHEDULE,
         losses=DECODE_LOSS,
-        pipeline=PipelineSpec(style="mmseg", scale=(2048, 1024), ratio_range=(0.5, 2.0)),
+        pipeline=PipelineSpec(style="mmseg", img_scale=(2048, 1024), ratio_range=(0.5, 2.0)),
         upstream=info.upstream,
         gpus=8,
         sync_bn=True,

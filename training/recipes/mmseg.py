@@ -21,7 +21,7 @@ def mmseg_pipeline(info: ModelInfo) -> PipelineSpec:
     ``ade20k_640x640.py``: 640).
     """
     scale = (2048, 1024) if info.dataset == "Cityscapes" else (2048, info.crop_size[0])
-    return PipelineSpec(style="mmseg", scale=scale, ratio_range=(0.5, 2.0), cat_max_ratio=0.75, flip_prob=0.5)
+    return PipelineSpec(style="mmseg", img_scale=scale, ratio_range=(0.5, 2.0), cat_max_ratio=0.75, flip_prob=0.5)
 
 
 def wall_time_estimate(info: ModelInfo, seconds_per_iter: float, gpus: str) -> str:
