@@ -1,8 +1,9 @@
 """ImageNet backbone files: registry records, fetch through a local server, zip safety, per-family strict loads."""
 from __future__ import annotations
 
+import copy
 import dataclasses
-import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -13,12 +14,15 @@ import torch.nn.functional as F
 
 import segzoo
 from segzoo.families.emanet import convert_imagenet_resnet
+from segzoo.families.eurnet import convert_imagenet_eurnet
 from segzoo.families.regproxy import convert_imagenet_vit
 from segzoo.weights import CheckpointError, CheckpointMismatchError, WeightsError, load_imagenet_backbone
 from segzoo.weights.archive import extracted_checkpoint, safe_members
+from segzoo.weights.checkpoint import load_state_dict_strict
 from segzoo.zoo import WeightSource
 
 MOGANET, RESNET, VIT = "moganet_xt_fpn_ade20k", "emanet_r50_coco", "regproxy_vit_ti16_ade20k"
+EURNET = "eurnet_t_upernet_ade20k"
 
 
 def _serve_as_backbone(monkeypatch, name: str, source: WeightSource) -> None:
@@ -193,13 +197,95 @@ def test_glore_assumes_the_deep_stem_resnets_emanet_names():
         assert any("Assumed: training starts from the deep-stem ImageNet ResNets" in n for n in glore.notes)
 
 
-def test_eurnet_imagenet_files_are_fetched_but_not_converted_yet(file_server, monkeypatch):
-    (file_server.root / "td_eurnet.pth").write_bytes(b"")
-    torch.save({"model": {"head.weight": torch.ones(2)}}, file_server.root / "td_eurnet.pth")
-    name = "eurnet_t_upernet_ade20k"
-    _serve_as_backbone(monkeypatch, name, WeightSource(f"{file_server.url}/td_eurnet.pth", "pytorch"))
+@pytest.fixture(scope="module")
+def eurnet_backbone():
+    return segzoo.create_model(EURNET).backbone
+
+
+def _eurnet_imagenet_file(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Random tensors named and shaped as EurNet-T's ImageNet classification model (upstream's main branch).
+
+    Against the segmentation backbone it has a ``(1, H*W, C)`` position embedding, one 7x7 context kernel per
+    block and so one context row in ``weight_linear``, the kNN edges' relative-position tables, and the
+    classifier with its norm instead of ``norm0``..``norm3``.
+    """
+    g = torch.Generator().manual_seed(1)
+    out = {}
+    for key, tensor in backbone.state_dict().items():
+        shape = tensor.shape
+        if key.startswith("norm") or ".context_layers.1." in key or ".context_layers.2." in key:
+            continue
+        if key == "absolute_pos_embed":
+            shape = (1, shape[2] * shape[3], shape[1])
+        elif ".context_layers.0." in key:
+            shape = (*shape[:2], 7, 7)
+        elif ".weight_linear." in key:
+            shape = (shape[0] - 2, *shape[1:])
+        out[key] = torch.rand(shape, generator=g)
+    for stage, side in ((1, 28), (2, 14), (3, 7)):
+        out[f"stages.{stage}.graph_construction_model.edge_layers.1.relative_pos"] = torch.rand(1, side**2, side**2)
+    classifier = {"norm.weight": torch.rand(768), "norm.bias": torch.rand(768),
+                  "head.weight": torch.rand(1000, 768), "head.bias": torch.rand(1000)}
+    return {**out, **classifier}
+
+
+def test_eurnet_imagenet_file_loads_strictly_as_upstream_adapts_it(eurnet_backbone, file_server, monkeypatch, caplog):
+    upstream = _eurnet_imagenet_file(eurnet_backbone)
+    # the classification runner's checkpoint: the weights under "model", with its training state
+    torch.save({"model": upstream, "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {"last_epoch": 300},
+                "loss_scaler": {"scale": 65536.0}, "epoch": 300, "args": {"arch": "eurnet"}, "max_accuracy": 82.3},
+               file_server.root / "td_eurnet_tiny_1k_pretrain.pth")
+    source = WeightSource(f"{file_server.url}/td_eurnet_tiny_1k_pretrain.pth", "pytorch")
+    _serve_as_backbone(monkeypatch, EURNET, source)
     model = torch.nn.Module()
-    model.backbone = torch.nn.Linear(1, 1)
-    with pytest.raises(WeightsError, match="not supported"):
-        load_imagenet_backbone(model, name, progress=False)
-    assert os.environ.get("SEGZOO_OFFLINE") is None
+    model.backbone = copy.deepcopy(eurnet_backbone)
+    initial = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    with caplog.at_level("INFO", logger="segzoo"):
+        load_imagenet_backbone(model, EURNET, progress=False)
+    loaded = model.backbone.state_dict()
+
+    grid = upstream["absolute_pos_embed"].view(1, 56, 56, 96).permute(0, 3, 1, 2)
+    assert torch.equal(loaded["absolute_pos_embed"], grid)
+    for block in ("stages.0.blocks.1", "stages.2.blocks.5"):
+        kernel = f"{block}.graph_conv.context_layers.0.0.weight"
+        padded = torch.zeros(loaded[kernel].shape)
+        padded[:, :, 1:8, 1:8] = upstream[kernel]
+        assert loaded[kernel].shape[-1] == 9 and torch.equal(loaded[kernel], padded)
+        for part in ("weight", "bias"):  # relation rows, then zeros for the 9x9 and 11x11 kernels, the context row last
+            key = f"{block}.graph_conv.weight_linear.{part}"
+            relations = upstream[key].shape[0] - 1
+            assert torch.equal(loaded[key][:relations], upstream[key][:relations])
+            assert not loaded[key][relations:-1].any() and len(loaded[key]) == relations + 3
+            assert torch.equal(loaded[key][-1], upstream[key][-1])
+    kept = [k for k in loaded if k.startswith("norm") or ".context_layers.1." in k or ".context_layers.2." in k]
+    assert len(kept) == 8 + 2 * 12 and all(torch.equal(loaded[k], initial[k]) for k in kept)
+    assert "32 backbone tensors keep their initialization" in caplog.text
+    assert "norm3.bias" in caplog.text and "stages.3.blocks.1.graph_conv.context_layers.2.0.weight" in caplog.text
+    adapted = {"absolute_pos_embed", *(k for k in loaded if ".context_layers.0." in k or ".weight_linear." in k)}
+    assert all(torch.equal(loaded[k], upstream[k]) for k in loaded.keys() - adapted - set(kept))
+
+
+def test_eurnet_converter_drops_the_classifier_and_relative_positions(eurnet_backbone):
+    upstream = _eurnet_imagenet_file(eurnet_backbone)
+    converted = convert_imagenet_eurnet(upstream, eurnet_backbone)
+    assert converted.keys() == eurnet_backbone.state_dict().keys()
+    dropped = sorted(upstream.keys() - converted.keys())
+    assert dropped == ["head.bias", "head.weight", "norm.bias", "norm.weight",
+                       *(f"stages.{i}.graph_construction_model.edge_layers.1.relative_pos" for i in (1, 2, 3))]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda sd: sd.__setitem__("stages.0.blocks.0.graph_conv.extra.weight", torch.ones(1)),
+     "1 unexpected: stages.0.blocks.0.graph_conv.extra.weight"),
+    (lambda sd: sd.pop("patch_embed.proj.weight"), "1 missing: patch_embed.proj.weight"),
+    (lambda sd: sd.pop("stages.1.blocks.0.graph_conv.context_layers.0.0.weight"),
+     "1 missing: stages.1.blocks.0.graph_conv.context_layers.0.0.weight"),
+    (lambda sd: sd.__setitem__("stages.0.blocks.0.graph_conv.context_layers.0.0.weight", torch.ones(96, 1, 8, 8)),
+     "1 wrong shape: stages.0.blocks.0.graph_conv.context_layers.0.0.weight: checkpoint (96, 1, 8, 8), "
+     "model (96, 1, 9, 9)"),
+])
+def test_eurnet_file_of_another_layout_still_fails_strictly(eurnet_backbone, edit, message):
+    upstream = _eurnet_imagenet_file(eurnet_backbone)
+    edit(upstream)
+    with pytest.raises(CheckpointMismatchError, match=re.escape(message)):
+        load_state_dict_strict(eurnet_backbone, convert_imagenet_eurnet(upstream, eurnet_backbone), "td_eurnet.pth")

@@ -2,13 +2,18 @@
 import os
 import pickle
 import shutil
+import tarfile
+import zipfile
 
 import pytest
 import safetensors.torch
 import torch
 
 import segzoo
+from segzoo.cli import main
 from segzoo.weights import CheckpointError, CheckpointMismatchError, read_state_dict
+from segzoo.weights.checkpoint import load_checkpoint_object, sniff_format
+from segzoo.weights.inspect import describe_file
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
 
 KEY = "decode_head.conv_seg.weight"
@@ -213,3 +218,77 @@ def test_checkpoint_in_another_layout_shows_both_layouts(tmp_path):
     with pytest.raises(CheckpointMismatchError) as err:
         segzoo.create_model(name, checkpoint_path=path)
     assert "the file holds: sem_seg_head.*" in str(err.value) and "the model expects: backbone.*" in str(err.value)
+
+
+def _zip_archive(path, members: dict[str, bytes]):
+    """A zip of files such as a release packs: a checkpoint with its code and notes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _mmseg_bytes(tmp_path, state_dict) -> bytes:
+    return save_mmseg_checkpoint(tmp_path / "inner.pth", state_dict).read_bytes()
+
+
+def test_zip_archive_of_files_is_told_apart_from_a_torch_zip(tmp_path):
+    torch.save({"w": torch.ones(1)}, tmp_path / "plain.pth")  # torch.save's own zip format
+    assert sniff_format(tmp_path / "plain.pth") == "torch-zip"
+    archive = _zip_archive(tmp_path / "release.zip", {"model.pth": (tmp_path / "plain.pth").read_bytes()})
+    assert sniff_format(archive) == "zip"
+    with pytest.raises(CheckpointError, match="zip archive; read_state_dict finds the checkpoint"):
+        load_checkpoint_object(archive)
+
+
+def test_create_model_and_convert_read_the_checkpoint_inside_a_zip(tmp_path, capsys):
+    name = "moganet_xt_fpn_ade20k"
+    state_dict = synthetic_state_dict(name)
+    archive = _zip_archive(tmp_path / "release.zip", {
+        "moganet/README.md": b"# weights\n", "moganet/config.py": b"model = dict()\n",
+        "moganet/iter_160000.pth": _mmseg_bytes(tmp_path, state_dict),
+    })
+    _assert_loaded(segzoo.create_model(name, checkpoint_path=archive), state_dict)
+    assert main(["convert", name, "--checkpoint", str(archive), "--out", str(tmp_path / "hub"), "--quiet"]) == 0
+    converted = safetensors.torch.load_file(tmp_path / "hub" / "model.safetensors")
+    assert all(torch.equal(converted[k], v) for k, v in state_dict.items() if v.is_floating_point())
+
+
+def test_zip_archive_problems_name_the_archive(tmp_path):
+    code_only = _zip_archive(tmp_path / "code.zip", {"train.py": b"print('hi')\n"})
+    with pytest.raises(CheckpointError, match="holds no checkpoint.*segzoo inspect"):
+        read_state_dict(code_only)
+    broken = _zip_archive(tmp_path / "broken.zip", {"model.pth": b"\x80\x02 truncated"})
+    with pytest.raises(CheckpointError, match=r"in the archive .*broken\.zip: .*model\.pth"):
+        read_state_dict(broken)
+    escaping = _zip_archive(tmp_path / "escaping.zip", {"../model.pth": _mmseg_bytes(tmp_path, {"w": torch.ones(1)})})
+    with pytest.raises(CheckpointError, match="not extracted.*path with '..'"):
+        read_state_dict(escaping)
+
+
+def test_inspect_lists_zip_members_like_tar_members(tmp_path):
+    archive = _zip_archive(tmp_path / "release.zip", {
+        "release/README.md": b"# weights\n", "release/model.pth": _mmseg_bytes(tmp_path, {"w": torch.ones(3)}),
+    })
+    lines = describe_file(archive)
+    assert "format: zip archive" in lines and lines[2].startswith("members: 2 (2 files")
+    assert any(line.endswith("release/README.md") for line in lines)
+    assert "checkpoint: release/model.pth (the only one)" in lines
+    assert any("weights under 'state_dict'" in line for line in lines)
+    hostile = describe_file(_zip_archive(tmp_path / "hostile.zip", {"../../escape.pth": b"x"}))
+    assert any("REFUSED: path with '..'" in line for line in hostile)
+    assert any("not extracted" in line for line in hostile)
+    (tmp_path / "damaged.zip").write_bytes(archive.read_bytes()[:-30])  # end of the central directory cut off
+    with pytest.raises(CheckpointError, match="damaged.zip.*truncated or damaged"):
+        read_state_dict(tmp_path / "damaged.zip")
+
+
+def test_a_tar_ending_in_a_zip_member_is_read_as_the_tar(tmp_path):
+    """zipfile finds a zip at the end of any file: the tar's own checkpoint must be the one read."""
+    inner = _zip_archive(tmp_path / "inner.zip", {"decoy.pth": _mmseg_bytes(tmp_path, {"decoy": torch.zeros(1)})})
+    save_mmseg_checkpoint(tmp_path / "model.pth", {"w": torch.ones(2)})
+    with tarfile.open(tmp_path / "release.tar", "w") as tar:
+        tar.add(tmp_path / "model.pth", "release/model.pth")
+        tar.add(inner, "release/zz_inner.zip")
+    assert zipfile.is_zipfile(tmp_path / "release.tar") and sniff_format(tmp_path / "release.tar") == "tar"
+    assert read_state_dict(tmp_path / "release.tar").keys() == {"w"}

@@ -31,6 +31,7 @@ MAX_MEMBERS = 10_000
 MAX_MEMBER_BYTES = 8 << 30
 MAX_TOTAL_BYTES = 16 << 30
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".pkl", ".safetensors", ".bin")
+ZIP_MAGIC = b"PK\x03\x04"  # a zip's first local file header, also where torch.save's zip format starts
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,15 @@ Member = tarfile.TarInfo | ZipMember
 
 
 def is_zip_archive(path: Path) -> bool:
-    """Whether ``path`` is a zip of files rather than a checkpoint ``torch.save`` wrote in its zip format."""
-    if not zipfile.is_zipfile(path):
-        return False
+    """Whether ``path`` is a zip of files rather than a checkpoint ``torch.save`` wrote in its zip format.
+
+    The file must start as a zip does: ``zipfile.is_zipfile`` alone also accepts a tar whose last member
+    is a zip, and its listing would then be that member's.
+    """
     try:
+        with open(path, "rb") as f:
+            if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                return False
         with zipfile.ZipFile(path) as zf:
             return not any(name.endswith("/data.pkl") or name == "data.pkl" for name in zf.namelist())
     except (zipfile.BadZipFile, OSError):
@@ -92,7 +98,8 @@ def member_problem(member: Member) -> str | None:
     return None
 
 
-def _list_members(archive: Path) -> list[Member]:
+def list_members(archive: Path) -> list[Member]:
+    """The members of a tar or zip ``archive``, unchecked (at most :data:`MAX_MEMBERS`)."""
     too_many = CheckpointError(f"{archive} has more than {MAX_MEMBERS} members; refusing to read it")
     if is_zip_archive(archive):
         try:
@@ -118,7 +125,7 @@ def _list_members(archive: Path) -> list[Member]:
 def safe_members(archive: Path) -> list[Member]:
     """The members of ``archive`` (tar or zip), after checking every one of them; refuses the archive on any
     bad member."""
-    members = _list_members(archive)
+    members = list_members(archive)
     refused = [f"{m.name!r}: {why}" for m in members if (why := member_problem(m))]
     if refused:
         raise CheckpointError(

@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from segzoo.weights.archive import extracted_checkpoint
+from segzoo.weights.archive import ZIP_MAGIC, extracted_checkpoint, is_zip_archive
 from segzoo.weights.errors import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
 from segzoo.weights.keys import prefix_summary
 
@@ -32,10 +32,13 @@ MAX_KEYS_SHOWN = 10
 # Keys under which training frameworks store the weights: mmcv's runner ({"state_dict", "meta", "optimizer"})
 # and detectron2's checkpointer ({"model", "optimizer", "scheduler", "iteration"}).
 CONTAINER_KEYS = ("state_dict", "model")
+# What sniff_format calls archives of files, whose checkpoint member read_state_dict extracts.
+ARCHIVE_FORMATS = ("tar", "zip")
 
 
 def sniff_format(path: Path) -> str:
-    """What the bytes of ``path`` are: ``safetensors``, ``torch-zip``, ``pickle``, ``tar`` or a reason it is none.
+    """What the bytes of ``path`` are: ``safetensors``, ``torch-zip``, ``pickle``, ``tar``, ``zip`` (an archive
+    of files, not a ``torch.save`` zip) or a reason it is none.
 
     Anything else raises :class:`CheckpointError` with a message fit for the
     file at hand (missing, a folder, empty, text or a web page, other bytes).
@@ -49,8 +52,8 @@ def sniff_format(path: Path) -> str:
         raise CheckpointError(f"{path} is empty (0 bytes), perhaps an interrupted download or copy; fetch it again")
     with open(path, "rb") as f:
         head = f.read(512)
-    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format (a zip inside a tar would fool is_zipfile)
-        return "torch-zip"
+    if head.startswith(ZIP_MAGIC):  # tested first: a zip inside a tar would fool is_zipfile
+        return "zip" if is_zip_archive(path) else "torch-zip"
     if tarfile.is_tarfile(path):
         return "tar"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
@@ -78,8 +81,8 @@ def load_checkpoint_object(path: str | Path, allow_unsafe_pickle: bool = False) 
     """
     path = Path(path)
     kind = sniff_format(path)
-    if kind == "tar":
-        raise CheckpointError(f"{path} is a tar archive; read_state_dict finds the checkpoint inside it")
+    if kind in ARCHIVE_FORMATS:
+        raise CheckpointError(f"{path} is a {kind} archive; read_state_dict finds the checkpoint inside it")
     if kind == "safetensors":
         try:
             return safetensors.torch.load_file(path)
@@ -106,7 +109,7 @@ def load_checkpoint_object(path: str | Path, allow_unsafe_pickle: bool = False) 
 
 def read_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a segzoo ``.safetensors`` file, of an mmseg / detectron2 / bare ``.pth`` checkpoint, or of
-    the checkpoint inside a tar archive, on the CPU.
+    the checkpoint inside a tar or zip archive, on the CPU.
 
     Files are memory-mapped where the format allows it. ``.pth`` files are
     unpickled with ``weights_only=True``; a file that needs arbitrary objects
@@ -117,7 +120,7 @@ def read_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict
     DataParallel wrapper) is removed from every key.
     """
     path = Path(path)
-    if sniff_format(path) == "tar":
+    if sniff_format(path) in ARCHIVE_FORMATS:
         with extracted_checkpoint(path) as checkpoint:
             try:
                 return read_state_dict(checkpoint, allow_unsafe_pickle)

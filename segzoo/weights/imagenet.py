@@ -2,8 +2,8 @@
 
 Each entry's ``pretrained_backbone`` source goes through the same fetch as the
 segmentation weights (cache, ``SEGZOO_MIRROR``, pins, the lock file's trust on
-first use, offline mode, manual sources); a zip archive is checked member by
-member and only its checkpoint is extracted (:mod:`segzoo.weights.archive`).
+first use, offline mode, manual sources); in a zip or tar archive every member
+is checked and only the checkpoint is extracted (:mod:`segzoo.weights.archive`).
 The family's ImageNet converter drops the classifier and adapts names and
 shapes, and the result loads strictly into ``model.backbone``.
 """
@@ -14,11 +14,9 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from segzoo.families import convert_imagenet_state_dict
-from segzoo.weights.archive import extracted_checkpoint, is_zip_archive
 from segzoo.weights.cache import ChecksumLock, cache_dir, file_sha256
 from segzoo.weights.checkpoint import load_state_dict_strict, read_state_dict
 from segzoo.weights.errors import CheckpointError, WeightsError
@@ -44,16 +42,6 @@ def imagenet_source(name: str) -> WeightSource:
             f"notes, segzoo info {info.name}); build it with pretrained=False or start from its segmentation weights"
         )
     return info.pretrained_backbone
-
-
-def _read_backbone_file(source: WeightSource, path: Path) -> dict[str, torch.Tensor]:
-    if source.kind == "archive" and is_zip_archive(path):
-        with extracted_checkpoint(path) as checkpoint:
-            try:
-                return read_state_dict(checkpoint)
-            except CheckpointError as err:
-                raise type(err)(f"in the archive {path}: {err}") from err
-    return read_state_dict(path)
 
 
 def load_imagenet_backbone(
@@ -94,7 +82,7 @@ def _fetch_and_load(
 
 
 def _load_into_backbone(backbone: nn.Module, info: ModelInfo, source: WeightSource, fetched: FetchedFile) -> None:
-    state_dict = _read_backbone_file(source, fetched.path)
+    state_dict = read_state_dict(fetched.path)  # an archive's checkpoint member, for a zip or tar
     try:
         state_dict = convert_imagenet_state_dict(info.architecture, state_dict, backbone)
     except NotImplementedError as err:

@@ -1,15 +1,16 @@
 """``segzoo inspect``: what a checkpoint or archive holds, read without running or importing anything from it."""
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from segzoo.weights.archive import checkpoint_members, extracted_checkpoint, member_problem, safe_members
-from segzoo.weights.checkpoint import CONTAINER_KEYS, load_checkpoint_object, sniff_format
+from segzoo.weights.archive import (
+    checkpoint_members, extracted_checkpoint, list_members, member_problem, safe_members,
+)
+from segzoo.weights.checkpoint import ARCHIVE_FORMATS, CONTAINER_KEYS, load_checkpoint_object, sniff_format
 from segzoo.weights.errors import CheckpointError
 from segzoo.weights.keys import key_tree, prefix_summary
 
@@ -21,8 +22,8 @@ def describe_file(path: str | Path) -> list[str]:
     path = Path(path)
     kind = sniff_format(path)
     lines = [f"{path}: {path.stat().st_size:,} bytes"]
-    if kind == "tar":
-        return lines + _describe_archive(path)
+    if kind in ARCHIVE_FORMATS:
+        return lines + _describe_archive(path, kind)
     if kind == "safetensors":
         return lines + ["format: safetensors"] + _describe_safetensors(path)
     try:
@@ -74,13 +75,12 @@ _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "
            "BOOL": torch.bool}
 
 
-def _describe_archive(path: Path) -> list[str]:
-    lines = ["format: tar archive"]
+def _describe_archive(path: Path, kind: str) -> list[str]:
+    lines = [f"format: {kind} archive"]
     try:
-        with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as err:
-        return lines + [f"not readable (truncated or damaged?): {err}"]
+        members = list_members(path)
+    except CheckpointError as err:
+        return lines + [f"not listed: {err}"]
     files = [m for m in members if m.isfile()]
     lines.append(f"members: {len(members)} ({len(files)} files, {sum(m.size for m in files):,} bytes unpacked)")
     for member in members[:50]:
