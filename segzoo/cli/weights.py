@@ -118,5 +118,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_convert)
 
     p = commands.add_parser("inspect", help="show what a checkpoint or archive holds, without running any of it")
-    p.add_argument("file", help="a .pth, .safetensors or .tar file")
+    p.add_argument("file", help="a .pth, .safetensors, .tar or .zip file")
     p.set_defaults(run=_inspect)
