@@ -29,23 +29,12 @@ def _interval(text: str) -> int:
     return value
 
 
-def _custom_data(text: str) -> str:
-    from segzoo.training.loop import CUSTOM_PREFIX
-
-    if not text.startswith(CUSTOM_PREFIX) or not text[len(CUSTOM_PREFIX):]:
-        raise argparse.ArgumentTypeError(
-            f"expected {CUSTOM_PREFIX}DIR (your images and label PNGs, see the README), got {text!r}; "
-            f"for the entry's own dataset use --data-root DIR"
-        )
-    return text
-
-
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a training run (see :class:`segzoo.training.loop.TrainConfig`)."""
     parser.add_argument("entry", help="registered model name or alias whose recipe to run")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--data-root", dest="data", metavar="DIR", help="the entry's dataset in its standard layout")
-    data.add_argument("--data", dest="data", type=_custom_data, metavar="custom:DIR",
+    data.add_argument("--data", dest="custom", metavar="custom:DIR",
                       help="your own dataset folder (fine-tuning; needs --num-classes)")
     parser.add_argument("--num-classes", type=_positive_int, metavar="K", help="classes of your labels (custom data)")
     parser.add_argument("--work-dir", help="checkpoints and log.jsonl (default: work_dirs/ENTRY)")
@@ -90,8 +79,15 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` of parsed options."""
     from segzoo.training.loop import TrainConfig
 
+    from segzoo.training.loop import CUSTOM_PREFIX
+
     names = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if args.custom is not None:
+        if not args.custom.startswith(CUSTOM_PREFIX):
+            raise ValueError(f"--data {args.custom!r}: expected {CUSTOM_PREFIX}DIR (your images and label PNGs, "
+                             f"see the README); for the entry's own dataset use --data-root DIR")
+        values["data"] = args.custom
     if "crop" in values:
         values["crop"] = tuple(values["crop"])
     return TrainConfig(**values)
@@ -102,15 +98,14 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from segzoo.training.loop import resolve_recipe, train
+    from segzoo.training.loop import check_config, resolve_recipe, train
     from segzoo.zoo.records import to_plain
 
     config = config_from_args(args)
     if args.print_recipe:
         print(json.dumps(to_plain(resolve_recipe(config)), indent=2))
         return 0
-    if config.custom_data and config.num_classes is None:
-        raise ValueError("--data custom:DIR needs --num-classes K (how many classes your labels have)")
+    check_config(config)
     require_train_extra()
     path = train(config)
     if not config.quiet and os.environ.get("RANK", "0") == "0":

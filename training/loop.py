@@ -90,6 +90,17 @@ class TrainConfig:
         return Path(self.work_dir or Path("work_dirs") / segzoo.model_info(self.entry).name)
 
 
+def check_config(config: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the option when the data options cannot work, before anything is built."""
+    if config.data is None:
+        raise ValueError("pass --data-root DIR (the entry's dataset) or --data custom:DIR --num-classes K")
+    if config.custom_data != (config.num_classes is not None):
+        raise ValueError("--data custom:DIR and --num-classes K go together (K: how many classes your labels have)")
+    folder = Path(config.data.removeprefix(CUSTOM_PREFIX)).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"data folder {str(folder)!r} is not a folder")
+
+
 def resolve_recipe(config: TrainConfig) -> Recipe:
     """The entry's recipe with the run's overrides (iterations, crop, evaluation and checkpoint intervals)."""
     recipe = get_recipe(config.entry)
@@ -228,6 +239,7 @@ def train(config: TrainConfig, recipe: Recipe | None = None) -> Path:
     """
     from segzoo.training.data import build_train_dataset, build_train_loader  # its pipeline needs torchvision
 
+    check_config(config)
     recipe = recipe or resolve_recipe(config)
     processes = init_processes(config.device)
     try:
@@ -237,8 +249,6 @@ def train(config: TrainConfig, recipe: Recipe | None = None) -> Path:
 
 
 def _train(config, recipe, processes, build_train_dataset, build_train_loader) -> Path:
-    if config.data is None:
-        raise ValueError("pass --data-root DIR (the entry's dataset) or --data custom:DIR --num-classes K")
     split = split_batch(recipe, config, processes.world_size)
     work_dir = config.work_path
     resume_path, state = _resume_state(config)
