@@ -189,6 +189,8 @@ def resumed_and_uninterrupted(ade_root: Path, tmp_path_factory: pytest.TempPathF
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
+    logged = [json.loads(line)["iter"] for line in (root / "killed" / LOG_NAME).read_text().splitlines()]
+    assert logged.count(1) == 1 and logged[-1] == 10, logged  # went on from a checkpoint, not from the start
     return root / "killed" / "iter_00000010.pth", root / "whole" / "iter_00000010.pth"
 
 
@@ -256,3 +258,13 @@ def test_total_batch_must_split_evenly(ade_root: Path, tmp_path: Path, capsys: p
     assert main(["train", ENTRY, "--data-root", str(ade_root), "--batch-size", str(recipe_batch - 1),
                  "--work-dir", str(tmp_path), "--no-imagenet", "--device", "cpu"]) == 1
     assert "cannot split evenly" in capsys.readouterr().err
+
+
+def test_reproduction_guide_gives_both_commands_and_the_target() -> None:
+    from segzoo.training.guide import reproduction_markdown
+
+    text = reproduction_markdown("moganet_s_fpn_ade20k")  # 8 GPUs x 4 images in the paper
+    assert "torchrun --nproc_per_node 8 -m segzoo.training moganet_s_fpn_ade20k --data-root" in text
+    assert "torchrun --nproc_per_node 2 -m segzoo.training moganet_s_fpn_ade20k" in text
+    assert "--accumulation 4" in text and "Expected wall time:" in text
+    assert "mIoU 47.7" in text
