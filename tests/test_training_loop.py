@@ -40,7 +40,8 @@ def make_ade20k(root: Path, train_images: int, val_images: int = 2) -> Path:
         for i in range(count):
             classes = rng.integers(0, 3, (4, 4)).repeat(16, 0).repeat(16, 1)
             image = np.clip(COLOURS[classes] + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
-            for kind, array, suffix in (("images", image, "jpg"), ("annotations", (classes + 1).astype(np.uint8), "png")):
+            label = (classes + 1).astype(np.uint8)
+            for kind, array, suffix in (("images", image, "jpg"), ("annotations", label, "png")):
                 path = root / kind / folder / f"ADE_{folder}_{i:08d}.{suffix}"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(path)
@@ -139,7 +140,8 @@ from segzoo.training.loop import train
 from tests.test_training_loop import constant_rate, small_config, without_dropout
 data, work = sys.argv[1:3]
 without_dropout(pytest.MonkeyPatch())
-train(small_config(data, work, iters=3, drop_path=0.0, accumulation=1), dataclasses.replace(constant_rate(1e-3, sync_bn=False), iters=3))
+train(small_config(data, work, iters=3, drop_path=0.0, accumulation=1),
+      dataclasses.replace(constant_rate(1e-3, sync_bn=False), iters=3))
 """
 
 

@@ -98,14 +98,13 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from segzoo.training.loop import check_config, resolve_recipe, train
+    from segzoo.training.loop import resolve_recipe, train
     from segzoo.zoo.records import to_plain
 
     config = config_from_args(args)
     if args.print_recipe:
         print(json.dumps(to_plain(resolve_recipe(config)), indent=2))
         return 0
-    check_config(config)
     require_train_extra()
     path = train(config)
     if not config.quiet and os.environ.get("RANK", "0") == "0":

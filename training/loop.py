@@ -292,17 +292,18 @@ class _Run:
 
     def __init__(self, config, recipe, processes, split, wrapped, model, optimizer, scheduler, scaler, val_dataset):
         self.config, self.recipe, self.processes, self.split = config, recipe, processes, split
-        self.wrapped, self.model, self.optimizer, self.scheduler, self.scaler = wrapped, model, optimizer, scheduler, scaler
+        self.wrapped, self.model, self.optimizer = wrapped, model, optimizer
+        self.scheduler, self.scaler = scheduler, scaler
         self.val_dataset = val_dataset
         self.log = _JsonLog(config.work_path / LOG_NAME if processes.is_main else None)
         device_type = processes.device.type
         self.autocast = (torch.autocast(device_type, dtype=_AMP_DTYPES[config.amp]) if config.amp in _AMP_DTYPES
                          else contextlib.nullcontext())
 
-    def step(self, batches) -> dict[str, float]:
+    def step(self, batches) -> dict[str, torch.Tensor]:
         """One optimizer step over ``accumulation`` micro-batches; returns this process's mean loss terms."""
         device, accumulation = self.processes.device, self.split.accumulation
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         for micro in range(accumulation):
             images, labels = next(batches)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -312,8 +313,8 @@ class _Run:
                 with self.autocast:
                     losses = compute_losses(self.wrapped, images, labels, self.recipe)
                 self.scaler.scale(losses["loss"] / accumulation).backward()
-            for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + value.detach().float().item() / accumulation
+            for name, value in losses.items():  # no .item() here: a GPU keeps running until the log asks
+                totals[name] = totals.get(name, 0.0) + value.detach().float() / accumulation
         clip = self.recipe.optimizer.grad_clip_norm
         if clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -336,7 +337,7 @@ class _Run:
                 window_iters += 1
                 done = iteration == recipe.iters
                 if iteration % config.log_interval == 0 or done:
-                    losses = mean_over_processes(losses, processes)
+                    losses = mean_over_processes({k: v.item() for k, v in losses.items()}, processes)
                     elapsed = time.perf_counter() - window_start
                     images_per_s = window_iters * self.split.total / elapsed
                     eta = (recipe.iters - iteration) * elapsed / window_iters
