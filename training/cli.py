@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from segzoo.training.loop import TrainConfig
 
 
 def _positive_int(text: str) -> int:
@@ -75,11 +79,9 @@ def require_train_extra() -> None:
         raise ImportError('segzoo training needs torchvision, from the "train" extra: pip install "segzoo[train]"')
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed options."""
-    from segzoo.training.loop import TrainConfig
-
-    from segzoo.training.loop import CUSTOM_PREFIX
+    from segzoo.training.loop import CUSTOM_PREFIX, TrainConfig
 
     names = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
