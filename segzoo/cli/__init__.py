@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from segzoo.cli import evaluate, models, predict, weights
+from segzoo.cli import evaluate, models, predict, train, weights
 from segzoo.cli.predict import DEFAULT_MODEL, sample_image_path
 
 __all__ = ["DEFAULT_MODEL", "build_parser", "main", "sample_image_path"]
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log what happens (downloads, cache hits) and show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (models, predict, evaluate, weights):
+    for group in (models, predict, evaluate, weights, train):
         group.register(commands)
     return parser
 

@@ -30,7 +30,7 @@ _NUMPY_SCALAR_GLOBALS = [
 
 MAX_KEYS_SHOWN = 10
 # Keys under which training frameworks store the weights: mmcv's runner ({"state_dict", "meta", "optimizer"})
-# and detectron2's checkpointer ({"model", "optimizer", "scheduler", "iteration"}).
+# and detectron2's checkpointer and segzoo train ({"model", "optimizer", "scheduler", "iteration", ...}).
 CONTAINER_KEYS = ("state_dict", "model")
 # What sniff_format calls archives of files, whose checkpoint member read_state_dict extracts.
 ARCHIVE_FORMATS = ("tar", "zip")
@@ -138,7 +138,7 @@ def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         raise CheckpointError(
             f"{path} is neither a state dict nor a checkpoint holding one under 'state_dict' (mmseg) or "
-            f"'model' (detectron2); `segzoo inspect {path}` shows what it holds"
+            f"'model' (detectron2, segzoo train); `segzoo inspect {path}` shows what it holds"
         )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 

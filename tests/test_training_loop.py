@@ -1,0 +1,272 @@
+"""The training loop on CPU (gloo), on a tiny synthetic ADE20K folder: learning, process/accumulation
+equivalence, exact resume after SIGKILL, conversion of the result, and the command line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("torchvision")
+
+import segzoo  # noqa: E402
+from segzoo.cli import main  # noqa: E402
+from segzoo.training import get_recipe  # noqa: E402
+from segzoo.training.checkpoint import latest_checkpoint  # noqa: E402
+from segzoo.training.distributed import seed_everything  # noqa: E402
+from segzoo.training.loop import LOG_NAME, TrainConfig, train  # noqa: E402
+from segzoo.training.recipe import ScheduleSpec  # noqa: E402
+
+from tests.conftest import REPO  # noqa: E402
+
+ENTRY = "moganet_xt_fpn_ade20k"  # the smallest model of the registry
+CROP = (64, 64)  # small, yet 2x2 at stride 32: batch norm needs more than one value per channel
+COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]])  # class c's pixels are near COLOURS[c]
+
+
+def make_ade20k(root: Path, train_images: int, val_images: int = 2) -> Path:
+    """ADEChallengeData2016 layout: 64x64 images whose three classes (1..3 on disk) can be told by their colour."""
+    rng = np.random.default_rng(0)
+    for folder, count in (("training", train_images), ("validation", val_images)):
+        for i in range(count):
+            classes = rng.integers(0, 3, (4, 4)).repeat(16, 0).repeat(16, 1)
+            image = np.clip(COLOURS[classes] + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+            label = (classes + 1).astype(np.uint8)
+            for kind, array, suffix in (("images", image, "jpg"), ("annotations", label, "png")):
+                path = root / kind / folder / f"ADE_{folder}_{i:08d}.{suffix}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(path)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread, as in the subprocesses: faster on a shared machine, and the same float reductions."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ade_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_ade20k(tmp_path_factory.mktemp("ade"), train_images=8)
+
+
+def small_config(data: Path, work_dir: Path, **changes) -> TrainConfig:
+    base = TrainConfig(entry=ENTRY, data=str(data), work_dir=str(work_dir), iters=4, batch_size=1, accumulation=2,
+                       workers=0, crop=CROP, eval_interval=0, log_interval=1, imagenet=False, quiet=True,
+                       device="cpu")
+    return dataclasses.replace(base, **changes)
+
+
+def constant_rate(lr: float, sync_bn: bool = True):
+    """The entry's recipe at a small crop with a constant learning rate ``lr`` (no warm-up, no decay)."""
+    recipe = get_recipe(ENTRY)
+    return dataclasses.replace(recipe, crop_size=CROP, iters=4, sync_bn=sync_bn, eval_interval=0,
+                               optimizer=dataclasses.replace(recipe.optimizer, lr=lr),
+                               schedule=ScheduleSpec(policy="poly", power=0.0))
+
+
+def model_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+
+
+def parameter_names() -> set[str]:
+    return {name for name, _ in segzoo.create_model(ENTRY).named_parameters()}
+
+
+def initial_state() -> dict[str, torch.Tensor]:
+    """The weights a run with seed 0 starts from (random initialization, no ImageNet backbone)."""
+    seed_everything(0)
+    return segzoo.create_model(ENTRY).state_dict()
+
+
+def moved(trained: dict[str, torch.Tensor]) -> bool:
+    """Whether training changed most parameters from where it started."""
+    start, names = initial_state(), parameter_names()
+    return sum(not torch.equal(trained[n], start[n]) for n in names) > len(names) // 2
+
+
+def subprocess_env() -> dict[str, str]:
+    """The repository importable, one thread per process (the same float reductions in every run)."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_loss_goes_down_overfitting_two_images(tmp_path: Path) -> None:
+    data = make_ade20k(tmp_path / "ade", train_images=2, val_images=0)
+    iters = 20
+    recipe = dataclasses.replace(constant_rate(1e-3), iters=iters)
+    config = small_config(data, tmp_path / "work", iters=iters, batch_size=2, accumulation=1, drop_path=0.0,
+                          checkpoint_interval=iters)
+    final = train(config, recipe)
+    assert final.name == f"iter_{iters:08d}.pth" and final.is_file()
+    records = [json.loads(line) for line in (tmp_path / "work" / LOG_NAME).read_text().splitlines()]
+    losses = [r["loss"] for r in records]
+    assert [r["iter"] for r in records] == list(range(1, iters + 1))
+    assert {"loss_out", "lr", "images_per_s", "eta_s", "memory_mb"} <= records[0].keys()
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+
+
+def without_dropout(monkeypatch) -> None:
+    """Zero the decode head's dropout: its draws differ between a second process and a second micro-step."""
+    import segzoo.training.loop as loop
+
+    build = loop.build_model
+
+    def build_model(*args, **kwargs):
+        model = build(*args, **kwargs)
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                module.p = 0.0
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build_model)
+
+
+_WORKER = """
+import dataclasses, sys
+import pytest
+from segzoo.training.loop import train
+from tests.test_training_loop import constant_rate, small_config, without_dropout
+data, work = sys.argv[1:3]
+without_dropout(pytest.MonkeyPatch())
+train(small_config(data, work, iters=3, drop_path=0.0, accumulation=1),
+      dataclasses.replace(constant_rate(1e-3, sync_bn=False), iters=3))
+"""
+
+
+def test_two_processes_equal_one_accumulating_two(ade_root: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same parameters after 3 steps. Not BN running statistics: DDP broadcasts rank 0's at every forward.
+    SyncBN, drop-path and dropout off: with SyncBN both images share batch statistics, which one process
+    accumulating cannot reproduce, and random draws of a second process differ from a second micro-step's."""
+    without_dropout(monkeypatch)
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+              str(ade_root), str(tmp_path / "two")]
+    done = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = train(small_config(ade_root, tmp_path / "one", iters=3, drop_path=0.0, accumulation=2),
+                   dataclasses.replace(constant_rate(1e-3, sync_bn=False), iters=3))
+    two, one = model_tensors(tmp_path / "two" / "iter_00000003.pth"), model_tensors(single)
+    assert moved(one)
+    for name in parameter_names():
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
+
+
+def _train_command(data: Path, work: Path) -> list[str]:
+    return [sys.executable, "-m", "segzoo.training", ENTRY, "--data-root", str(data), "--work-dir", str(work),
+            "--iters", "10", "--checkpoint-interval", "3", "--batch-size", "1", "--accumulation", "2",
+            "--crop", *map(str, CROP), "--eval-interval", "0", "--workers", "0", "--no-imagenet", "--quiet",
+            "--device", "cpu", "--log-interval", "1"]
+
+
+@pytest.fixture(scope="module")
+def resumed_and_uninterrupted(ade_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The final checkpoints of a run killed with SIGKILL after a checkpoint then resumed, and of the same run
+    uninterrupted (both with the entry's drop-path, so every process's random state must come back too)."""
+    root = tmp_path_factory.mktemp("resume")
+    env = subprocess_env()
+    reference = subprocess.Popen(_train_command(ade_root, root / "whole"), env=env, stderr=subprocess.PIPE)
+    killed = subprocess.Popen(_train_command(ade_root, root / "killed"), env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while latest_checkpoint(root / "killed") is None and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.read().decode()[-3000:]
+    assert latest_checkpoint(root / "killed").name != "iter_00000010.pth", "the run ended before it was killed"
+    resumed = subprocess.run([*_train_command(ade_root, root / "killed"), "--resume"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
+    logged = [json.loads(line)["iter"] for line in (root / "killed" / LOG_NAME).read_text().splitlines()]
+    assert logged.count(1) == 1 and logged[-1] == 10, logged  # went on from a checkpoint, not from the start
+    return root / "killed" / "iter_00000010.pth", root / "whole" / "iter_00000010.pth"
+
+
+def test_sigkill_and_resume_gives_bitwise_identical_weights(resumed_and_uninterrupted) -> None:
+    resumed, uninterrupted = map(model_tensors, resumed_and_uninterrupted)
+    assert resumed.keys() == uninterrupted.keys()
+    different = [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])]
+    assert not different, different[:10]
+    assert moved(resumed)
+
+
+def test_checkpoint_holds_only_tensors_and_plain_data(resumed_and_uninterrupted) -> None:
+    state = torch.load(resumed_and_uninterrupted[0], map_location="cpu", weights_only=True)
+    assert state["iteration"] == 10 and len(state["rng"]) == 1
+    assert state["recipe"]["name"] == ENTRY and state["config"]["crop"] == list(CROP)
+    assert {"optimizer", "scheduler", "scaler", "sampler"} <= state.keys()
+
+
+def test_final_checkpoint_converts_and_loads(resumed_and_uninterrupted, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    final = resumed_and_uninterrupted[1]
+    trained = model_tensors(final)
+    assert main(["convert", ENTRY, "-c", str(final), "--out", str(tmp_path / "native"), "--quiet"]) == 0
+    for source in (final, tmp_path / "native" / "model.safetensors"):
+        model = segzoo.create_model(ENTRY, checkpoint_path=source, num_classes=150)
+        loaded = model.state_dict()
+        assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+
+
+@pytest.mark.parametrize("name", segzoo.list_models())
+def test_print_recipe_for_every_entry(name: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", name, "--print-recipe"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    info = segzoo.model_info(name)
+    assert (printed["name"], printed["iters"], printed["batch_size"]) == (name, info.train_iters,
+                                                                         info.train_batch_size)
+
+
+@pytest.mark.parametrize("options, message", [
+    ([], "pass --data-root DIR"),
+    (["--data-root", "no/such/folder"], "no/such/folder"),
+    (["--data", "no/such/folder"], "expected custom:DIR"),
+    (["--data", "custom:no/such/folder", "--num-classes", "3"], "is not a folder"),
+    (["--data", "custom:."], "--num-classes K"),
+])
+def test_user_errors_are_one_line(options: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", ENTRY, *options]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("segzoo: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_missing_train_extra_says_how_to_install(ade_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else
+                        find_spec(name, *a))
+    assert main(["train", ENTRY, "--data-root", str(ade_root)]) == 1
+    assert 'pip install "segzoo[train]"' in capsys.readouterr().err
+
+
+def test_total_batch_must_split_evenly(ade_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    recipe_batch = get_recipe(ENTRY).batch_size
+    assert main(["train", ENTRY, "--data-root", str(ade_root), "--batch-size", str(recipe_batch - 1),
+                 "--work-dir", str(tmp_path), "--no-imagenet", "--device", "cpu"]) == 1
+    assert "cannot split evenly" in capsys.readouterr().err
+
+
+def test_reproduction_guide_gives_both_commands_and_the_target() -> None:
+    from segzoo.training.guide import reproduction_markdown
+
+    text = reproduction_markdown("moganet_s_fpn_ade20k")  # 8 GPUs x 4 images in the paper
+    assert "torchrun --nproc_per_node 8 -m segzoo.training moganet_s_fpn_ade20k --data-root" in text
+    assert "torchrun --nproc_per_node 2 -m segzoo.training moganet_s_fpn_ade20k" in text
+    assert "--accumulation 4" in text and "Expected wall time:" in text
+    assert "mIoU 47.7" in text

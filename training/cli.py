@@ -1,0 +1,124 @@
+"""Command-line options of a training run, shared by ``segzoo train`` and ``torchrun -m segzoo.training``.
+
+Only ``argparse`` at import: ``segzoo``'s parser adds these options without
+loading the training code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from segzoo.training.loop import TrainConfig
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _interval(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of iterations (0: never), got {text!r}")
+    return value
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a training run (see :class:`segzoo.training.loop.TrainConfig`)."""
+    parser.add_argument("entry", help="registered model name or alias whose recipe to run")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--data-root", dest="data", metavar="DIR", help="the entry's dataset in its standard layout")
+    data.add_argument("--data", dest="custom", metavar="custom:DIR",
+                      help="your own dataset folder (fine-tuning; needs --num-classes)")
+    parser.add_argument("--num-classes", type=_positive_int, metavar="K", help="classes of your labels (custom data)")
+    parser.add_argument("--work-dir", help="checkpoints and log.jsonl (default: work_dirs/ENTRY)")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="CKPT",
+                        help="go on from CKPT, or without a value from the latest checkpoint in the work dir")
+    parser.add_argument("--iters", type=_positive_int, help="iterations (default: the recipe's)")
+    parser.add_argument("--batch-size", type=_positive_int, help="images per process and micro-step "
+                        "(default: the paper's images per GPU)")
+    parser.add_argument("--accumulation", type=_positive_int, help="micro-steps per optimizer step (default: "
+                        "recipe total / (processes x batch size), which reproduces the recipe's batch)")
+    parser.add_argument("--amp", choices=["bf16", "fp16", "none"], default="none",
+                        help="mixed precision: bf16 autocast, or fp16 with a gradient scaler (default none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and augmentation")
+    parser.add_argument("--workers", type=int, default=4, help="data loader workers per process (default 4)")
+    parser.add_argument("--eval-interval", type=_interval, help="evaluate on val every N iterations (0: never; "
+                        "default: the recipe's)")
+    parser.add_argument("--checkpoint-interval", type=_positive_int, help="save every N iterations "
+                        "(default: the recipe's; always at the end)")
+    parser.add_argument("--log-interval", type=_positive_int, default=50, help="log every N iterations (default 50)")
+    parser.add_argument("--crop", type=_positive_int, nargs=2, metavar=("H", "W"), help="training crop (default: "
+                        "the recipe's)")
+    parser.add_argument("--drop-path", type=float, metavar="RATE", help="stochastic depth rate (default: the entry's)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--no-imagenet", dest="imagenet", action="store_false",
+                        help="do not load the recipe's ImageNet-pretrained backbone (random initialization)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--pretrained", dest="pretrained", action="store_true", default=None,
+                       help="start from the entry's published weights (default with custom data)")
+    start.add_argument("--from-scratch", "--no-pretrained", dest="pretrained", action="store_false",
+                       help="custom data: start from the ImageNet backbone, not the entry's published weights")
+    parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def require_train_extra() -> None:
+    """Training needs the ``train`` extra; say how to get it instead of failing on an import deep inside."""
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError('segzoo training needs torchvision, from the "train" extra: pip install "segzoo[train]"')
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed options."""
+    from segzoo.training.loop import CUSTOM_PREFIX, TrainConfig
+
+    names = TrainConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if args.custom is not None:
+        if not args.custom.startswith(CUSTOM_PREFIX):
+            raise ValueError(f"--data {args.custom!r}: expected {CUSTOM_PREFIX}DIR (your images and label PNGs, "
+                             f"see the README); for the entry's own dataset use --data-root DIR")
+        values["data"] = args.custom
+    if "crop" in values:
+        values["crop"] = tuple(values["crop"])
+    return TrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the recipe or train, as the parsed ``args`` ask."""
+    import json
+    import os
+
+    from segzoo.training.loop import resolve_recipe, train
+    from segzoo.zoo.records import to_plain
+
+    config = config_from_args(args)
+    if args.print_recipe:
+        print(json.dumps(to_plain(resolve_recipe(config)), indent=2))
+        return 0
+    require_train_extra()
+    path = train(config)
+    if not config.quiet and os.environ.get("RANK", "0") == "0":
+        print(f"final checkpoint: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m segzoo.training`` (under ``torchrun`` for several processes); same user-error convention as
+    ``segzoo``: one ``error:`` line, exit status 1."""
+    import sys
+
+    from segzoo.cli import main as segzoo_main
+
+    return segzoo_main(["train", *(sys.argv[1:] if argv is None else argv)])
