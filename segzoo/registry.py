@@ -114,7 +114,9 @@ def create_model(
     reinit = model.classifier_names() if classes != info.num_classes else []
     if from_hub:
         path = hf_hub.download_file(name, hf_hub.WEIGHTS_NAME, local_only=offline())
-        load_state_dict_strict(model, read_state_dict(path), f"{name} ({path})", skip=reinit)
+        state_dict = read_state_dict(path)
+        reinit = _classifiers_to_reinit(model, state_dict, reinit)
+        load_state_dict_strict(model, state_dict, f"{name} ({path})", skip=reinit)
     elif checkpoint_path is not None:
         try:
             state_dict = read_state_dict(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
@@ -124,13 +126,26 @@ def create_model(
                 f"command line)."
             ) from err
         state_dict = convert_state_dict(info.architecture, state_dict)
+        reinit = _classifiers_to_reinit(model, state_dict, reinit)
         load_state_dict_strict(model, state_dict, str(checkpoint_path), skip=reinit)
     elif pretrained:
         load_pretrained(model, info, skip=reinit, progress=progress, verify=verify)
     if reinit and with_weights:
         warnings.warn(
-            f"{info.name}: num_classes={classes} differs from the checkpoint's {info.num_classes}; "
+            f"{info.name}: num_classes={classes} differs from the checkpoint's classifier; "
             f"kept all weights but re-initialized {', '.join(reinit)}",
             stacklevel=2,
         )
     return model.eval()
+
+
+def _classifiers_to_reinit(model: EncoderDecoder, state_dict: dict, candidates: list[str]) -> list[str]:
+    """The classifier layers among ``candidates`` whose checkpoint tensors do not fit the model.
+
+    A checkpoint fine-tuned to ``num_classes`` (``segzoo train --data custom:DIR``) keeps its classifier.
+    """
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    return [
+        name for name in candidates
+        if any(k.startswith(f"{name}.") and v.shape != shapes.get(k) for k, v in state_dict.items())
+    ]

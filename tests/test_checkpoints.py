@@ -3,6 +3,7 @@ import os
 import pickle
 import shutil
 import tarfile
+import warnings
 import zipfile
 
 import pytest
@@ -86,6 +87,19 @@ def test_new_num_classes_reinitializes_only_classifiers(tmp_path):
         else:
             assert torch.equal(value, state_dict[key]), key
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+
+
+def test_checkpoint_fine_tuned_to_new_classes_keeps_its_classifier(tmp_path):
+    name = "moganet_xt_fpn_ade20k"
+    state_dict = synthetic_state_dict(name)
+    state_dict["decode_head.conv_seg.weight"] = torch.randn(5, *state_dict["decode_head.conv_seg.weight"].shape[1:])
+    state_dict["decode_head.conv_seg.bias"] = torch.randn(5)
+    path = save_mmseg_checkpoint(tmp_path / "fine_tuned.pth", state_dict)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is re-initialized, so nothing to warn about
+        model = segzoo.create_model(name, checkpoint_path=path, num_classes=5)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state_dict[key]), key
 
 
 class _RunsCode:

@@ -323,3 +323,32 @@ def test_cityscapes_evaluation_sums_shards_under_torch_distributed(cityscapes_ro
     for a, b in zip(sharded["per_class"], single["per_class"]):
         assert a["class"] == b["class"]
         np.testing.assert_allclose([a["IoU"], a["iIoU"]], [b["IoU"], b["iIoU"]], rtol=1e-12)
+
+
+def test_fine_tuned_model_is_evaluated_on_a_custom_dataset(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "labels" / "val").mkdir(parents=True)
+    for stem in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(tmp_path / "images/val" / f"{stem}.png")
+        Image.fromarray(rng.choice(np.array([0, 1, 2, 255], np.uint8), (64, 80))).save(
+            tmp_path / "labels/val" / f"{stem}.png")
+    fine_tuned = synthetic_state_dict(NAME)
+    for key in ("decode_head.conv_seg.weight", "decode_head.conv_seg.bias"):
+        fine_tuned[key] = torch.randn(3, *fine_tuned[key].shape[1:])
+    path = save_mmseg_checkpoint(tmp_path / "fine_tuned.pth", fine_tuned)
+    out = tmp_path / "result.json"
+    assert main(["eval", NAME, "--data", f"custom:{tmp_path}", "--num-classes", "3", "--checkpoint", str(path),
+                 "--out", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["dataset"] == "custom" and result["settings"]["evaluator"] == "mmseg"
+    assert result["reported"] == {} and 0 <= result["measured"]["mIoU"] <= 100
+    assert "class_2" in capsys.readouterr().out
+
+
+def test_dataset_specific_evaluation_falls_back_on_other_data():
+    from segzoo.evaluation.runner import evaluator_for
+
+    custom = dataclasses.make_dataclass("Folder", ["dataset"])("custom")
+    assert evaluator_for(segzoo.model_info("glore_r50_fcn_cityscapes"), custom) == "mmseg"
+    assert evaluator_for(segzoo.model_info("emanet_r50_coco"), custom) == "detectron2_2019"

@@ -9,18 +9,10 @@ import argparse
 import importlib.util
 from typing import TYPE_CHECKING
 
+from segzoo.cli.options import positive_int
+
 if TYPE_CHECKING:
     from segzoo.training.loop import TrainConfig
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
 
 
 def _interval(text: str) -> int:
@@ -40,14 +32,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-root", dest="data", metavar="DIR", help="the entry's dataset in its standard layout")
     data.add_argument("--data", dest="custom", metavar="custom:DIR",
                       help="your own dataset folder (fine-tuning; needs --num-classes)")
-    parser.add_argument("--num-classes", type=_positive_int, metavar="K", help="classes of your labels (custom data)")
+    parser.add_argument("--num-classes", type=positive_int, metavar="K", help="classes of your labels (custom data)")
     parser.add_argument("--work-dir", help="checkpoints and log.jsonl (default: work_dirs/ENTRY)")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CKPT",
                         help="go on from CKPT, or without a value from the latest checkpoint in the work dir")
-    parser.add_argument("--iters", type=_positive_int, help="iterations (default: the recipe's)")
-    parser.add_argument("--batch-size", type=_positive_int, help="images per process and micro-step "
+    parser.add_argument("--iters", type=positive_int, help="iterations (default: the recipe's)")
+    parser.add_argument("--batch-size", type=positive_int, help="images per process and micro-step "
                         "(default: the paper's images per GPU)")
-    parser.add_argument("--accumulation", type=_positive_int, help="micro-steps per optimizer step (default: "
+    parser.add_argument("--accumulation", type=positive_int, help="micro-steps per optimizer step (default: "
                         "recipe total / (processes x batch size), which reproduces the recipe's batch)")
     parser.add_argument("--amp", choices=["bf16", "fp16", "none"], default="none",
                         help="mixed precision: bf16 autocast, or fp16 with a gradient scaler (default none)")
@@ -55,10 +47,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="data loader workers per process (default 4)")
     parser.add_argument("--eval-interval", type=_interval, help="evaluate on val every N iterations (0: never; "
                         "default: the recipe's)")
-    parser.add_argument("--checkpoint-interval", type=_positive_int, help="save every N iterations "
+    parser.add_argument("--checkpoint-interval", type=positive_int, help="save every N iterations "
                         "(default: the recipe's; always at the end)")
-    parser.add_argument("--log-interval", type=_positive_int, default=50, help="log every N iterations (default 50)")
-    parser.add_argument("--crop", type=_positive_int, nargs=2, metavar=("H", "W"), help="training crop (default: "
+    parser.add_argument("--log-interval", type=positive_int, default=50, help="log every N iterations (default 50)")
+    parser.add_argument("--crop", type=positive_int, nargs=2, metavar=("H", "W"), help="training crop (default: "
                         "the recipe's)")
     parser.add_argument("--drop-path", type=float, metavar="RATE", help="stochastic depth rate (default: the entry's)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -81,7 +73,8 @@ def require_train_extra() -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed options."""
-    from segzoo.training.loop import CUSTOM_PREFIX, TrainConfig
+    from segzoo.datasets.folders import CUSTOM_PREFIX
+    from segzoo.training.loop import TrainConfig
 
     names = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}

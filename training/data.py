@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segzoo.datasets.folders import IGNORE_INDEX, DatasetError, SegmentationFolder, open_custom_dataset, open_dataset
+from segzoo.datasets.folders import IGNORE_INDEX, DatasetError, SegmentationFolder, open_data
 from segzoo.registry import model_info
 from segzoo.training.recipe import Recipe
 from segzoo.training.transforms import TrainTransform
-
-CUSTOM_PREFIX = "custom:"
 
 
 def build_train_dataset(recipe: Recipe, data: str | Path, *, num_classes: int | None = None) -> SegmentationFolder:
@@ -26,12 +24,7 @@ def build_train_dataset(recipe: Recipe, data: str | Path, *, num_classes: int | 
     :func:`segzoo.inference.load_image`).
     """
     info = model_info(recipe.name)
-    data = str(data)
-    if data.startswith(CUSTOM_PREFIX):
-        if num_classes is None:
-            raise DatasetError(f"{data}: a custom dataset needs its number of classes; pass --num-classes K")
-        return open_custom_dataset(data[len(CUSTOM_PREFIX):], "train", num_classes, pipeline=info.test_pipeline)
-    return open_dataset(info.dataset, data, "train", pipeline=info.test_pipeline)
+    return open_data(info.dataset, data, "train", num_classes, info.test_pipeline)
 
 
 class InfiniteSampler(torch.utils.data.Sampler[tuple[int, int]]):

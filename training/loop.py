@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import segzoo
+from segzoo.datasets.folders import CUSTOM_PREFIX, SegmentationFolder, open_data
 from segzoo.segmentors import EncoderDecoder
 from segzoo.training import checkpoint as ckpt
 from segzoo.training.distributed import (
@@ -42,7 +43,6 @@ from segzoo.zoo.records import to_plain
 
 log = logging.getLogger("segzoo.training")
 
-CUSTOM_PREFIX = "custom:"
 LOG_NAME = "log.jsonl"
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -177,18 +177,16 @@ def _wrap(model: nn.Module, recipe: Recipe, processes: Processes) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def _val_dataset(config: TrainConfig, recipe: Recipe):
-    """The ``val`` split the run evaluates on, or ``None`` when evaluation is off or the data is custom."""
+def _val_dataset(config: TrainConfig, recipe: Recipe) -> SegmentationFolder | None:
+    """The ``val`` split the run evaluates on, or ``None`` when evaluation is off (or a custom dataset has none)."""
     if recipe.eval_interval <= 0:
         return None
-    if config.custom_data:
-        log.warning("periodic evaluation runs on the entry's own dataset only; evaluate a custom run with "
-                    "`segzoo eval` after converting its checkpoint")
-        return None
-    from segzoo.datasets.folders import open_dataset
-
     info = segzoo.model_info(config.entry)
-    return open_dataset(info.dataset, config.data, "val", info.test_pipeline)
+    folder = Path(config.data.removeprefix(CUSTOM_PREFIX)).expanduser()
+    if config.custom_data and not (folder / "images" / "val").is_dir():
+        log.warning("%s has no images/val folder: no periodic evaluation", config.data)
+        return None
+    return open_data(info.dataset, config.data, "val", config.num_classes, info.test_pipeline)
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -252,7 +250,7 @@ def _train(config, recipe, processes, build_train_dataset, build_train_loader) -
     split = split_batch(recipe, config, processes.world_size)
     work_dir = config.work_path
     resume_path, state = _resume_state(config)
-    dataset = build_train_dataset(recipe, config.data)  # fails early on a wrong folder
+    dataset = build_train_dataset(recipe, config.data, num_classes=config.num_classes)  # fails early on a wrong folder
     val_dataset = _val_dataset(config, recipe)
     if processes.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)

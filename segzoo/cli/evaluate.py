@@ -4,17 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segzoo.cli.options import add_checkpoint, add_inference, add_quiet, load_model, progress
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
+from segzoo.cli.options import (
+    add_checkpoint, add_inference, add_num_classes, add_quiet, load_model, positive_int, progress,
+)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -24,7 +16,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     import segzoo
-    from segzoo.datasets.folders import open_dataset
+    from segzoo.datasets.folders import open_data
     from segzoo.evaluation.runner import evaluate, format_report
 
     device = args.device
@@ -35,7 +27,7 @@ def _eval(args: argparse.Namespace) -> int:
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     try:
         info = segzoo.model_info(args.model)
-        dataset = open_dataset(info.dataset, args.data_root, args.split, info.test_pipeline)  # before downloads
+        dataset = open_data(info.dataset, args.data, args.split, args.num_classes, info.test_pipeline)  # before downloads
         model = load_model(args, args.model)
         result = evaluate(
             model.to(device), dataset, mode=args.mode, aug_test=args.aug_test, limit=args.limit,
@@ -65,12 +57,16 @@ def _prepare(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("eval", help="measure a model's metrics on its dataset, next to the reported ones")
     p.add_argument("model", help="registered name or alias")
-    p.add_argument("--data-root", required=True, help="dataset folder in its standard layout")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data-root", dest="data", metavar="DIR", help="the entry's dataset in its standard layout")
+    data.add_argument("--data", dest="data", metavar="custom:DIR",
+                      help="your own dataset folder (see Fine-tune on your own data; needs --num-classes)")
+    add_num_classes(p)
     p.add_argument("--split", default="val", help="dataset split (default val)")
     add_checkpoint(p)
     add_inference(p)
-    p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
-    p.add_argument("--batch-size", type=_positive_int, default=1,
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=positive_int, default=1,
                    help="images per forward pass (same-sized images only)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--save-predictions", help="folder for the predicted label maps (indexed PNGs)")

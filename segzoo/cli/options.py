@@ -4,6 +4,22 @@ from __future__ import annotations
 import argparse
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def add_num_classes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-classes", type=positive_int, metavar="K",
+                        help="classes of a model fine-tuned on your own data (default: the entry's)")
+
+
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -39,4 +55,5 @@ def load_model(args: argparse.Namespace, name: str):
     return segzoo.create_model(
         name, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint,
         allow_unsafe_pickle=args.allow_unsafe_pickle, progress=progress(args),
+        num_classes=getattr(args, "num_classes", None),
     )

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segzoo.cli.options import add_checkpoint, add_names_or_all, add_quiet, load_model, progress
+from segzoo.cli.options import add_checkpoint, add_names_or_all, add_num_classes, add_quiet, load_model, progress
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -113,6 +113,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("convert", help="write an original checkpoint in segzoo's native layout")
     p.add_argument("model", help="registered name or alias")
     add_checkpoint(p, required=True)
+    add_num_classes(p)
     p.add_argument("--out", required=True, help="folder for model.safetensors, config.json and README.md")
     add_quiet(p)
     p.set_defaults(run=_convert)

@@ -344,3 +344,23 @@ def open_custom_dataset(
     folder = CustomFolder(root, samples, split, num_classes)
     folder.pipeline = pipeline
     return folder
+
+
+CUSTOM_PREFIX = "custom:"
+
+
+def open_data(
+    dataset: str, data: str | Path, split: str, num_classes: int | None = None,
+    pipeline: InferencePipeline | None = None,
+) -> SegmentationFolder:
+    """The ``split`` of ``dataset`` under the folder ``data``, or of the user's dataset ``custom:DIR``.
+
+    What ``--data-root DIR`` and ``--data custom:DIR --num-classes K`` name on the command line;
+    a custom dataset needs ``num_classes``.
+    """
+    data = str(data)
+    if not data.startswith(CUSTOM_PREFIX):
+        return open_dataset(dataset, data, split, pipeline)
+    if num_classes is None:
+        raise DatasetError(f"{data}: a custom dataset needs its number of classes; pass --num-classes K")
+    return open_custom_dataset(data[len(CUSTOM_PREFIX):], split, num_classes, pipeline)

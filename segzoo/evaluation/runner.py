@@ -17,6 +17,7 @@ from segzoo.evaluation.metrics import ConfusionMatrix, detectron2_2019_metrics, 
 from segzoo.inference.predict import Amp, Mode, infer_labels
 from segzoo.segmentors import EncoderDecoder
 from segzoo.visualize import indexed_labels
+from segzoo.zoo.records import ModelInfo
 
 Metrics = dict[str, float | list[float]]
 
@@ -99,6 +100,14 @@ class EvalResult:
         }
 
 
+def evaluator_for(info: ModelInfo, dataset: SegmentationFolder) -> str:
+    """The entry's metric convention, except on another dataset than its own (fine-tuned models): the
+    official Cityscapes evaluation needs Cityscapes' annotation files, so mmseg's convention stands in."""
+    if info.evaluator == "cityscapes" and dataset.dataset != info.dataset:
+        return "mmseg"
+    return info.evaluator
+
+
 def shard_indices(length: int, rank: int, world_size: int) -> range:
     """This process's share of the samples: every ``world_size``-th from ``rank``, none repeated."""
     return range(rank, length, world_size)
@@ -138,14 +147,15 @@ def evaluate(
     sample.
     """
     info = model.require_info()
-    if info.num_classes != len(dataset.classes) or model.num_classes != len(dataset.classes):
+    if model.num_classes != len(dataset.classes):
         raise ValueError(f"{info.name} predicts {model.num_classes} classes, {dataset.dataset} has {len(dataset.classes)}")
+    evaluator = evaluator_for(info, dataset)
     device = next(model.parameters()).device
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     indices = shard_indices(count, rank, world_size)
-    evaluation = EVALUATORS[info.evaluator](dataset, device)
+    evaluation = EVALUATORS[evaluator](dataset, device)
     if save_predictions is not None:
         save_predictions.mkdir(parents=True, exist_ok=True)
     with tqdm(total=count, desc=f"{info.name} on {dataset.dataset}", unit="img",
@@ -161,11 +171,11 @@ def evaluate(
     evaluation.all_reduce()
     settings = {
         "mode": mode or info.test_pipeline.mode, "aug_test": aug_test, "amp": amp, "batch_size": batch_size,
-        "limit": limit, "world_size": world_size, "device": str(device), "evaluator": info.evaluator,
+        "limit": limit, "world_size": world_size, "device": str(device), "evaluator": evaluator,
     }
     return EvalResult(
         model=info.name, dataset=dataset.dataset, num_images=count, settings=settings,
-        metrics=evaluation.compute(), reported=dict(info.metrics),
+        metrics=evaluation.compute(), reported=dict(info.metrics) if dataset.dataset == info.dataset else {},
         class_names=[c.strip() for c in dataset.classes], split=dataset.split, reported_split=info.metrics_split,
     )
 
