@@ -113,7 +113,7 @@ def test_loss_goes_down_overfitting_two_images(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (tmp_path / "work" / LOG_NAME).read_text().splitlines()]
     losses = [r["loss"] for r in records]
     assert [r["iter"] for r in records] == list(range(1, iters + 1))
-    assert {"loss_out", "lr", "images_per_s", "eta_s", "memory_mb"} <= records[0].keys()
+    assert {"loss_decode", "lr", "images_per_s", "eta_s", "memory_mb"} <= records[0].keys()
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
 
 
@@ -270,3 +270,34 @@ def test_reproduction_guide_gives_both_commands_and_the_target() -> None:
     assert "torchrun --nproc_per_node 2 -m segzoo.training moganet_s_fpn_ade20k" in text
     assert "--accumulation 4" in text and "Expected wall time:" in text
     assert "mIoU 47.7" in text
+
+
+def test_fine_tuning_on_custom_data_starts_from_the_published_weights(
+    tmp_path: Path, file_server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
+
+    published = synthetic_state_dict(ENTRY)
+    save_mmseg_checkpoint(file_server.root / segzoo.model_info(ENTRY).weights[0].filename, published)
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for i in range(2):
+            classes = rng.integers(0, 3, (4, 4)).repeat(16, 0).repeat(16, 1)
+            for kind, array in (("images", COLOURS[classes].astype(np.uint8)), ("labels", classes.astype(np.uint8))):
+                (tmp_path / "data" / kind / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(tmp_path / "data" / kind / split / f"{i}.png")
+    recipe = dataclasses.replace(constant_rate(0.0), iters=2, eval_interval=2)  # lr 0: weights stay as loaded
+    config = small_config(f"custom:{tmp_path / 'data'}", tmp_path / "work", iters=2, num_classes=3, eval_interval=2)
+    trained = model_tensors(train(config, recipe))
+    classifier = ("decode_head.conv_seg.weight", "decode_head.conv_seg.bias")
+    assert trained[classifier[0]].shape[0] == 3
+    assert all(torch.equal(trained[n], published[n]) for n in parameter_names() if n not in classifier)
+    records = [json.loads(line) for line in (tmp_path / "work" / LOG_NAME).read_text().splitlines()]
+    assert any("mIoU" in json.dumps(r) for r in records), records[-1]
+
+    out = tmp_path / "converted"
+    assert main(["convert", ENTRY, "--checkpoint", str(tmp_path / "work" / "iter_00000002.pth"),
+                 "--num-classes", "3", "--out", str(out)]) == 0
+    loaded = segzoo.create_model(ENTRY, checkpoint_path=out / "model.safetensors", num_classes=3)
+    assert torch.equal(loaded.state_dict()[classifier[0]], trained[classifier[0]])
