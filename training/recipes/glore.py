@@ -20,7 +20,8 @@ NOTES = (
     "Schedule: poly, power 0.9, no warm-up, 40000 iterations of 8 GPUs x 1 image, whole 1024x2048 images "
     "(the registry's crop) through mmseg-style random rescale 0.5-2.0, crop, flip and photometric distortion.",
     "Loss: cross-entropy on the FCN output only (no auxiliary head, as the registry's model), mmseg's all-pixel "
-    "mean; SyncBN assumed; the backbone starts from the ImageNet ResNets the GloRe README names.",
+    "mean; SyncBN assumed; the backbone starts from the deep-stem ImageNet ResNets EMANet names (the registry's "
+    "pretrained_backbone, assumed too).",
 )
 
 
