@@ -1,0 +1,129 @@
+"""Export to ONNX, TorchScript and ExportedProgram: checked files, the support table, the CLI."""
+import sys
+
+import pytest
+import torch
+
+import segzoo
+from segzoo.cli import main
+from segzoo.export import (
+    EXPORT_SUPPORT, FORMATS, ExportNotSupported, check_supported, export_model, export_support,
+)
+
+SMALL = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return segzoo.create_model("moganet_xt_fpn_ade20k")  # random weights
+
+
+def _assert_close(report, sizes):
+    assert report.path.is_file()
+    assert report.checked_sizes == sizes
+    assert report.max_rel_diff <= 1e-4 and report.max_abs_diff is not None
+
+
+def test_onnx_dynamic_runs_in_onnxruntime_at_two_sizes_and_records_the_preprocessing(model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    report = export_model(model, "onnx", tmp_path / "m.onnx", dynamic=True, input_size=SMALL)
+    _assert_close(report, ((64, 64), (96, 128)))
+    assert report.dynamic_axes == {2: "height", 3: "width"} and report.runtime.startswith("onnxruntime")
+    assert report.extra_files == () and "max abs diff" in report.summary()
+    # a third size, not one the export itself checked
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 80, 64)
+    with torch.no_grad():
+        expected = model(x)
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    assert got.shape == (1, 150, 80, 64)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    meta = {p.key: p.value for p in onnx.load(str(report.path)).metadata_props}
+    assert meta["segzoo.model"] == "moganet_xt_fpn_ade20k" and meta["segzoo.mean"] == "(123.675, 116.28, 103.53)"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_torchscript_and_exported_program_reload_and_match(model, tmp_path, fmt):
+    report = export_model(model, fmt, tmp_path / "m.pt", input_size=SMALL)
+    _assert_close(report, ((64, 64),))
+    assert report.input_shape == (1, 3, 64, 64) and report.dynamic_axes == {}
+    loaded = torch.jit.load(str(report.path)) if fmt == "torchscript" else torch.export.load(report.path).module()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_export_says_why_before_building_or_exporting(tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("reached the exporter or the model builder")
+
+    monkeypatch.setattr(torch.onnx, "export", must_not_run)
+    monkeypatch.setattr(segzoo.registry, "create_model", must_not_run)
+    with pytest.raises(ExportNotSupported, match=r"eurnet_t_upernet_ade20k cannot be exported to ONNX with dynamic "
+                                                 r"height/width: .*data-dependent kNN.*leave out --dynamic"):
+        export_model("eurnet_t_upernet_ade20k", "onnx", tmp_path / "m.onnx", dynamic=True)
+    with pytest.raises(ExportNotSupported, match="pyramid pooling.*--format torchscript or exported-program"):
+        check_supported(segzoo.model_info("moganet_s_upernet_ade20k"), "onnx", dynamic=True)
+    check_supported(segzoo.model_info("moganet_s_upernet_ade20k"), "onnx", dynamic=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_architecture_has_a_verdict_for_every_format():
+    architectures = {segzoo.model_info(n).architecture for n in segzoo.list_models()}
+    assert set(EXPORT_SUPPORT) == architectures
+    for row in EXPORT_SUPPORT.values():
+        assert set(row) == set(FORMATS)
+        assert all(support.level == "dynamic" or support.reason for support in row.values())
+
+
+def test_missing_onnx_extra_names_the_pip_command(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r'pip install "segzoo\[export\]"'):
+        export_model(model, "onnx", tmp_path / "m.onnx", input_size=SMALL)
+
+
+def test_cli_exports_end_to_end(tmp_path, capsys):
+    out = tmp_path / "sub" / "m.pt2"
+    assert main(["export", "moganet_xt_fpn", "--format", "exported-program", "--random-weights",
+                 "--height", "64", "--width", "64", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and f"wrote {out}" in printed and "max rel diff" in printed
+    assert torch.export.load(out).module()(torch.zeros(1, 3, 64, 64)).shape == (1, 150, 64, 64)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no_such_model", "--format", "onnx"], "unknown model 'no_such_model'"),
+    (["moganet_xt_fpn", "--format", "onnx", "--height", "64"], "give both --height and --width"),
+    (["eurnet_t_upernet", "--format", "exported-program", "--dynamic"], "cannot be exported to ExportedProgram"),
+    (["moganet_xt_fpn", "--format", "torchscript", "--random-weights", "--height", "16", "--width", "16"],
+     "at least 32x32"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
+    assert main(["export", *argv, "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("segzoo: error:") and message in err and "Traceback" not in err
+
+
+def _smallest_entries():
+    by_arch = {}
+    for name in segzoo.list_models():
+        info = segzoo.model_info(name)
+        by_arch.setdefault(info.architecture, (info.num_params, name))
+        by_arch[info.architecture] = min(by_arch[info.architecture], (info.num_params, name))
+    return sorted(name for _, name in by_arch.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", _smallest_entries())
+def test_support_table_holds_for_the_smallest_entry_of_each_architecture(tmp_path, name, fmt):
+    info = segzoo.model_info(name)
+    support = export_support(info.architecture, fmt)
+    if support.level == "none":
+        pytest.skip(support.reason)
+    size = (128, 128) if info.architecture == "eurnet_upernet" else (64, 64)
+    model = segzoo.create_model(name)
+    report = export_model(model, fmt, tmp_path / "m", dynamic=support.level == "dynamic", input_size=size)
+    assert report.max_rel_diff <= 1e-4
