@@ -186,10 +186,23 @@ def _relative(diff: float, reference: torch.Tensor) -> float:
 
 
 def _dynamic_shapes(dynamic: bool) -> dict | None:
+    """Height and width dynamic from ``MIN_DYNAMIC_SIDE`` up; ``DYNAMIC`` (unlike a named ``Dim``) lets
+    torch.export simplify guards it cannot prove (e.g. ViT's token arithmetic) and still fails if a side
+    would be specialized to the example's."""
     if not dynamic:
         return None
-    dim = torch.export.Dim
-    return {"images": {2: dim("height", min=MIN_DYNAMIC_SIDE), 3: dim("width", min=MIN_DYNAMIC_SIDE)}}
+    side = torch.export.Dim.DYNAMIC(min=MIN_DYNAMIC_SIDE)
+    return {"images": {2: side, 3: side}}
+
+
+def _name_dynamic_axes(graph) -> None:
+    """Call the ONNX graph's symbolic input and output sides ``height`` and ``width``."""
+    import onnx_ir as ir
+
+    height, width = (str(d) for d in graph.inputs[0].shape[2:])
+    names = {height: "height", width: "width"}
+    for value in (*graph.inputs, *graph.outputs):
+        value.shape = ir.Shape([names.get(str(d), d) if isinstance(d, ir.SymbolicDim) else d for d in value.shape])
 
 
 def _onnx_metadata(info: ModelInfo) -> dict[str, str]:
@@ -210,6 +223,8 @@ def _export_onnx(model, example, out: Path, dynamic: bool):
             model, (example,), dynamo=True, dynamic_shapes=_dynamic_shapes(dynamic),
             input_names=["images"], output_names=["logits"], verbose=False,
         )
+    if dynamic:
+        _name_dynamic_axes(program.model.graph)
     program.model.metadata_props.update(_onnx_metadata(model.info))
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     external = weight_bytes > _ONNX_SINGLE_FILE_LIMIT
