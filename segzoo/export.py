@@ -66,10 +66,11 @@ _PPM_ONNX = FormatSupport(
     "UperNet's pyramid pooling (adaptive average pooling to 1, 2, 3 and 6 bins) becomes ONNX average "
     "pools whose kernels are fixed at the export size, so other sizes would give wrong logits",
 )
-_EURNET_GRAPH = (
-    "its medium-range graph is built by a data-dependent kNN (torch.topk over feature distances) inside "
-    "windows whose number and shape are computed in Python from the input size"
+_EURNET_KNN = (
+    "its kNN graph construction branches in Python on a data-dependent count (the patches left without "
+    "enough neighbour candidates, found with nonzero()), which torch.export cannot capture"
 )
+_EURNET_TRACE = "torch.jit.trace stops with an internal error in its kNN graph construction (boolean index masks)"
 
 # One row per architecture (``ModelInfo.architecture``), measured by exporting each at a small size
 # and comparing at a second one (tests/test_export.py, the ``slow`` registry sweep).
@@ -80,9 +81,9 @@ EXPORT_SUPPORT: dict[str, dict[ExportFormat, FormatSupport]] = {
     "glore_fcn": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
     "regproxy": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
     "eurnet_upernet": {
-        "onnx": FormatSupport("fixed", _EURNET_GRAPH),
-        "torchscript": FormatSupport("fixed", _EURNET_GRAPH),
-        "exported-program": FormatSupport("fixed", _EURNET_GRAPH),
+        "onnx": FormatSupport("none", _EURNET_KNN),
+        "torchscript": FormatSupport("none", _EURNET_TRACE),
+        "exported-program": FormatSupport("none", _EURNET_KNN),
     },
 }
 
@@ -105,15 +106,16 @@ def check_supported(info: ModelInfo, export_format: ExportFormat, dynamic: bool)
     dynamic_formats = [f for f in FORMATS if export_support(info.architecture, f).level == "dynamic"]
     fixed_formats = [f for f in FORMATS if export_support(info.architecture, f).level != "none"]
     if support.level == "fixed":
-        what = "with dynamic height/width"
+        what = " with dynamic height/width"
         options = ([f"--format {' or '.join(dynamic_formats)} for dynamic sizes"] if dynamic_formats else []) + [
             "a fixed size (leave out --dynamic; set it with --height/--width)"]
+        advice = f"Use {'; or '.join(options)}."
     else:
-        what = "at all"
-        options = [f"--format {f}" for f in fixed_formats] or ["no format works for this entry yet"]
+        what = ""
+        advice = (f"Use --format {' or '.join(fixed_formats)}." if fixed_formats
+                  else "No format exports it yet: run it in PyTorch (segzoo.create_model).")
     raise ExportNotSupported(
-        f"{info.name} cannot be exported to {FORMAT_NAMES[export_format]} {what}: {support.reason}. "
-        f"Use {'; or '.join(options)}."
+        f"{info.name} cannot be exported to {FORMAT_NAMES[export_format]}{what}: {support.reason}. {advice}"
     )
 
 
@@ -300,14 +302,17 @@ def export_model(
     inputs = [torch.randn(1, 3, h, w, generator=generator) for h, w in sizes]
     with torch.no_grad():
         references = [model(x) for x in inputs]  # also rejects sizes the model cannot take, with its message
-        log.info("exporting %s to %s (%s)", info.name, out, format)
-        run, runtime, extra = _EXPORTERS[format](model, inputs[0], out, dynamic)
-        abs_diffs, rel_diffs = [], []
-        if check:
-            for x, reference in zip(inputs, references):
-                diff = (run(x) - reference).abs().max().item()
-                abs_diffs.append(diff)
-                rel_diffs.append(_relative(diff, reference))
+    log.info("exporting %s to %s (%s)", info.name, out, format)
+    # Traced with autograd on, as training would: under no_grad some modules take eager-only shortcuts
+    # (EurNet caches its resized position embedding by the parameter's data pointer).
+    run, runtime, extra = _EXPORTERS[format](model, inputs[0], out, dynamic)
+    abs_diffs, rel_diffs = [], []
+    # TorchScript's profiling executor would first spend minutes optimizing a graph this size.
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        for x, reference in zip(inputs, references) if check else ():
+            diff = (run(x) - reference).abs().max().item()
+            abs_diffs.append(diff)
+            rel_diffs.append(_relative(diff, reference))
     report = ExportReport(
         path=out, format=format, input_shape=(1, 3, height, width),
         dynamic_axes={2: "height", 3: "width"} if dynamic else {},

@@ -61,11 +61,13 @@ def test_unsupported_export_says_why_before_building_or_exporting(tmp_path, monk
 
     monkeypatch.setattr(torch.onnx, "export", must_not_run)
     monkeypatch.setattr(segzoo.registry, "create_model", must_not_run)
-    with pytest.raises(ExportNotSupported, match=r"eurnet_t_upernet_ade20k cannot be exported to ONNX with dynamic "
-                                                 r"height/width: .*data-dependent kNN.*leave out --dynamic"):
-        export_model("eurnet_t_upernet_ade20k", "onnx", tmp_path / "m.onnx", dynamic=True)
-    with pytest.raises(ExportNotSupported, match="pyramid pooling.*--format torchscript or exported-program"):
-        check_supported(segzoo.model_info("moganet_s_upernet_ade20k"), "onnx", dynamic=True)
+    with pytest.raises(ExportNotSupported, match=r"eurnet_t_upernet_ade20k cannot be exported to ONNX: its kNN graph "
+                                                 r"construction branches .*data-dependent count.*No format exports"):
+        export_model("eurnet_t_upernet_ade20k", "onnx", tmp_path / "m.onnx")
+    with pytest.raises(ExportNotSupported, match=r"moganet_s_upernet_ade20k cannot be exported to ONNX with dynamic "
+                                                 r"height/width: .*pyramid pooling.*--format torchscript or "
+                                                 r"exported-program for dynamic sizes; or a fixed size"):
+        export_model("moganet_s_upernet_ade20k", "onnx", tmp_path / "m.onnx", dynamic=True)
     check_supported(segzoo.model_info("moganet_s_upernet_ade20k"), "onnx", dynamic=False)
     assert not list(tmp_path.iterdir())
 
@@ -96,7 +98,7 @@ def test_cli_exports_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["no_such_model", "--format", "onnx"], "unknown model 'no_such_model'"),
     (["moganet_xt_fpn", "--format", "onnx", "--height", "64"], "give both --height and --width"),
-    (["eurnet_t_upernet", "--format", "exported-program", "--dynamic"], "cannot be exported to ExportedProgram"),
+    (["eurnet_t_upernet", "--format", "exported-program"], "cannot be exported to ExportedProgram"),
     (["moganet_xt_fpn", "--format", "torchscript", "--random-weights", "--height", "16", "--width", "16"],
      "at least 32x32"),
 ])
@@ -106,24 +108,23 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
     assert err.startswith("segzoo: error:") and message in err and "Traceback" not in err
 
 
-def _smallest_entries():
-    by_arch = {}
-    for name in segzoo.list_models():
-        info = segzoo.model_info(name)
-        by_arch.setdefault(info.architecture, (info.num_params, name))
-        by_arch[info.architecture] = min(by_arch[info.architecture], (info.num_params, name))
-    return sorted(name for _, name in by_arch.values())
+# The smallest entry of each architecture, and RegionProxy's hybrid ResNet + ViT.
+SWEEP = ["emanet_r50_coco", "eurnet_t_upernet_ade20k", "glore_r50_fcn_cityscapes", "moganet_xt_fpn_ade20k",
+         "moganet_xt_upernet_ade20k", "regproxy_r26_vit_s32_ade20k", "regproxy_vit_ti16_ade20k"]
+
+
+def test_the_sweep_covers_every_architecture():
+    assert {segzoo.model_info(n).architecture for n in SWEEP} == set(EXPORT_SUPPORT)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", _smallest_entries())
+@pytest.mark.parametrize("name", SWEEP)
 def test_support_table_holds_for_the_smallest_entry_of_each_architecture(tmp_path, name, fmt):
     info = segzoo.model_info(name)
     support = export_support(info.architecture, fmt)
     if support.level == "none":
         pytest.skip(support.reason)
-    size = (128, 128) if info.architecture == "eurnet_upernet" else (64, 64)
     model = segzoo.create_model(name)
-    report = export_model(model, fmt, tmp_path / "m", dynamic=support.level == "dynamic", input_size=size)
+    report = export_model(model, fmt, tmp_path / "m", dynamic=support.level == "dynamic", input_size=(64, 64))
     assert report.max_rel_diff <= 1e-4
