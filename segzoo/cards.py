@@ -283,8 +283,9 @@ def render_export_table() -> str:
     for architecture, row in EXPORT_SUPPORT.items():
         names = [n for n in list_models() if model_info(n).architecture == architecture]
         lines.append(f"| {', '.join(f'`{n}`' for n in names)} | " + " | ".join(cell(row[f]) for f in FORMATS) + " |")
-    lines += ["", f"Dynamic H/W: any height and width of {MIN_DYNAMIC_SIDE} pixels or more."]
-    lines += [f"({i}) {reason}." for i, reason in enumerate(reasons, 1)]
+    lines += ["", f"- Dynamic H/W: any height and width of {MIN_DYNAMIC_SIDE} pixels or more; fixed H/W: the size "
+                  "exported at (`--height`/`--width`, by default the entry's crop size)."]
+    lines += [f"- ({i}) {reason}." for i, reason in enumerate(reasons, 1)]
     return "\n".join(lines)
 
 

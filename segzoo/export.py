@@ -67,10 +67,10 @@ _PPM_ONNX = FormatSupport(
     "pools whose kernels are fixed at the export size, so other sizes would give wrong logits",
 )
 _EURNET_KNN = (
-    "its kNN graph construction branches in Python on a data-dependent count (the patches left without "
+    "EurNet's kNN graph construction branches in Python on a data-dependent count (the patches left without "
     "enough neighbour candidates, found with nonzero()), which torch.export cannot capture"
 )
-_EURNET_TRACE = "torch.jit.trace stops with an internal error in its kNN graph construction (boolean index masks)"
+_EURNET_TRACE = "torch.jit.trace stops with an internal error in EurNet's kNN graph construction (boolean index masks)"
 
 # One row per architecture (``ModelInfo.architecture``), measured by exporting each at a small size
 # and comparing at a second one (tests/test_export.py, the ``slow`` registry sweep).
