@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from segzoo.datasets import HF_DATASET_IDS
-from segzoo.export import EXPORT_SUPPORT, FORMAT_NAMES, FORMATS, MIN_DYNAMIC_SIDE, FormatSupport, export_support
+from segzoo.export import (
+    EXPORT_SUPPORT, FORMAT_NAMES, FORMATS, MIN_DYNAMIC_SIDE, FormatSupport, export_support, support_row,
+)
 from segzoo.registry import list_aliases, list_models, model_info
 from segzoo.zoo.records import ModelInfo, WeightSource
 
@@ -133,14 +135,14 @@ def _support_text(support: FormatSupport) -> str:
 
 def _export(info: ModelInfo) -> str:
     return "; ".join(
-        f"{FORMAT_NAMES[f]}: {_support_text(export_support(info.architecture, f))}" for f in FORMATS
+        f"{FORMAT_NAMES[f]}: {_support_text(export_support(info, f))}" for f in FORMATS
     ) + f" (`segzoo export {info.name} --format ...`)"
 
 
 def _export_notes(info: ModelInfo) -> list[str]:
     reasons = {}
     for f in FORMATS:
-        support = export_support(info.architecture, f)
+        support = export_support(info, f)
         if support.reason:
             reasons.setdefault(support.reason, []).append(FORMAT_NAMES[f])
     return [f"- Export ({', '.join(formats)}): {reason}." for reason, formats in reasons.items()]
@@ -280,8 +282,8 @@ def render_export_table() -> str:
         "| Entries | " + " | ".join(FORMAT_NAMES[f] for f in FORMATS) + " |",
         "|---|" + "---|" * len(FORMATS),
     ]
-    for architecture, row in EXPORT_SUPPORT.items():
-        names = [n for n in list_models() if model_info(n).architecture == architecture]
+    for key, row in EXPORT_SUPPORT.items():
+        names = [n for n in list_models() if support_row(model_info(n)) == key]
         lines.append(f"| {', '.join(f'`{n}`' for n in names)} | " + " | ".join(cell(row[f]) for f in FORMATS) + " |")
     lines += ["", f"- Dynamic H/W: any height and width of {MIN_DYNAMIC_SIDE} pixels or more; fixed H/W: the size "
                   "exported at (`--height`/`--width`, by default the entry's crop size)."]

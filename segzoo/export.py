@@ -72,14 +72,23 @@ _EURNET_KNN = (
 )
 _EURNET_TRACE = "torch.jit.trace stops with an internal error in EurNet's kNN graph construction (boolean index masks)"
 
-# One row per architecture (``ModelInfo.architecture``), measured by exporting each at a small size
-# and comparing at a second one (tests/test_export.py, the ``slow`` registry sweep).
+_HYBRID_STEM = FormatSupport(
+    "fixed",
+    "the hybrid's ResNet stem pads every convolution TF-'same' from the input size, and torch.export did not "
+    "finish capturing that for symbolic sizes (stopped after 6 minutes on a 64x64 example)",
+)
+
+# One row per architecture (``ModelInfo.architecture``), or per ``architecture/arch`` where one variant
+# (``arch_args["arch"]``) differs; measured by exporting at a small size and comparing at a second one
+# (tests/test_export.py, the ``slow`` sweep).
 EXPORT_SUPPORT: dict[str, dict[ExportFormat, FormatSupport]] = {
     "moganet_fpn": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
     "moganet_upernet": {"onnx": _PPM_ONNX, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
     "emanet": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
     "glore_fcn": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
     "regproxy": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
+    **{f"regproxy/{arch}": {"onnx": _HYBRID_STEM, "torchscript": _DYNAMIC, "exported-program": _HYBRID_STEM}
+       for arch in ("r26_s32", "r50_l32")},
     "eurnet_upernet": {
         "onnx": FormatSupport("none", _EURNET_KNN),
         "torchscript": FormatSupport("none", _EURNET_TRACE),
@@ -88,23 +97,29 @@ EXPORT_SUPPORT: dict[str, dict[ExportFormat, FormatSupport]] = {
 }
 
 
-def export_support(architecture: str, export_format: ExportFormat) -> FormatSupport:
-    """The table's verdict for ``architecture`` in ``export_format``."""
+def support_row(info: ModelInfo) -> str:
+    """The key of ``info``'s row in ``EXPORT_SUPPORT``: its variant's, else its architecture's."""
+    variant = f"{info.architecture}/{info.arch_args.get('arch')}"
+    return variant if variant in EXPORT_SUPPORT else info.architecture
+
+
+def export_support(info: ModelInfo, export_format: ExportFormat) -> FormatSupport:
+    """The table's verdict for ``info``'s entry in ``export_format``."""
     if export_format not in FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {', '.join(FORMATS)}")
-    row = EXPORT_SUPPORT.get(architecture)
+    row = EXPORT_SUPPORT.get(support_row(info))
     if row is None:
-        return FormatSupport("none", f"no export support is recorded for the architecture {architecture!r}")
+        return FormatSupport("none", f"no export support is recorded for the architecture {info.architecture!r}")
     return row[export_format]
 
 
 def check_supported(info: ModelInfo, export_format: ExportFormat, dynamic: bool) -> None:
     """Raise ``ExportNotSupported`` when ``info``'s entry cannot be exported this way, saying what can."""
-    support = export_support(info.architecture, export_format)
+    support = export_support(info, export_format)
     if support.level == "dynamic" or (support.level == "fixed" and not dynamic):
         return
-    dynamic_formats = [f for f in FORMATS if export_support(info.architecture, f).level == "dynamic"]
-    fixed_formats = [f for f in FORMATS if export_support(info.architecture, f).level != "none"]
+    dynamic_formats = [f for f in FORMATS if export_support(info, f).level == "dynamic"]
+    fixed_formats = [f for f in FORMATS if export_support(info, f).level != "none"]
     if support.level == "fixed":
         what = " with dynamic height/width"
         options = ([f"--format {' or '.join(dynamic_formats)} for dynamic sizes"] if dynamic_formats else []) + [

@@ -51,7 +51,7 @@ def test_torchscript_and_exported_program_reload_and_match(model, tmp_path, fmt)
     assert report.input_shape == (1, 3, 64, 64) and report.dynamic_axes == {}
     loaded = torch.jit.load(str(report.path)) if fmt == "torchscript" else torch.export.load(report.path).module()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
+    with torch.no_grad(), torch.jit.optimized_execution(False):
         torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)
 
 
@@ -72,9 +72,10 @@ def test_unsupported_export_says_why_before_building_or_exporting(tmp_path, monk
     assert not list(tmp_path.iterdir())
 
 
-def test_every_architecture_has_a_verdict_for_every_format():
-    architectures = {segzoo.model_info(n).architecture for n in segzoo.list_models()}
-    assert set(EXPORT_SUPPORT) == architectures
+def test_every_entry_has_a_verdict_for_every_format():
+    from segzoo.export import support_row
+
+    assert {support_row(segzoo.model_info(n)) for n in segzoo.list_models()} == set(EXPORT_SUPPORT)
     for row in EXPORT_SUPPORT.values():
         assert set(row) == set(FORMATS)
         assert all(support.level == "dynamic" or support.reason for support in row.values())
@@ -87,12 +88,11 @@ def test_missing_onnx_extra_names_the_pip_command(model, tmp_path, monkeypatch):
 
 
 def test_cli_exports_end_to_end(tmp_path, capsys):
-    out = tmp_path / "sub" / "m.pt2"
-    assert main(["export", "moganet_xt_fpn", "--format", "exported-program", "--random-weights",
+    out = tmp_path / "sub" / "m.ts"
+    assert main(["export", "moganet_xt_fpn", "--format", "torchscript", "--random-weights",
                  "--height", "64", "--width", "64", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert out.is_file() and f"wrote {out}" in printed and "max rel diff" in printed
-    assert torch.export.load(out).module()(torch.zeros(1, 3, 64, 64)).shape == (1, 150, 64, 64)
+    assert out.is_file() and f"wrote {out} (TorchScript, input (1, 3, 64, 64))" in printed and "max rel diff" in printed
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -108,13 +108,13 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
     assert err.startswith("segzoo: error:") and message in err and "Traceback" not in err
 
 
-# The smallest entry of each architecture, and RegionProxy's hybrid ResNet + ViT.
+# The smallest entry of each architecture, and RegionProxy's smallest hybrid ResNet + ViT.
 SWEEP = ["emanet_r50_coco", "eurnet_t_upernet_ade20k", "glore_r50_fcn_cityscapes", "moganet_xt_fpn_ade20k",
          "moganet_xt_upernet_ade20k", "regproxy_r26_vit_s32_ade20k", "regproxy_vit_ti16_ade20k"]
 
 
 def test_the_sweep_covers_every_architecture():
-    assert {segzoo.model_info(n).architecture for n in SWEEP} == set(EXPORT_SUPPORT)
+    assert {segzoo.model_info(n).architecture for n in SWEEP} == {k.split("/")[0] for k in EXPORT_SUPPORT}
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_the_sweep_covers_every_architecture():
 @pytest.mark.parametrize("name", SWEEP)
 def test_support_table_holds_for_the_smallest_entry_of_each_architecture(tmp_path, name, fmt):
     info = segzoo.model_info(name)
-    support = export_support(info.architecture, fmt)
+    support = export_support(info, fmt)
     if support.level == "none":
         pytest.skip(support.reason)
     model = segzoo.create_model(name)
