@@ -163,7 +163,7 @@ def read_benchmark(path: Path) -> dict[str, list[BenchmarkRow]]:
 
 _BENCHMARK_HEADINGS = {
     "mode": "Mode", "device": "Device", "threads": "Threads", "resolution": "Input", "images_per_s": "Images/s",
-    "latency_ms": "Latency (ms)", "peak_mem_mb": "Peak mem (MB)", "gflop_per_s": "GFLOP/s",
+    "latency_ms": "Latency (ms)", "peak_mem_mb": "Peak mem (MB)", "gflops": "GFLOPs", "gflop_per_s": "GFLOP/s",
     "peak_fraction": "Of peak", "speedup_vs_eager": "vs eager", "note": "Note",
 }
 

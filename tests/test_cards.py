@@ -59,10 +59,10 @@ def test_cards_show_the_entrys_benchmark_rows_or_say_not_yet_measured(tmp_path, 
     (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
     files = expected_files(tmp_path)
     moganet = files[tmp_path / "model_cards" / "moganet_xt_fpn_ade20k.md"]
-    assert "| eager | cpu | 2 | 512x512 | 2.50 | 400.0 | 310 | 62.8 | 0.10 | 1.00 | - |" in moganet
-    assert "| fast | cpu | 2 | 512x512 | 3.50 | 285.7 | 280 | 88.0 | 0.14 | 1.40 | - |" in moganet
+    assert "| eager | cpu | 2 | 512x512 | 2.50 | 400.0 | 310 | 25.1 | 62.8 | 0.10 | 1.00 | - |" in moganet
+    assert "| fast | cpu | 2 | 512x512 | 3.50 | 285.7 | 280 | 25.1 | 88.0 | 0.14 | 1.40 | - |" in moganet
     regproxy = files[tmp_path / "model_cards" / "regproxy_vit_ti16_ade20k.md"]
-    assert "| bf16 | cpu | 2 | 512x512 | - | - | - | - | - | - | needs a GPU |" in regproxy
+    assert "| bf16 | cpu | 2 | 512x512 | - | - | - | 3.9 | - | - | - | needs a GPU |" in regproxy
     assert "Not yet measured" in files[tmp_path / "model_cards" / "emanet_r50_coco.md"]
 
 
