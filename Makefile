@@ -20,5 +20,8 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
+# Model cards, the README's generated tables and docs/zoo.png (matplotlib comes with the docs extra).
 docs: $(BIN)/.installed
+	$(BIN)/pip install -e ".[docs]"
 	$(BIN)/python -m segzoo.cards --write
+	$(BIN)/python benchmarks/figures.py

@@ -1,4 +1,8 @@
-"""Generated documentation stays in step with the registry."""
+"""Generated documentation stays in step with the registry and the zoo benchmark."""
+import importlib.util
+
+import pytest
+
 from segzoo.cards import expected_files
 from tests.conftest import REPO
 
@@ -32,3 +36,70 @@ def test_cards_render_what_the_detectron2_and_glore_entries_need():
     assert "are not published" in glore and "evident intent" in glore
     table = render_models_table()
     assert "| 34.78 (counted) | - |" in table and "(test set, evaluation server)" in table
+
+
+BENCHMARK_HEADER = ("name,family,resolution,mode,device,threads,images_per_s,latency_ms,peak_mem_mb,gflops,"
+                    "gflop_per_s,peak_fraction,speedup_vs_eager,note")
+
+
+@pytest.fixture
+def zoo_csv(tmp_path):
+    """A small benchmark CSV in the layout benchmarks/zoo.py writes."""
+    path = tmp_path / "benchmarks" / "zoo.csv"
+    path.parent.mkdir()
+    path.write_text("\n".join([
+        BENCHMARK_HEADER,
+        "moganet_xt_fpn_ade20k,moganet,512x512,eager,cpu,2,2.50,400.0,310,25.1,62.8,0.10,1.00,",
+        "moganet_xt_fpn_ade20k,moganet,512x512,fast,cpu,2,3.50,285.7,280,25.1,88.0,0.14,1.40,",
+        "regproxy_vit_ti16_ade20k,regproxy,512x512,bf16,cpu,2,,,,3.9,,,,needs a GPU",
+    ]) + "\n")
+    return path
+
+
+def test_cards_show_the_entrys_benchmark_rows_or_say_not_yet_measured(tmp_path, zoo_csv):
+    (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
+    files = expected_files(tmp_path)
+    moganet = files[tmp_path / "model_cards" / "moganet_xt_fpn_ade20k.md"]
+    assert "| eager | cpu | 2 | 512x512 | 2.50 | 400.0 | 310 | 25.1 | 62.8 | 0.10 | 1.00 | - |" in moganet
+    assert "| fast | cpu | 2 | 512x512 | 3.50 | 285.7 | 280 | 25.1 | 88.0 | 0.14 | 1.40 | - |" in moganet
+    regproxy = files[tmp_path / "model_cards" / "regproxy_vit_ti16_ade20k.md"]
+    assert "| bf16 | cpu | 2 | 512x512 | - | - | - | 3.9 | - | - | - | needs a GPU |" in regproxy
+    assert "Not yet measured" in files[tmp_path / "model_cards" / "emanet_r50_coco.md"]
+
+
+def test_hub_cards_leave_the_benchmark_out_and_a_malformed_csv_is_named(tmp_path):
+    from segzoo.cards import read_benchmark, render_model_card
+    from segzoo.registry import model_info
+
+    assert "Measured speed" not in render_model_card(model_info("moganet_s_fpn_ade20k"), hf_repo_id="org/repo")
+    bad = tmp_path / "zoo.csv"
+    bad.write_text("name,fps\nmoganet_s_fpn_ade20k,3\n")
+    with pytest.raises(ValueError, match=r"zoo.csv: expected the columns name,family,.*got name,fps"):
+        read_benchmark(bad)
+
+
+def test_export_support_is_in_the_readme_table_and_each_card():
+    from segzoo.cards import render_export_table, render_model_card
+    from segzoo.registry import model_info
+
+    table = render_export_table()
+    eurnet = "| `eurnet_b_upernet_ade20k`, `eurnet_s_upernet_ade20k`, `eurnet_t_upernet_ade20k` |"
+    assert f"{eurnet} no (3) | no (4) | no (3) |" in table
+    assert "- (3) EurNet's kNN graph construction branches in Python on a data-dependent count" in table
+    card = render_model_card(model_info("moganet_s_upernet_ade20k"))
+    assert "| Export | ONNX: fixed height and width only; TorchScript: dynamic height and width (64 px or more)" in card
+    assert "- Export (ONNX): UperNet's pyramid pooling" in card
+
+
+def test_zoo_figure_draws_both_panels_deterministically(tmp_path, zoo_csv):
+    pytest.importorskip("matplotlib")
+    from segzoo.cards import read_benchmark
+
+    spec = importlib.util.spec_from_file_location("figures", REPO / "benchmarks" / "figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    rows = read_benchmark(zoo_csv)
+    assert figures.cpu_latency_ms(rows["moganet_xt_fpn_ade20k"]) == 285.7  # the fast path where measured
+    assert figures.cpu_latency_ms(rows["regproxy_vit_ti16_ade20k"]) is None
+    first = figures.draw_zoo_figure(rows, tmp_path / "a.png").read_bytes()
+    assert first.startswith(b"\x89PNG") and first == figures.draw_zoo_figure(rows, tmp_path / "b.png").read_bytes()

@@ -1,8 +1,8 @@
 """The ``segzoo`` command: list and describe models, segment images, evaluate, manage weights and datasets.
 
 One module per group of commands, as users see them: ``models`` (list, info),
-``predict``, ``evaluate`` (eval, prepare) and ``weights`` (download, pin,
-verify, convert, inspect). A user error ends with one ``segzoo: error:`` line
+``predict``, ``evaluate`` (eval, prepare), ``weights`` (download, pin,
+verify, convert, inspect), ``export`` and ``train``. A user error ends with one ``segzoo: error:`` line
 and exit status 1, never a traceback (``--verbose`` adds it, for reports).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from segzoo.cli import evaluate, models, predict, train, weights
+from segzoo.cli import evaluate, export, models, predict, train, weights
 from segzoo.cli.predict import DEFAULT_MODEL, sample_image_path
 
 __all__ = ["DEFAULT_MODEL", "build_parser", "main", "sample_image_path"]
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log what happens (downloads, cache hits) and show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (models, predict, evaluate, weights, train):
+    for group in (models, predict, evaluate, weights, export, train):
         group.register(commands)
     return parser
 

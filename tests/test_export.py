@@ -1,0 +1,130 @@
+"""Export to ONNX, TorchScript and ExportedProgram: checked files, the support table, the CLI."""
+import sys
+
+import pytest
+import torch
+
+import segzoo
+from segzoo.cli import main
+from segzoo.export import (
+    EXPORT_SUPPORT, FORMATS, ExportNotSupported, check_supported, export_model, export_support,
+)
+
+SMALL = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return segzoo.create_model("moganet_xt_fpn_ade20k")  # random weights
+
+
+def _assert_close(report, sizes):
+    assert report.path.is_file()
+    assert report.checked_sizes == sizes
+    assert report.max_rel_diff <= 1e-4 and report.max_abs_diff is not None
+
+
+def test_onnx_dynamic_runs_in_onnxruntime_at_two_sizes_and_records_the_preprocessing(model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    report = export_model(model, "onnx", tmp_path / "m.onnx", dynamic=True, input_size=SMALL)
+    _assert_close(report, ((64, 64), (96, 128)))
+    assert report.dynamic_axes == {2: "height", 3: "width"} and report.runtime.startswith("onnxruntime")
+    assert report.extra_files == () and "max abs diff" in report.summary()
+    # a third size, not one the export itself checked
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 80, 64)
+    with torch.no_grad():
+        expected = model(x)
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    assert got.shape == (1, 150, 80, 64)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    meta = {p.key: p.value for p in onnx.load(str(report.path)).metadata_props}
+    assert meta["segzoo.model"] == "moganet_xt_fpn_ade20k" and meta["segzoo.mean"] == "(123.675, 116.28, 103.53)"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_torchscript_and_exported_program_reload_and_match(model, tmp_path, fmt):
+    report = export_model(model, fmt, tmp_path / "m.pt", input_size=SMALL)
+    _assert_close(report, ((64, 64),))
+    assert report.input_shape == (1, 3, 64, 64) and report.dynamic_axes == {}
+    loaded = torch.jit.load(str(report.path)) if fmt == "torchscript" else torch.export.load(report.path).module()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_export_says_why_before_building_or_exporting(tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("reached the exporter or the model builder")
+
+    monkeypatch.setattr(torch.onnx, "export", must_not_run)
+    monkeypatch.setattr(segzoo.registry, "create_model", must_not_run)
+    eurnet = r"eurnet_t_upernet_ade20k cannot be exported to ONNX: EurNet's kNN graph construction branches .*"
+    with pytest.raises(ExportNotSupported, match=eurnet + "data-dependent count.*No format exports"):
+        export_model("eurnet_t_upernet_ade20k", "onnx", tmp_path / "m.onnx")
+    with pytest.raises(ExportNotSupported, match=r"moganet_s_upernet_ade20k cannot be exported to ONNX with dynamic "
+                                                 r"height/width: .*pyramid pooling.*--format torchscript or "
+                                                 r"exported-program for dynamic sizes; or a fixed size"):
+        export_model("moganet_s_upernet_ade20k", "onnx", tmp_path / "m.onnx", dynamic=True)
+    check_supported(segzoo.model_info("moganet_s_upernet_ade20k"), "onnx", dynamic=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_entry_has_a_verdict_for_every_format():
+    from segzoo.export import support_row
+
+    assert {support_row(segzoo.model_info(n)) for n in segzoo.list_models()} == set(EXPORT_SUPPORT)
+    for row in EXPORT_SUPPORT.values():
+        assert set(row) == set(FORMATS)
+        assert all(support.level == "dynamic" or support.reason for support in row.values())
+
+
+def test_missing_onnx_extra_names_the_pip_command(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r'pip install "segzoo\[export\]"'):
+        export_model(model, "onnx", tmp_path / "m.onnx", input_size=SMALL)
+
+
+def test_cli_exports_end_to_end(tmp_path, capsys):
+    out = tmp_path / "sub" / "m.ts"
+    assert main(["export", "moganet_xt_fpn", "--format", "torchscript", "--random-weights",
+                 "--height", "64", "--width", "64", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and f"wrote {out} (TorchScript, input (1, 3, 64, 64))" in printed and "max rel diff" in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no_such_model", "--format", "onnx"], "unknown model 'no_such_model'"),
+    (["moganet_xt_fpn", "--format", "onnx", "--height", "64"], "give both --height and --width"),
+    (["eurnet_t_upernet", "--format", "exported-program"], "cannot be exported to ExportedProgram"),
+    (["moganet_xt_fpn", "--format", "torchscript", "--random-weights", "--height", "16", "--width", "16"],
+     "at least 32x32"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
+    assert main(["export", *argv, "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("segzoo: error:") and message in err and "Traceback" not in err
+
+
+# The smallest entry of each architecture, and RegionProxy's smallest hybrid ResNet + ViT.
+SWEEP = ["emanet_r50_coco", "eurnet_t_upernet_ade20k", "glore_r50_fcn_cityscapes", "moganet_xt_fpn_ade20k",
+         "moganet_xt_upernet_ade20k", "regproxy_r26_vit_s32_ade20k", "regproxy_vit_ti16_ade20k"]
+
+
+def test_the_sweep_covers_every_architecture():
+    assert {segzoo.model_info(n).architecture for n in SWEEP} == {k.split("/")[0] for k in EXPORT_SUPPORT}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", SWEEP)
+def test_support_table_holds_for_the_smallest_entry_of_each_architecture(tmp_path, name, fmt):
+    info = segzoo.model_info(name)
+    support = export_support(info, fmt)
+    if support.level == "none":
+        pytest.skip(support.reason)
+    model = segzoo.create_model(name)
+    report = export_model(model, fmt, tmp_path / "m", dynamic=support.level == "dynamic", input_size=(64, 64))
+    assert report.max_rel_diff <= 1e-4
