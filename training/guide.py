@@ -7,8 +7,11 @@ from segzoo.training.recipes import get_recipe
 FEWER_GPUS = 2
 
 
-def reproduction_markdown(name: str) -> str:
-    """A Markdown section for the model card and README: commands, expected wall time and the number to reach."""
+def reproduction_markdown(name: str, heading: str = "###") -> str:
+    """A Markdown section for the model card and README: commands, expected wall time and the number to reach.
+
+    ``heading`` is the Markdown heading level of its title.
+    """
     info, recipe = model_info(name), get_recipe(name)
     per_gpu = recipe.images_per_gpu
     accumulation = recipe.batch_size // (FEWER_GPUS * per_gpu)
@@ -29,7 +32,7 @@ def reproduction_markdown(name: str) -> str:
     assumed = " The paper publishes no schedule: the recipe's is assumed (see its notes)." if info.family == "glore" \
         else ""
     lines = [
-        f"### Reproducing {info.name}",
+        f"{heading} Reproducing {info.name}",
         "",
         f"The paper's setting: {recipe.gpus} GPUs x {_images(per_gpu)} = {recipe.batch_size} images per iteration, "
         f"{recipe.iters} iterations on {images}{', SyncBN' if recipe.sync_bn else ''}.{assumed}",
