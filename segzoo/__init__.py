@@ -5,6 +5,7 @@ from segzoo.registry import UnknownModelError, create_model, list_aliases, list_
 from segzoo.zoo import ModelInfo  # noqa: E402
 from segzoo.hub import push_to_hub, save_pretrained  # noqa: E402
 from segzoo.inference import predict  # noqa: E402
+from segzoo.optimize import optimize_for_inference  # noqa: E402
 
 __all__ = [
     "ModelInfo",
@@ -14,6 +15,7 @@ __all__ = [
     "list_aliases",
     "list_models",
     "model_info",
+    "optimize_for_inference",
     "predict",
     "push_to_hub",
     "save_pretrained",

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from segzoo.backbones.eurnet import EurNet
 from segzoo.backbones.moganet import DownsampleEmbed, MogaBlock, MogaNet
 from segzoo.backbones.resnet_dilated import Bottleneck, DilatedResNet
 from segzoo.heads.ema import ConvNorm
@@ -240,36 +241,31 @@ def _convert_inputs(memory_format: torch.memory_format) -> Callable:
     return hook
 
 
-def _parts(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def _parts(model: nn.Module) -> Iterator[nn.Module]:
     """The parts of a segmentor whose memory format is chosen separately; a plain module is one part."""
     if isinstance(model, EncoderDecoder):
         for name in ("backbone", "neck", "decode_head", "auxiliary_head"):
             if hasattr(model, name):
-                yield name, getattr(model, name)
+                yield getattr(model, name)
     else:
-        yield "", model
+        yield model
 
 
-def _prefers_channels_last(model: nn.Module, part_name: str, part: nn.Module, device: torch.device) -> bool:
-    """The measured choice (see the module docstring of ``benchmarks/zoo.py``): on a GPU every conv part;
-    on the CPU the depthwise-heavy MogaNet backbone and the FPN neck and head, not the dense heads."""
-    has_conv = any(isinstance(m, nn.Conv2d) for m in part.modules())
-    if not has_conv or _uses_timm(part):
+def _prefers_channels_last(part: nn.Module, device: torch.device) -> bool:
+    """Whether ``part`` runs faster channels-last on ``device``: on a GPU every conv part; on the CPU the
+    conv backbones (MogaNet's depthwise convs gain most, the dilated ResNets' dense ones too once their
+    BatchNorms are folded) and every conv head, not the token-based ViT and EurNet backbones (measured:
+    ``benchmarks/RESULTS.md``)."""
+    if not any(isinstance(m, nn.Conv2d) for m in part.modules()):
         return False
-    if device.type == "cuda":
-        return True
-    if isinstance(part, MogaNet):
-        return True
-    return part_name in ("neck", "decode_head") and isinstance(getattr(model, "backbone", None), MogaNet) and (
-        hasattr(model, "neck")
-    )
+    return device.type == "cuda" or not (isinstance(part, EurNet) or _uses_timm(part))
 
 
 def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast) -> None:
     device = next(model.parameters()).device
-    for name, part in _parts(model):
+    for part in _parts(model):
         wanted = (
-            _prefers_channels_last(model, name, part, device) if channels_last == "auto" else bool(channels_last)
+            _prefers_channels_last(part, device) if channels_last == "auto" else bool(channels_last)
         )
         memory_format = torch.channels_last if wanted else torch.contiguous_format
         part.to(memory_format=memory_format)
@@ -321,6 +317,12 @@ def optimize_for_inference(
     """
     if channels_last not in ("auto", True, False):
         raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
+    with torch.inference_mode(False), torch.no_grad():  # parameters stay normal tensors inside inference_mode
+        model = _optimized(model, channels_last, inplace)
+    return torch.compile(model) if compile else model
+
+
+def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> nn.Module:
     if not inplace:
         info = getattr(model, "info", None)  # immutable (and not deep-copyable): shared
         model = copy.deepcopy(model, memo={id(info): info} if info is not None else None)
@@ -328,4 +330,4 @@ def optimize_for_inference(
     fold(model)
     _set_memory_formats(model, channels_last)
     model.__class__ = _eval_only_class(type(model))
-    return torch.compile(model) if compile else model
+    return model
