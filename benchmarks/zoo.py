@@ -13,8 +13,9 @@ Modes: ``eager`` (the model ``create_model`` returns), ``fast`` (``optimize_for_
 ``bf16+cuda-graphs`` (the bf16 forward captured in a CUDA graph). Without a GPU the GPU rows are written
 with the note "needs GPU". All modes of one entry and resolution run in one process, interleaved run by run;
 ``speedup_vs_eager`` is the median over runs of eager time / mode time. Latency is the median run.
-Peak memory: on the CPU the largest resident-set size seen (sampled every 2 ms) during the mode's runs minus
-the resident size before them; on CUDA ``max_memory_allocated`` minus the memory allocated before. FLOPs are
+Peak memory: on the CPU the largest resident-set size seen (sampled every 2 ms) during one run of the mode
+minus the resident size before it, after ``malloc_trim`` handed freed heap memory back to the system; on CUDA
+``max_memory_allocated`` minus the memory allocated before. FLOPs are
 counted once per entry and resolution on the eager model with ``torch.utils.flop_counter.FlopCounterMode``
 (convolutions and matrix products); ``peak_fraction`` divides the achieved GFLOP/s by the device's peak,
 measured at start as the faster of a large sgemm and a large 3x3 convolution. Weights are random.
@@ -30,7 +31,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import ctypes
+import ctypes.util
 import fnmatch
+import gc
 import os
 import platform
 import statistics
@@ -52,6 +56,7 @@ COLUMNS = [
 CPU_MODES = ["eager", "fast", "fast+compile"]
 GPU_MODES = ["bf16", "bf16+cuda-graphs"]
 # the typical photo size (H, W) of each dataset, fed to the entry's test pipeline
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 TEST_PHOTOS = {"ADE20K": (512, 683), "Cityscapes": (1024, 2048), "COCO-Stuff54": (480, 640)}
 
 
@@ -113,6 +118,8 @@ class PeakMemory:
             self._start = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
+        gc.collect()
+        _LIBC.malloc_trim(0)  # hand freed heap memory back, so that the run's growth shows in the resident size
         self._start = self._rss_mb()
         self._highest = self._start
         self._stop = threading.Event()

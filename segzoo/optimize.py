@@ -326,8 +326,8 @@ def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> 
     if not inplace:
         info = getattr(model, "info", None)  # immutable (and not deep-copyable): shared
         model = copy.deepcopy(model, memo={id(info): info} if info is not None else None)
-    model.eval().requires_grad_(False)
-    fold(model)
+    fold(model.eval())
+    model.requires_grad_(False)
     _set_memory_formats(model, channels_last)
     model.__class__ = _eval_only_class(type(model))
     return model

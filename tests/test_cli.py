@@ -191,6 +191,7 @@ def test_predict_fast_path_writes_the_same_labels(tmp_path):
     outputs = {}
     for flags in ([], ["--fast"]):
         out = tmp_path / f"labels{len(flags)}.png"
-        assert main(["predict", str(image), "-m", name, "-c", str(ckpt), "--output", "labels", "-o", str(out), *flags]) == 0
+        argv = ["predict", str(image), "-m", name, "-c", str(ckpt), "--output", "labels", "-o", str(out)]
+        assert main(argv + flags) == 0
         outputs[tuple(flags)] = np.asarray(Image.open(out))
     assert (outputs[("--fast",)] == outputs[()]).mean() > 0.999
