@@ -29,15 +29,16 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from segzoo.backbones.eurnet import EurNet
 from segzoo.backbones.moganet import DownsampleEmbed, MogaBlock, MogaNet
 from segzoo.backbones.resnet_dilated import Bottleneck, DilatedResNet
+from segzoo.heads import FPNHead, FPNNeck
 from segzoo.heads.ema import ConvNorm
 from segzoo.heads.glore import GloReUnit2d
 from segzoo.layers import ConvNormAct
 from segzoo.segmentors import EncoderDecoder
 
 ChannelsLast = Literal["auto"] | bool
+_CPU_CHANNELS_LAST = (MogaNet, DilatedResNet, FPNNeck, FPNHead)
 
 # (conv, norm) submodule paths of the conv-BN pairs inside each module type; "" is the module itself.
 _CONV_BN_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
@@ -252,13 +253,13 @@ def _parts(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _prefers_channels_last(part: nn.Module, device: torch.device) -> bool:
-    """Whether ``part`` runs faster channels-last on ``device``: on a GPU every conv part; on the CPU the
-    conv backbones (MogaNet's depthwise convs gain most, the dilated ResNets' dense ones too once their
-    BatchNorms are folded) and every conv head, not the token-based ViT and EurNet backbones (measured:
-    ``benchmarks/RESULTS.md``)."""
-    if not any(isinstance(m, nn.Conv2d) for m in part.modules()):
-        return False
-    return device.type == "cuda" or not (isinstance(part, EurNet) or _uses_timm(part))
+    """Whether ``part`` runs faster channels-last on ``device`` (measured, ``benchmarks/RESULTS.md``): on a GPU
+    every conv part; on the CPU MogaNet's depthwise-heavy backbone and the FPN neck and head beside it, and
+    the dilated ResNets, but not the dense 3x3 convolutions of the UperNet, EMA and GloRe heads (0.75-0.95x)
+    nor the token-based ViT and EurNet backbones."""
+    if device.type == "cuda":
+        return any(isinstance(m, nn.Conv2d) for m in part.modules())
+    return isinstance(part, _CPU_CHANNELS_LAST)
 
 
 def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast) -> None:
