@@ -21,7 +21,7 @@ counted once per entry and resolution on the eager model with ``torch.utils.flop
 measured at start as the faster of a large sgemm and a large 3x3 convolution. Weights are random.
 
     PYTHONPATH=. python benchmarks/zoo.py [--entries 'moganet_*'] [--resolution test|512|both] [--runs 3]
-        [--no-compile] [--threads 2] [--out benchmarks/zoo.csv]
+        [--no-compile] [--threads 2] [--out benchmarks/zoo.csv] [--table-only]
 
 Rows measured now replace the rows with the same name, resolution, mode and device in ``--out``; the others
 are kept, so a long sweep can run in parts. The markdown table of all rows goes next to it (``.md``).
@@ -298,7 +298,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("zoo.csv"))
+    parser.add_argument("--table-only", action="store_true", help="rewrite the markdown table from --out, no runs")
     args = parser.parse_args()
+    if args.table_only:
+        write_outputs(args.out, read_rows(args.out), f"Rows of {args.out.name}.")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

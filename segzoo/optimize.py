@@ -120,10 +120,10 @@ class FoldedMogaBlock(nn.Module):
         scale_1, shift_1 = _bn_affine(block.norm1)
         _fold_bn_before(block.norm1, self.proj_1)
         _scale_outputs(self.proj_2, layer_scale_1, layer_scale_1 * shift_1)
-        self.register_buffer("residual_1", self._channel_vector(1 + layer_scale_1 * scale_1), persistent=False)
+        self.register_buffer("residual_1", self._channel_vector(1 + layer_scale_1 * scale_1))
         sigma_1 = attn.sigma.scale.detach().double().flatten()
-        self.register_buffer("feature_scale", self._channel_vector(1 + sigma_1), persistent=False)
-        self.register_buffer("mean_scale", self._channel_vector(-sigma_1), persistent=False)
+        self.register_buffer("feature_scale", self._channel_vector(1 + sigma_1))
+        self.register_buffer("mean_scale", self._channel_vector(-sigma_1))
         # FFN: norm2 into fc1; the channel aggregation, layer scale 2 and the closing norm into fc2
         _fold_bn_before(block.norm2, self.fc1)
         sigma_2 = mlp.sigma.scale.detach().double().flatten()
@@ -135,9 +135,9 @@ class FoldedMogaBlock(nn.Module):
         _set_conv(self.fc2, weight * (1 + sigma_2).view(1, -1, 1, 1) * total.view(-1, 1, 1, 1),
                   bias * total + out_shift)
         correction = -(weight[:, :, 0, 0] @ sigma_2) * total
-        self.register_buffer("decompose_scale", self._channel_vector(correction), persistent=False)
+        self.register_buffer("decompose_scale", self._channel_vector(correction))
         self.register_buffer(
-            "residual_2", self._channel_vector(out_scale) if closing_norm is not None else None, persistent=False
+            "residual_2", self._channel_vector(out_scale) if closing_norm is not None else None
         )
 
     def _channel_vector(self, values: torch.Tensor) -> torch.Tensor:
@@ -157,11 +157,8 @@ class FoldedMogaBlock(nn.Module):
 
 
 def _fold_moganet(backbone: MogaNet) -> None:
-    """Fold the stem, the embeddings and every block; each stage's closing norm goes into its last block."""
-    stem = backbone.patch_embed1.projection
-    for conv, bn in ((0, 1), (3, 4)):
-        _fold_bn_after(stem[conv], stem[bn])
-        stem[bn] = nn.Identity()
+    """Fold every block; each stage's closing norm goes into its last block (the embeddings' conv-BN pairs are
+    folded with every other pair)."""
     for i in range(1, len(backbone.out_channels) + 1):
         blocks: nn.ModuleList = getattr(backbone, f"blocks{i}")
         closing = getattr(backbone, f"norm{i}")
