@@ -7,6 +7,7 @@ from segzoo.registry import (  # noqa: E402
 from segzoo.zoo import ModelInfo  # noqa: E402
 from segzoo.hub import push_to_hub, save_pretrained  # noqa: E402
 from segzoo.inference import predict  # noqa: E402
+from segzoo.optimize import optimize_for_inference  # noqa: E402
 
 __all__ = [
     "ModelInfo",
@@ -17,6 +18,7 @@ __all__ = [
     "list_aliases",
     "list_models",
     "model_info",
+    "optimize_for_inference",
     "predict",
     "push_to_hub",
     "save_pretrained",

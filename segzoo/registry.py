@@ -11,6 +11,7 @@ from typing import Any
 
 from segzoo.families import build_architecture, convert_state_dict
 from segzoo.features import create_backbone  # noqa: F401  (public here, beside create_model)
+from segzoo.optimize import optimize_for_inference
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import (
     UnsafeCheckpointError, hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict,
@@ -77,6 +78,7 @@ def create_model(
     allow_unsafe_pickle: bool = False,
     progress: bool | None = None,
     verify: bool | None = None,
+    fuse: bool = False,
     **kwargs: Any,
 ) -> EncoderDecoder:
     """Build a registered model, in eval mode, optionally with weights.
@@ -91,7 +93,8 @@ def create_model(
     the classifier layers, which are freshly initialized. ``verify=True`` (or
     ``SEGZOO_VERIFY=always``) re-hashes cached weight files on this load even
     when their size and mtime are unchanged. Other keyword arguments go to the
-    architecture builder (e.g. ``drop_path_rate``).
+    architecture builder (e.g. ``drop_path_rate``). ``fuse=True`` returns the eval-only
+    inference fast path of :func:`segzoo.optimize_for_inference` (same outputs, faster).
     """
     if num_classes is not None and (
         not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1
@@ -136,6 +139,8 @@ def create_model(
             f"kept all weights but re-initialized {', '.join(reinit)}",
             stacklevel=2,
         )
+    if fuse:
+        return optimize_for_inference(model, inplace=True)
     return model.eval()
 
 

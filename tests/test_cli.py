@@ -181,3 +181,17 @@ def test_demo_path_of_each_mmseg_family(tmp_path, monkeypatch, name, scale, firs
     assert main(["predict", str(image), "-m", name, "-c", str(ckpt), "-o", str(out), "--output", "labels", "-q"]) == 0
     with Image.open(out) as indexed:
         assert indexed.size == (96, 48) and indexed.getpalette()[:6] == first_colors
+
+
+def test_predict_fast_path_writes_the_same_labels(tmp_path):
+    name = "moganet_xt_fpn_ade20k"
+    ckpt = save_mmseg_checkpoint(tmp_path / "ckpt.pth", synthetic_state_dict(name))
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 110, 3), dtype=np.uint8)).save(image)
+    outputs = {}
+    for flags in ([], ["--fast"]):
+        out = tmp_path / f"labels{len(flags)}.png"
+        argv = ["predict", str(image), "-m", name, "-c", str(ckpt), "--output", "labels", "-o", str(out)]
+        assert main(argv + flags) == 0
+        outputs[tuple(flags)] = np.asarray(Image.open(out))
+    assert (outputs[("--fast",)] == outputs[()]).mean() > 0.999

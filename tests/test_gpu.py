@@ -35,3 +35,21 @@ def test_autocast_and_channels_last_on_cuda(model, amp):
     fast = segzoo.predict(model, image, device="cuda", amp=amp, channels_last=True)
     assert (fast.labels == ref.labels).mean() > 0.9
     model.to("cpu", memory_format=torch.contiguous_format)
+
+
+@pytest.mark.parametrize("name", ["moganet_xt_fpn_ade20k", "emanet_r50_cityscapes", "regproxy_vit_ti16_ade20k"])
+def test_fast_path_bf16_channels_last_compiled_against_eager_fp32(name):
+    """The GPU fast path (folded, channels_last, bf16 autocast, torch.compile) against eager fp32 on the GPU."""
+    eager = segzoo.create_model(name)
+    eager.load_state_dict(synthetic_state_dict(name))
+    eager = eager.eval().to("cuda")
+    x = torch.randn(2, 3, 128, 160, device="cuda")
+    with torch.inference_mode():
+        ref = eager(x)
+        fast = segzoo.optimize_for_inference(eager, channels_last=True)
+        torch.testing.assert_close(fast(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+        compiled = segzoo.optimize_for_inference(eager, channels_last=True, compile=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = compiled(x).float()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+    assert ((out - ref).norm() / ref.norm()).item() < 3e-2

@@ -53,6 +53,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     files = _image_files(args.images) if args.images else [sample_image_path()]
     model = load_model(args, args.model)
+    if args.fast:
+        model = segzoo.optimize_for_inference(model.to(args.device), inplace=True)
     class_names, palette = dataset_metadata(model.info.dataset)
     out = Path(args.out) if args.out else Path.cwd()
     single_file = len(files) == 1 and out.suffix.lower() == ".png"
@@ -88,5 +90,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--output", choices=["overlay", "labels"], default="overlay",
                    help="overlay: image with colored classes and a legend; labels: indexed PNG with the dataset palette")
     add_inference(p)
+    p.add_argument("--fast", action="store_true",
+                   help="inference fast path: BatchNorm folded into convolutions, best memory format (same labels)")
     add_quiet(p)
     p.set_defaults(run=_predict)

@@ -1,0 +1,102 @@
+"""The inference fast path computes the eager model's function, on every registry entry."""
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import segzoo
+from segzoo.optimize import optimize_for_inference
+
+# One entry per architecture (and per ViT kind) in the default suite; the whole registry under -m slow.
+PER_ARCHITECTURE = [
+    "moganet_xt_fpn_ade20k", "moganet_xt_upernet_ade20k", "emanet_r50_cityscapes", "glore_r50_fcn_cityscapes",
+    "regproxy_vit_ti16_ade20k", "regproxy_r26_vit_s32_ade20k", "eurnet_t_upernet_ade20k",
+]
+ENTRIES = [pytest.param(n, marks=() if n in PER_ARCHITECTURE else pytest.mark.slow) for n in segzoo.list_models()]
+RTOL = 1e-5
+
+
+def input_size(name: str) -> tuple[int, int]:
+    """The smallest cheap non-square input the architecture takes (EurNet's kNN needs 11 patches at stride 32)."""
+    return (128, 160) if name.startswith("eurnet") else (64, 96)
+
+
+def randomize_folded_statistics(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm running statistics and affine parameters far from the identity, and the layer and
+    element scales (and GloRe's zero-initialized blocker) sizeable values: otherwise folding is trivially exact."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _BatchNorm):
+                c = module.num_features
+                module.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+                module.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                module.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                module.bias.copy_(torch.randn(c, generator=g) * 0.2)
+        for name, param in model.named_parameters():
+            if "layer_scale" in name or "sigma" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.5)
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).abs().max() / ref.abs().max()).item()
+
+
+def check_fast_path(name: str) -> None:
+    model = segzoo.create_model(name)
+    randomize_folded_statistics(model)
+    x = torch.randn(1, 3, *input_size(name), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model(x)
+        fast = optimize_for_inference(model)
+        out = fast(x)
+        assert relative_error(out, ref) < RTOL
+        assert torch.equal(model(x), ref), "the original model must be left as it was"
+    assert not any(isinstance(m, _BatchNorm) for m in fast.modules()), "a BatchNorm was left unfolded"
+    assert not any(p.requires_grad for p in fast.parameters())
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_fast_path_equals_eager(name):
+    check_fast_path(name)
+
+
+@pytest.fixture(scope="module")
+def moganet():
+    model = segzoo.create_model("moganet_xt_upernet_ade20k")
+    randomize_folded_statistics(model)
+    return model
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_memory_format_choice_keeps_the_function(moganet, channels_last):
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        out = optimize_for_inference(moganet, channels_last=channels_last)(x)
+        assert relative_error(out, moganet(x)) < RTOL
+
+
+def test_fast_model_refuses_training(moganet):
+    fast = optimize_for_inference(moganet)
+    with pytest.raises(RuntimeError, match="optimized for inference.*fuse=False"):
+        fast.train()
+    assert fast.eval() is fast and not fast.training
+    assert fast.info is moganet.info and fast.num_classes == moganet.num_classes
+
+
+def test_rejects_unknown_memory_format(moganet):
+    with pytest.raises(ValueError, match="channels_last must be"):
+        optimize_for_inference(moganet, channels_last="yes")
+
+
+def test_create_model_fuse():
+    fast = segzoo.create_model("moganet_xt_fpn_ade20k", fuse=True)
+    assert not any(isinstance(m, _BatchNorm) for m in fast.modules())
+    with pytest.raises(RuntimeError, match="optimized for inference"):
+        fast.train()
+
+
+def test_predict_runs_on_the_fast_path(moganet):
+    image = torch.randint(0, 255, (3, 70, 90), dtype=torch.uint8)
+    ref = segzoo.predict(moganet, image, return_scores=True)
+    fast = segzoo.predict(optimize_for_inference(moganet), image, return_scores=True)
+    assert relative_error(fast.scores, ref.scores) < RTOL
