@@ -8,6 +8,7 @@ match substrings of upstream names, so they must see those names.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from segzoo.registry import model_info
 from segzoo.zoo.records import ModelInfo
@@ -29,6 +30,12 @@ def register_recipes(family: str, builder: RecipeBuilder, upstream_name: Paramet
     RECIPE_BUILDERS[family] = builder
     if upstream_name is not None:
         UPSTREAM_PARAMETER_NAMES[family] = upstream_name
+
+
+def recipe_from_registry(info: ModelInfo, **settings: Any) -> Recipe:
+    """A recipe for ``info`` whose iterations, total batch, crop and upstream config are the registry entry's."""
+    return Recipe(name=info.name, iters=info.train_iters, batch_size=info.train_batch_size,
+                  crop_size=info.crop_size, upstream=info.upstream, **settings)
 
 
 def get_recipe(name: str) -> Recipe:

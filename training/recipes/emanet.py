@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from segzoo.training.recipe import LossSpec, LossTerm, OptimizerSpec, PipelineSpec, Recipe, ScheduleSpec
-from segzoo.training.recipes import register_recipes
+from segzoo.training.recipes import recipe_from_registry, register_recipes
 from segzoo.zoo.records import ModelInfo
 
 # configs/base.yaml SOLVER (BASE_LR 9e-3, BIAS_LR_FACTOR 2, WEIGHT_DECAY_BIAS 0) over detectron2's defaults
@@ -41,22 +41,15 @@ def emanet_recipe(info: ModelInfo) -> Recipe:
     """The recipe of an EMANet entry."""
     min_sizes, max_size = TRAIN_SIZES[info.dataset]
     seconds_per_iter = info.reported_costs["train time (s/iter)"]
-    return Recipe(
-        name=info.name,
-        iters=info.train_iters,
-        batch_size=info.train_batch_size,
-        crop_size=info.crop_size,
+    return recipe_from_registry(
+        info,
         optimizer=OPTIMIZER,
         schedule=SCHEDULE,
         losses=LOSSES,
         pipeline=PipelineSpec(style="detectron2", min_size_train=min_sizes, max_size_train=max_size,
                               flip_prob=0.5, photometric=False),
-        upstream=info.upstream,
-        gpus=8,
-        sync_bn=True,
         eval_interval=2000,
         checkpoint_interval=5000,
-        imagenet_backbone=True,
         expected_wall_time=(
             f"about {info.train_iters * seconds_per_iter / 3600:.1f} h on 8 GPUs (the README's train time "
             f"{seconds_per_iter} s/iter x {info.train_iters} iterations, evaluation not included)"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from segzoo.training.recipe import OptimizerSpec, ParamRule, Recipe
-from segzoo.training.recipes import register_recipes
+from segzoo.training.recipes import recipe_from_registry, register_recipes
 from segzoo.training.recipes.mmseg import POLY_WITH_WARMUP, UPERNET_LOSSES, mmseg_pipeline, wall_time_estimate
 from segzoo.zoo.records import ModelInfo
 
@@ -26,21 +26,14 @@ NOTES = (
 
 def eurnet_recipe(info: ModelInfo) -> Recipe:
     """The recipe of a EurNet UperNet entry."""
-    return Recipe(
-        name=info.name,
-        iters=info.train_iters,
-        batch_size=info.train_batch_size,
-        crop_size=info.crop_size,
+    return recipe_from_registry(
+        info,
         optimizer=OPTIMIZER,
         schedule=POLY_WITH_WARMUP,
         losses=UPERNET_LOSSES,
         pipeline=mmseg_pipeline(info),
-        upstream=info.upstream,
-        gpus=8,
-        sync_bn=True,
         eval_interval=16000,
         checkpoint_interval=16000,
-        imagenet_backbone=True,
         expected_wall_time=wall_time_estimate(info, 0.6, "8 GPUs (V100/A100 class)"),
         notes=NOTES,
     )

@@ -3,7 +3,7 @@ archives); what the recipe assumes is said in its notes."""
 from __future__ import annotations
 
 from segzoo.training.recipe import OptimizerSpec, PipelineSpec, Recipe, ScheduleSpec
-from segzoo.training.recipes import register_recipes
+from segzoo.training.recipes import recipe_from_registry, register_recipes
 from segzoo.training.recipes.mmseg import DECODE_LOSS
 from segzoo.zoo.records import ModelInfo
 
@@ -27,21 +27,14 @@ NOTES = (
 
 def glore_recipe(info: ModelInfo) -> Recipe:
     """The assumed recipe of a GloRe entry (see :data:`NOTES`)."""
-    return Recipe(
-        name=info.name,
-        iters=info.train_iters,
-        batch_size=info.train_batch_size,
-        crop_size=info.crop_size,
+    return recipe_from_registry(
+        info,
         optimizer=OPTIMIZER,
         schedule=SCHEDULE,
         losses=DECODE_LOSS,
         pipeline=PipelineSpec(style="mmseg", img_scale=(2048, 1024), ratio_range=(0.5, 2.0)),
-        upstream=info.upstream,
-        gpus=8,
-        sync_bn=True,
         eval_interval=4000,
         checkpoint_interval=4000,
-        imagenet_backbone=True,
         expected_wall_time=(
             f"about {info.train_iters * 1.0 / 3600:.0f} h on 8 GPUs (estimate: {info.train_iters} iterations x "
             "~1 s/iter for a dilated ResNet at output stride 8 on whole 1024x2048 images, one per GPU; nothing "

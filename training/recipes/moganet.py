@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from segzoo.training.recipe import OptimizerSpec, ParamRule, Recipe, ScheduleSpec
-from segzoo.training.recipes import register_recipes
+from segzoo.training.recipes import recipe_from_registry, register_recipes
 from segzoo.training.recipes.mmseg import (
     DECODE_LOSS, POLY_WITH_WARMUP, UPERNET_LOSSES, mmseg_pipeline, wall_time_estimate,
 )
@@ -46,21 +46,14 @@ def moganet_recipe(info: ModelInfo) -> Recipe:
     """The recipe of a MogaNet Semantic-FPN or UperNet entry."""
     fpn = info.architecture == "moganet_fpn"
     interval = 4000 if fpn else 16000
-    return Recipe(
-        name=info.name,
-        iters=info.train_iters,
-        batch_size=info.train_batch_size,
-        crop_size=info.crop_size,
+    return recipe_from_registry(
+        info,
         optimizer=FPN_OPTIMIZER if fpn else UPERNET_OPTIMIZER,
         schedule=FPN_SCHEDULE if fpn else POLY_WITH_WARMUP,
         losses=DECODE_LOSS if fpn else UPERNET_LOSSES,
         pipeline=mmseg_pipeline(info),
-        upstream=info.upstream,
-        gpus=8,
-        sync_bn=True,
         eval_interval=interval,
         checkpoint_interval=interval,
-        imagenet_backbone=True,
         expected_wall_time=wall_time_estimate(info, 0.35 if fpn else 0.4, "8 GPUs (V100/A100 class)"),
         notes=COMMON_NOTES + (FPN_NOTES if fpn else UPERNET_NOTES),
     )

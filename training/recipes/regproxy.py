@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from segzoo.training.recipe import OptimizerSpec, ParamRule, Recipe, ScheduleSpec
-from segzoo.training.recipes import register_recipes
+from segzoo.training.recipes import recipe_from_registry, register_recipes
 from segzoo.training.recipes.mmseg import DECODE_LOSS, POLY_WITH_WARMUP, mmseg_pipeline, wall_time_estimate
 from segzoo.zoo.records import ModelInfo
 
@@ -56,21 +56,14 @@ def regproxy_recipe(info: ModelInfo) -> Recipe:
         )
     else:
         schedule = POLY_WITH_WARMUP
-    return Recipe(
-        name=info.name,
-        iters=info.train_iters,
-        batch_size=info.train_batch_size,
-        crop_size=info.crop_size,
+    return recipe_from_registry(
+        info,
         optimizer=OPTIMIZER,
         schedule=schedule,
         losses=DECODE_LOSS,
         pipeline=mmseg_pipeline(info),
-        upstream=info.upstream,
-        gpus=8,
-        sync_bn=True,
         eval_interval=interval,
         checkpoint_interval=interval,
-        imagenet_backbone=True,
         expected_wall_time=wall_time_estimate(info, 0.5, "8 V100 GPUs (the README's setting)"),
         notes=COMMON_NOTES + (COSINE_RESTART_NOTES if cosine_restart else ()),
     )
