@@ -11,26 +11,52 @@ from segzoo.families import StateDict, register_architecture, without_classifier
 from segzoo.heads import ProxyHead
 from segzoo.segmentors import EncoderDecoder
 
-# mmseg 0.17 ViT names -> timm's (segzoo's). Anchored on names that only the mmseg layout has, so a
-# segzoo-layout dict passes through unchanged. Hybrid stems already use timm's names upstream.
-_MMSEG_TO_SEGZOO = [
-    (re.compile(r"^backbone\.patch_embed\.projection\."), "backbone.patch_embed.proj."),
-    (re.compile(r"^backbone\.layers\.(\d+)\.ln([12])\."), r"backbone.blocks.\1.norm\2."),
-    (re.compile(r"^backbone\.layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)$"), r"backbone.blocks.\1.attn.qkv.\2"),
-    (re.compile(r"^backbone\.layers\.(\d+)\.attn\.attn\.out_proj\."), r"backbone.blocks.\1.attn.proj."),
-    (re.compile(r"^backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\."), r"backbone.blocks.\1.mlp.fc1."),
-    (re.compile(r"^backbone\.layers\.(\d+)\.ffn\.layers\.1\."), r"backbone.blocks.\1.mlp.fc2."),
-    (re.compile(r"^backbone\.ln1\."), "backbone.norm."),
-    (re.compile(r"^decode_head\.mlp\.0\.0\."), "decode_head.conv_seg."),
-]
+# mmseg 0.17 ViT names and timm's (segzoo's), written once for both directions: {i} is a block index, {n} 1 or 2,
+# {p} weight or bias. The mmseg side is anchored on names only that layout has, so a segzoo-layout dict passes
+# the converter unchanged. Hybrid stems already use timm's names upstream (see mmseg_parameter_name).
+_VIT_NAMES = (
+    ("backbone.patch_embed.projection.", "backbone.patch_embed.proj."),
+    ("backbone.layers.{i}.ln{n}.", "backbone.blocks.{i}.norm{n}."),
+    ("backbone.layers.{i}.attn.attn.in_proj_{p}", "backbone.blocks.{i}.attn.qkv.{p}"),
+    ("backbone.layers.{i}.attn.attn.out_proj.", "backbone.blocks.{i}.attn.proj."),
+    ("backbone.layers.{i}.ffn.layers.0.0.", "backbone.blocks.{i}.mlp.fc1."),
+    ("backbone.layers.{i}.ffn.layers.1.", "backbone.blocks.{i}.mlp.fc2."),
+    ("backbone.ln1.", "backbone.norm."),
+    ("decode_head.mlp.0.0.", "decode_head.conv_seg."),
+)
+_FIELDS = {"i": r"(?P<i>\d+)", "n": r"(?P<n>[12])", "p": r"(?P<p>weight|bias)"}
+Rules = list[tuple[re.Pattern, str]]
 
 
-def _segzoo_key(key: str) -> str:
-    for pattern, replacement in _MMSEG_TO_SEGZOO:
+def _name_rules(side: int) -> Rules:
+    """Regex rewrites from one side of ``_VIT_NAMES`` (0: mmseg, 1: segzoo) to the other."""
+    rules = []
+    for pair in _VIT_NAMES:
+        source, target = pair[side], pair[1 - side]
+        parts = re.split(r"\{(\w)\}", source)  # text, field, text, ...
+        pattern = "".join(_FIELDS[part] if k % 2 else re.escape(part) for k, part in enumerate(parts))
+        rules.append((re.compile(f"^{pattern}" + ("$" if source.endswith("}") else "")),
+                      re.sub(r"\{(\w)\}", r"\\g<\1>", target)))
+    return rules
+
+
+_TO_SEGZOO, _TO_MMSEG = _name_rules(0), _name_rules(1)
+
+
+def _rename(key: str, rules: Rules) -> str:
+    for pattern, replacement in rules:
         new_key, found = pattern.subn(replacement, key)
         if found:
             return new_key
     return key
+
+
+def mmseg_parameter_name(name: str, hybrid: bool) -> str:
+    """The mmseg 0.17 name of the tensor segzoo calls ``name``: the converter's rename run backwards.
+
+    A ``hybrid`` ViT keeps timm's ``patch_embed.proj`` upstream, a plain one calls it ``projection``.
+    """
+    return _rename(name, _TO_MMSEG[1:] if hybrid else _TO_MMSEG)
 
 
 def convert_mmseg_regproxy(state_dict: StateDict) -> StateDict:
@@ -41,7 +67,7 @@ def convert_mmseg_regproxy(state_dict: StateDict) -> StateDict:
     """
     converted = {}
     for key, tensor in state_dict.items():
-        new_key = _segzoo_key(key)
+        new_key = _rename(key, _TO_SEGZOO)
         if key == "decode_head.mlp.0.0.weight":
             tensor = tensor.reshape(*tensor.shape, 1, 1)
         converted[new_key] = tensor

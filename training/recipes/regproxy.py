@@ -1,8 +1,8 @@
 """RegionProxy recipes: YiF-Zhang/RegionProxy configs (mmseg 0.17, mmcv 1.3.13)."""
 from __future__ import annotations
 
-import re
-
+from segzoo.backbones.vit import VIT_ARCHS
+from segzoo.families.regproxy import mmseg_parameter_name
 from segzoo.training.recipe import OptimizerSpec, ParamRule, Recipe, ScheduleSpec
 from segzoo.training.recipes import recipe_from_registry, register_recipes
 from segzoo.training.recipes.mmseg import DECODE_LOSS, POLY_WITH_WARMUP, mmseg_pipeline, wall_time_estimate
@@ -17,31 +17,9 @@ OPTIMIZER = OptimizerSpec(
 # schedules/adamw+cr+*.py: CosineRestart with linear warm-up, restart weights 1, 0.5, 0.25, min_lr_ratio 0.
 COSINE_RESTART_PERIODS = {160_000: (20_000, 40_000, 100_000), 80_000: (10_000, 20_000, 50_000)}
 
-# segzoo (timm) ViT names -> mmseg 0.17 names, the inverse of segzoo.families.regproxy's converter.
-_SEGZOO_TO_MMSEG = [
-    (re.compile(r"^backbone\.blocks\.(\d+)\.norm([12])\."), r"backbone.layers.\1.ln\2."),
-    (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$"), r"backbone.layers.\1.attn.attn.in_proj_\2"),
-    (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.proj\."), r"backbone.layers.\1.attn.attn.out_proj."),
-    (re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.fc1\."), r"backbone.layers.\1.ffn.layers.0.0."),
-    (re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.fc2\."), r"backbone.layers.\1.ffn.layers.1."),
-    (re.compile(r"^backbone\.norm\."), "backbone.ln1."),
-    (re.compile(r"^decode_head\.conv_seg\."), "decode_head.mlp.0.0."),
-]
-# Plain ViTs call the patch projection ``projection`` upstream; the hybrids (ResNet stem) keep timm's ``proj``.
-_PLAIN_PATCH_EMBED = (re.compile(r"^backbone\.patch_embed\.proj\."), "backbone.patch_embed.projection.")
-HYBRID_ARCHS = ("r26_s32", "r50_l32")
-
-
 def upstream_parameter_name(info: ModelInfo, name: str) -> str:
     """The mmseg 0.17 name of the parameter segzoo calls ``name`` in the RegionProxy model of ``info``."""
-    rules = list(_SEGZOO_TO_MMSEG)
-    if info.arch_args["arch"] not in HYBRID_ARCHS:
-        rules.append(_PLAIN_PATCH_EMBED)
-    for pattern, replacement in rules:
-        new_name, found = pattern.subn(replacement, name)
-        if found:
-            return new_name
-    return name
+    return mmseg_parameter_name(name, hybrid=VIT_ARCHS[info.arch_args["arch"]].resnet_layers is not None)
 
 
 def regproxy_recipe(info: ModelInfo) -> Recipe:
