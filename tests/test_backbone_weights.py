@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -289,3 +291,25 @@ def test_eurnet_file_of_another_layout_still_fails_strictly(eurnet_backbone, edi
     edit(upstream)
     with pytest.raises(CheckpointMismatchError, match=re.escape(message)):
         load_state_dict_strict(eurnet_backbone, convert_imagenet_eurnet(upstream, eurnet_backbone), "td_eurnet.pth")
+
+
+def test_imagenet_files_fill_a_mirror_and_get_pinned(models, file_server, monkeypatch, tmp_path):
+    from segzoo.cli import main
+
+    weights = _random_like(models[MOGANET].backbone.state_dict())
+    torch.save({"state_dict": {**weights, "head.weight": torch.ones(2, 192), "head.bias": torch.ones(2)}},
+               file_server.root / "moganet_xtiny.pth.tar")
+    source = WeightSource(f"{file_server.url}/moganet_xtiny.pth.tar", "pytorch")
+    _serve_as_backbone(monkeypatch, MOGANET, source)
+    assert main(["download", MOGANET, "--imagenet", "--to", str(tmp_path / "mirror"), "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "mirror" / "manifest.json").read_text())
+    (entry,) = manifest.values()
+    sha256 = hashlib.sha256((file_server.root / "moganet_xtiny.pth.tar").read_bytes()).hexdigest()
+    assert entry["url"] == source.url and entry["sha256"] == sha256
+    assert (tmp_path / "mirror" / "moganet_xtiny.pth.tar").read_bytes() == (
+        file_server.root / "moganet_xtiny.pth.tar").read_bytes()
+
+    pins = tmp_path / "pins.json"
+    pins.write_text("{}")
+    assert main(["pin", MOGANET, "--imagenet", "--pins-file", str(pins), "--quiet"]) == 0
+    assert sha256 in pins.read_text() and source.url in pins.read_text()

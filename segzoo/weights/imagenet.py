@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -107,6 +108,17 @@ def _distinct_entries(names: list[str]) -> dict[str, str]:
     return chosen
 
 
+def _verified_files(
+    names: list[str], progress: bool | None, failed: dict[str, str]
+) -> Iterator[tuple[WeightSource, FetchedFile]]:
+    """Each distinct ImageNet file of ``names``, fetched and proven to load; why not, by URL, into ``failed``."""
+    for url, name in _distinct_entries(names).items():
+        try:
+            yield _verified_backbone_file(name, progress)
+        except (ManualDownloadRequired, WeightsError) as err:
+            failed[url] = str(err)
+
+
 def download_imagenet_to_folder(
     names: list[str], folder: Path, progress: bool | None = None
 ) -> tuple[Path, dict[str, str]]:
@@ -117,13 +129,8 @@ def download_imagenet_to_folder(
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    failed = {}
-    for url, name in _distinct_entries(names).items():
-        try:
-            source, fetched = _verified_backbone_file(name, progress)
-        except (ManualDownloadRequired, WeightsError) as err:
-            failed[url] = str(err)
-            continue
+    failed: dict[str, str] = {}
+    for source, fetched in _verified_files(names, progress, failed):
         shutil.copyfile(fetched.path, folder / source.filename)
         manifest[f"imagenet:{source.filename}"] = {
             "file": source.filename, "url": source.url,
@@ -140,14 +147,10 @@ def pin_imagenet(
 
     Returns the pinned hashes by URL and, by URL, why a file was not pinned.
     """
-    pinned, failed = {}, {}
-    for url, name in _distinct_entries(names).items():
-        try:
-            source, fetched = _verified_backbone_file(name, progress)
-        except (ManualDownloadRequired, WeightsError) as err:
-            failed[url] = str(err)
-            continue
+    pinned: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for source, fetched in _verified_files(names, progress, failed):
         sha256 = fetched.sha256 or file_sha256(fetched.path)
         write_pin(source.url, sha256, fetched.path.stat().st_size, pins_file)
-        pinned[url] = sha256
+        pinned[source.url] = sha256
     return pinned, failed
