@@ -29,13 +29,32 @@ from torch import nn
 from segzoo.backbones.moganet import MogaNet
 from segzoo.backbones.resnet_dilated import DilatedResNet
 from segzoo.heads import FPNHead, FPNNeck
-from segzoo.optimize.folding import fold
+from segzoo.optimize.folding import fold_conv_bn_pairs, freeze_standardized_convs
+from segzoo.optimize.moganet import fold_moganet
 from segzoo.segmentors import EncoderDecoder
 
 __all__ = ["EvalOnly", "fold", "optimize_for_inference"]
 
 ChannelsLast = Literal["auto"] | bool
 _CPU_CHANNELS_LAST = (MogaNet, DilatedResNet, FPNNeck, FPNHead)
+
+
+def _uses_timm(model: nn.Module) -> bool:
+    return any(type(m).__module__.startswith("timm.") for m in model.modules())
+
+
+def fold(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm and elementwise tail that :mod:`segzoo.optimize` knows, in place; returns ``model``."""
+    for module in list(model.modules()):
+        if isinstance(module, MogaNet):
+            fold_moganet(module)
+    fold_conv_bn_pairs(model)
+    if _uses_timm(model):
+        freeze_standardized_convs(model)
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = True
+    return model
 
 
 def _convert_inputs(memory_format: torch.memory_format) -> Callable:

@@ -1,0 +1,80 @@
+"""MogaNet's blocks with their norms, layer scales and element scales folded into the 1x1 convolutions."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from segzoo.backbones.moganet import MogaBlock, MogaNet
+from segzoo.optimize.folding import bn_affine, conv_params, fold_bn_before, scale_outputs, set_conv
+
+
+class FoldedMogaBlock(nn.Module):
+    """A :class:`~segzoo.backbones.moganet.MogaBlock` with its norms, layer scales and element scales folded,
+    optionally followed by the stage's closing BatchNorm (folded too).
+
+    With ``n1 = a1 x + b1`` (``norm1``), the gated aggregation's shortcut and layer scale give
+    ``y = (1 + ls1 a1) x + ls1 (proj_2(...) + b1)``; the FFN's ``fc2((1 + s) h - s gelu(d))`` is
+    ``fc2'(h) - (W2 s) gelu(d)``, a one-channel map times a vector on the narrow output.
+    """
+
+    def __init__(self, block: MogaBlock, closing_norm: _BatchNorm | None = None) -> None:
+        super().__init__()
+        attn, mlp = block.attn, block.mlp
+        self.proj_1, self.gate, self.value = attn.proj_1, attn.gate, attn.value
+        self.proj_2, self.fc1, self.dwconv, self.decompose, self.fc2 = (
+            attn.proj_2, mlp.fc1, mlp.dwconv, mlp.decompose, mlp.fc2
+        )
+        layer_scale_1 = block.layer_scale_1.detach().double().flatten()
+        layer_scale_2 = block.layer_scale_2.detach().double().flatten()
+        # gated aggregation: norm1 into proj_1; the shortcut (the normed input) and layer scale 1 into proj_2
+        scale_1, shift_1 = bn_affine(block.norm1)
+        fold_bn_before(block.norm1, self.proj_1)
+        scale_outputs(self.proj_2, layer_scale_1, layer_scale_1 * shift_1)
+        self.register_buffer("residual_1", self._channel_vector(1 + layer_scale_1 * scale_1))
+        sigma_1 = attn.sigma.scale.detach().double().flatten()
+        self.register_buffer("feature_scale", self._channel_vector(1 + sigma_1))
+        self.register_buffer("mean_scale", self._channel_vector(-sigma_1))
+        # FFN: norm2 into fc1; the channel aggregation, layer scale 2 and the closing norm into fc2
+        fold_bn_before(block.norm2, self.fc1)
+        sigma_2 = mlp.sigma.scale.detach().double().flatten()
+        weight, bias = conv_params(self.fc2)
+        out_scale, out_shift = (
+            bn_affine(closing_norm) if closing_norm is not None else (torch.ones_like(bias), torch.zeros_like(bias))
+        )
+        total = layer_scale_2 * out_scale
+        set_conv(self.fc2, weight * (1 + sigma_2).view(1, -1, 1, 1) * total.view(-1, 1, 1, 1),
+                  bias * total + out_shift)
+        correction = -(weight[:, :, 0, 0] @ sigma_2) * total
+        self.register_buffer("decompose_scale", self._channel_vector(correction))
+        self.register_buffer(
+            "residual_2", self._channel_vector(out_scale) if closing_norm is not None else None
+        )
+
+    def _channel_vector(self, values: torch.Tensor) -> torch.Tensor:
+        return values.to(self.fc2.weight.dtype).view(1, -1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.proj_1(x)
+        # u + sigma (u - mean(u)) as one pass
+        u = torch.addcmul(u.mean((2, 3), keepdim=True) * self.mean_scale, u, self.feature_scale)
+        u = F.silu(u)
+        gated = F.silu(self.gate(u)).mul_(F.silu(self.value(u)))
+        y = torch.addcmul(self.proj_2(gated), x, self.residual_1)
+        hidden = F.gelu(self.dwconv(self.fc1(y)))
+        out = self.fc2(hidden)
+        out = out.add_(y) if self.residual_2 is None else out.addcmul_(y, self.residual_2)
+        return out.addcmul_(F.gelu(self.decompose(hidden)), self.decompose_scale)
+
+
+def fold_moganet(backbone: MogaNet) -> None:
+    """Fold every block; each stage's closing norm goes into its last block (the embeddings' conv-BN pairs are
+    folded with every other pair)."""
+    for i in range(1, len(backbone.out_channels) + 1):
+        blocks: nn.ModuleList = getattr(backbone, f"blocks{i}")
+        closing = getattr(backbone, f"norm{i}")
+        last = len(blocks) - 1
+        for j, block in enumerate(blocks):
+            blocks[j] = FoldedMogaBlock(block, closing if j == last else None)
+        setattr(backbone, f"norm{i}", nn.Identity())
