@@ -40,13 +40,22 @@ class UPerHead(DecodeHead):
         pooled = [self._resize(ppm(x), x.shape[2:]) for ppm in self.psp_modules]
         return self.bottleneck(torch.cat([x, *pooled], dim=1))
 
-    def features(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def levels(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The FPN outputs, finest first, each at its own stride (the PPM output last)."""
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, inputs)]
         laterals.append(self._pyramid_pooling(inputs[-1]))
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + self._resize(laterals[i], laterals[i - 1].shape[2:])
-        outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals)] + [laterals[-1]]
-        outs = [outs[0]] + [self._resize(x, outs[0].shape[2:]) for x in outs[1:]]
+        return [conv(x) for conv, x in zip(self.fpn_convs, laterals)] + [laterals[-1]]
+
+    def fuse_levels(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """Every level resized to the finest one, concatenated, then the 3x3 ``fpn_bottleneck``. Empties
+        ``levels``: the maps are freed before the convolution runs on their concatenation, as upstream does."""
+        outs = [levels[0]] + [self._resize(x, levels[0].shape[2:]) for x in levels[1:]]
+        levels.clear()
         fused = torch.cat(outs, dim=1)
-        del outs  # free the resized maps before the 3x3 convolution runs on their concatenation, as upstream does
+        del outs
         return self.fpn_bottleneck(fused)
+
+    def features(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.fuse_levels(self.levels(inputs))

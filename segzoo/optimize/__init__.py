@@ -8,6 +8,8 @@
 - folds MogaNet's elementwise tails: the layer scales, the FFN's channel aggregation (a per-channel scale on
   the wide hidden map becomes part of ``fc2``, the subtracted single-channel map a rank-one correction on the
   narrow output), the residual of the gated aggregation and each stage's closing BatchNorm;
+- runs UperNet's 3x3 fusion convolution on the coarse FPN levels before upsampling them
+  (:mod:`segzoo.optimize.uper`: the convolution's channel mix commutes with the bilinear resize);
 - precomputes the standardized weights of the hybrid ViTs' ResNetV2 stems, and runs ViT attention fused
   (``scaled_dot_product_attention``);
 - picks the memory format per part (``channels_last`` where it is faster on the device);
@@ -31,6 +33,7 @@ from segzoo.backbones.resnet_dilated import DilatedResNet
 from segzoo.heads import FPNHead, FPNNeck
 from segzoo.optimize.folding import fold_conv_bn_pairs, freeze_standardized_convs
 from segzoo.optimize.moganet import fold_moganet
+from segzoo.optimize.uper import rewrite_uper_heads
 from segzoo.segmentors import EncoderDecoder
 
 __all__ = ["EvalOnly", "fold", "optimize_for_inference"]
@@ -158,6 +161,7 @@ def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> 
         info = getattr(model, "info", None)  # immutable (and not deep-copyable): shared
         model = copy.deepcopy(model, memo={id(info): info} if info is not None else None)
     fold(model.eval())
+    rewrite_uper_heads(model)
     model.requires_grad_(False)
     _set_memory_formats(model, channels_last)
     model.__class__ = _eval_only_class(type(model))
