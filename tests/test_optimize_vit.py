@@ -91,6 +91,18 @@ def test_fast_vit_equals_eager(vit_ti, size):
         assert relative_error(optimize_for_inference(vit_ti)(x), ref) < RTOL
 
 
+def test_resized_position_embedding_follows_the_grid(vit_ti):
+    fast = optimize_for_inference(vit_ti)
+    again = optimize_for_inference(fast)  # optimizing a fast model keeps it as it is
+    g = torch.Generator().manual_seed(8)
+    with torch.inference_mode():
+        for hw in [(64, 96), (96, 64), (64, 96), (512, 512)]:  # the last: the trained grid, no resizing
+            x = torch.randn(1, 3, *hw, generator=g)
+            ref = vit_ti(x)
+            assert relative_error(fast(x), ref) < RTOL
+            assert relative_error(again(x), ref) < RTOL
+
+
 def test_plain_linear_fallback_equals_eager(vit_ti):
     fast = optimize_for_inference(vit_ti)
     for block in fast.backbone.blocks:

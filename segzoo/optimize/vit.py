@@ -4,9 +4,10 @@ head's pixel mixing as one batched matmul.
 - Each timm :class:`~timm.models.vision_transformer.Block` becomes a :class:`FoldedViTBlock`: the affine part
   of ``norm1`` and ``norm2`` is folded into ``qkv`` and ``fc1`` (``W (g * n + b) + c = (W g) n + (W b + c)``),
   so the norms only normalize; on the CPU in float32 the linear layers run through oneDNN with the GELU after
-  ``fc1`` and the residual adds after ``proj`` and ``fc2`` fused into them (about 1.5x on the small ViTs'
-  linear layers at 2 threads against ``addmm``). The attention stays ``scaled_dot_product_attention``: at these
-  sequence lengths (1025-2305 tokens, head width 64) it is 1.5-3x faster than explicit matmuls and softmax.
+  ``fc1`` and the residual adds after ``proj`` and ``fc2`` fused into them (against ``addmm`` at 2 threads:
+  1.4-1.8x on ViT-Ti/S-sized layers, 1.05-1.1x on ViT-B/L-sized ones). The attention stays
+  ``scaled_dot_product_attention``: with explicit matmuls and softmax instead, a block runs 1.4-1.8x slower at
+  1025 tokens (head width 64).
 - A ViT whose input gives another token count than its training crop (the Cityscapes models at 512x512)
   resizes its position embedding once per token grid instead of once per forward.
 - The :class:`~segzoo.heads.ProxyHead` mixes its neighbours' logits with one ``bmm`` on contiguous operands
@@ -170,6 +171,7 @@ def optimize_vits(model: nn.Module) -> None:
             module.blocks = nn.Sequential(*(
                 FoldedViTBlock(block, onednn) if _is_plain_block(block) else block for block in module.blocks
             ))
-            module.__class__ = _pos_embed_caching(type(module))
+            if not hasattr(module, "resized_pos_embed"):  # not optimized before
+                module.__class__ = _pos_embed_caching(type(module))
         elif type(module) is ProxyHead:
             module.__class__ = BatchedProxyHead
