@@ -10,8 +10,11 @@
   narrow output), the residual of the gated aggregation and each stage's closing BatchNorm;
 - runs UperNet's 3x3 fusion convolution on the coarse FPN levels before upsampling them
   (:mod:`segzoo.optimize.uper`: the convolution's channel mix commutes with the bilinear resize);
-- precomputes the standardized weights of the hybrid ViTs' ResNetV2 stems, and runs ViT attention fused
-  (``scaled_dot_product_attention``);
+- precomputes the standardized weights of the hybrid ViTs' ResNetV2 stems, runs ViT attention fused
+  (``scaled_dot_product_attention``), folds the ViT LayerNorms into the linear layers after them and runs
+  those through oneDNN's fused linear where torch has it (GELU and residual adds fused;
+  :mod:`segzoo.optimize.vit`), batches the RegionProxy head's mixing and caches the resized position
+  embedding;
 - picks the memory format per part (``channels_last`` where it is faster on the device);
 - optionally wraps the result in ``torch.compile``.
 
@@ -34,6 +37,7 @@ from segzoo.heads import FPNHead, FPNNeck
 from segzoo.optimize.folding import fold_conv_bn_pairs, freeze_standardized_convs
 from segzoo.optimize.moganet import fold_moganet
 from segzoo.optimize.uper import rewrite_uper_heads
+from segzoo.optimize.vit import optimize_vits
 from segzoo.segmentors import EncoderDecoder
 
 __all__ = ["EvalOnly", "fold", "optimize_for_inference"]
@@ -162,6 +166,7 @@ def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> 
         model = copy.deepcopy(model, memo={id(info): info} if info is not None else None)
     fold(model.eval())
     rewrite_uper_heads(model)
+    optimize_vits(model)
     model.requires_grad_(False)
     _set_memory_formats(model, channels_last)
     model.__class__ = _eval_only_class(type(model))
