@@ -6,7 +6,8 @@ from torch import nn
 
 import segzoo
 from segzoo.optimize import optimize_for_inference
-from segzoo.optimize.resnet import WinogradConv2d, optimize_dilated_resnets, winograd_applies
+from segzoo.heads.glore import GloReUnit2d
+from segzoo.optimize.resnet import FoldedGloReUnit2d, WinogradConv2d, optimize_dilated_resnets, winograd_applies
 from segzoo.optimize.winograd import transform_weight, winograd_conv3x3
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
 
@@ -72,6 +73,27 @@ def test_unfolded_head_is_refused():
     head = segzoo.create_model("emanet_r50_cityscapes").decode_head
     with pytest.raises(ValueError, match="fold the BatchNorm of reduced_conv"):
         optimize_dilated_resnets(head.eval())
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("shape", [(2, 64, 7, 9), (1, 64, 8, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_glore_unit_equals_eager(normalize, shape, channels_last):
+    unit = GloReUnit2d(64, 16, normalize).eval()
+    randomize_folded_statistics(unit)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = unit(x)
+        fast = optimize_for_inference(unit)
+        assert isinstance(fast, FoldedGloReUnit2d)
+        out = fast(x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format))
+    assert relative_error(out, ref) < RTOL
+
+
+def test_glore_entry_gets_the_folded_unit():
+    fast = optimize_for_inference(segzoo.create_model("glore_r50_fcn_cityscapes"))
+    assert isinstance(fast.decode_head.glore, FoldedGloReUnit2d)
+    assert isinstance(fast.decode_head.convs[0].conv, WinogradConv2d)
 
 
 @pytest.mark.slow
