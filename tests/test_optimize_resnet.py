@@ -8,6 +8,7 @@ import segzoo
 from segzoo.optimize import optimize_for_inference
 from segzoo.heads.glore import GloReUnit2d
 from segzoo.optimize.resnet import FoldedGloReUnit2d, WinogradConv2d, optimize_dilated_resnets, winograd_applies
+from segzoo.optimize import winograd
 from segzoo.optimize.winograd import transform_weight, winograd_conv3x3
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
 
@@ -30,6 +31,14 @@ def test_winograd_equals_direct_convolution(batch, channels, out_channels, heigh
     assert relative_error(out.double(), ref) < 1e-6
     no_bias = winograd_conv3x3(x32, transform_weight(weight.float()), None, dilation, relu=True)
     assert relative_error(no_bias.double(), ref.sub(bias.view(-1, 1, 1)).relu()) < 1e-6
+
+
+def test_winograd_in_channel_chunks_equals_direct_convolution(monkeypatch):
+    monkeypatch.setattr(winograd, "CHANNEL_CHUNK", 3)
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(2, 8, 9, 7, generator=g), torch.randn(5, 8, 3, 3, generator=g)
+    out = winograd_conv3x3(x, transform_weight(weight), None, dilation=2)
+    assert relative_error(out, F.conv2d(x, weight, padding=2, dilation=2)) < 1e-6
 
 
 def test_winograd_applies_to_wide_stride1_dense_3x3_only():

@@ -10,7 +10,6 @@ algorithm (Winograd among them) and the model is left as it is.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segzoo.backbones.resnet_dilated import DilatedResNet
