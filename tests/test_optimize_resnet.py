@@ -33,8 +33,9 @@ def test_winograd_equals_direct_convolution(batch, channels, out_channels, heigh
     assert relative_error(no_bias.double(), ref.sub(bias.view(-1, 1, 1)).relu()) < 1e-6
 
 
-def test_winograd_in_channel_chunks_equals_direct_convolution(monkeypatch):
-    monkeypatch.setattr(winograd, "CHANNEL_CHUNK", 3)
+@pytest.mark.parametrize("budget", [1, 3000])  # one tile row per pass, several
+def test_winograd_in_bands_of_tile_rows_equals_direct_convolution(monkeypatch, budget):
+    monkeypatch.setattr(winograd, "TILE_BUDGET", budget)
     g = torch.Generator().manual_seed(0)
     x, weight = torch.randn(2, 8, 9, 7, generator=g), torch.randn(5, 8, 3, 3, generator=g)
     out = winograd_conv3x3(x, transform_weight(weight), None, dilation=2)

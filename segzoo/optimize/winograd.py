@@ -24,9 +24,9 @@ _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 _B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 _A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
 _TILE, _OUT = 4, 2
-# Input channels transformed at a time: the tiles of a 2048-channel 64x64 map take 4x its 32 MB, twice over
-# (before and after the transform). Chunks of 512 cost 5-10% time on the heads' 2048->512 convs, 1024 halves it.
-CHANNEL_CHUNK = 1024
+# Tiles (float elements) transformed in one pass, a band of tile rows at a time: the tiles of a 2048-channel
+# 64x64 map would take 4x its 32 MB, twice over (before and after the transform).
+TILE_BUDGET = 1 << 22
 # A^T's column 1 is all ones: a constant added to the products at tile position (1, 1) adds to every output
 _BIAS_POSITION = _TILE + 1
 
@@ -64,28 +64,26 @@ def winograd_conv3x3(
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, d, padded_w - width - d, d, padded_h - height - d)).contiguous()
     row, col = padded_w * channels, channels
     input_transform, output_transform = _transforms(x)
-    count = n * d * d * rows * cols
-    products = None
-    for start in range(0, channels, CHANNEL_CHUNK):  # a chunk's tiles at a time: the workspace stays small
-        chunk = min(CHANNEL_CHUNK, channels - start)
+    out = x.new_empty(n, rows, m, d, cols, m, d, weight.shape[2])
+    step = max(1, TILE_BUDGET // (t * t * n * d * d * cols * channels))  # tile rows per pass
+    for start in range(0, rows, step):
+        count = min(step, rows - start)
         tiles = padded.as_strided(
-            (t, t, n, d, rows, d, cols, chunk),
+            (t, t, n, d, count, d, cols, channels),
             (d * row, d * col, padded_h * row, row, m * d * row, col, m * d * col, 1),
-            padded.storage_offset() + start,
+            padded.storage_offset() + start * m * d * row,
         ).contiguous()
-        transformed = torch.mm(input_transform, tiles.view(t * t, -1)).view(t * t, count, chunk)
+        transformed = torch.mm(input_transform, tiles.view(t * t, -1)).view(t * t, -1, channels)
         del tiles
-        part = weight[:, start : start + chunk]
-        products = torch.bmm(transformed, part) if products is None else products.baddbmm_(transformed, part)
+        products = torch.bmm(transformed, weight)
         del transformed
-    del padded
-    if bias is not None:
-        products[_BIAS_POSITION] += bias
-    outputs = torch.mm(output_transform, products.view(t * t, -1))
-    # (p, q, n, r, a, s, b, K) -> (n, a, p, r, b, q, s, K): rows a * m * d + p * d + r, columns likewise
-    outputs = outputs.view(m, m, n, d, rows, d, cols, -1).permute(2, 4, 0, 3, 6, 1, 5, 7)
-    out = x.new_empty(n, rows, m, d, cols, m, d, outputs.shape[-1])
-    torch.clamp(outputs, min=0, out=out) if relu else out.copy_(outputs)
+        if bias is not None:
+            products[_BIAS_POSITION] += bias
+        outputs = torch.mm(output_transform, products.view(t * t, -1))
+        # (p, q, n, r, a, s, b, K) -> (n, a, p, r, b, q, s, K): rows a * m * d + p * d + r, columns likewise
+        outputs = outputs.view(m, m, n, d, count, d, cols, -1).permute(2, 4, 0, 3, 6, 1, 5, 7)
+        chunk = out[:, start : start + count]
+        torch.clamp(outputs, min=0, out=chunk) if relu else chunk.copy_(outputs)
     out = out.view(n, m * d * rows, m * d * cols, -1)
     if out.shape[1] != height or out.shape[2] != width:
         out = out[:, :height, :width].contiguous()
