@@ -36,6 +36,7 @@ from segzoo.backbones.resnet_dilated import DilatedResNet
 from segzoo.heads import FPNHead, FPNNeck
 from segzoo.optimize.folding import fold_conv_bn_pairs, freeze_standardized_convs
 from segzoo.optimize.moganet import fold_moganet
+from segzoo.optimize.resnet import WinogradConv2d, optimize_dilated_resnets
 from segzoo.optimize.uper import rewrite_uper_heads
 from segzoo.optimize.vit import optimize_vits
 from segzoo.segmentors import EncoderDecoder
@@ -91,12 +92,13 @@ def _parts(model: nn.Module) -> Iterator[nn.Module]:
 
 def _prefers_channels_last(part: nn.Module, device: torch.device) -> bool:
     """Whether ``part`` runs faster channels-last on ``device`` (measured, ``benchmarks/RESULTS.md``): on a GPU
-    every conv part; on the CPU MogaNet's depthwise-heavy backbone and the FPN neck and head beside it, and
-    the dilated ResNets, but not the dense 3x3 convolutions of the UperNet, EMA and GloRe heads (0.75-0.95x)
-    nor the token-based ViT and EurNet backbones."""
+    every conv part; on the CPU MogaNet's depthwise-heavy backbone and the FPN neck and head beside it, the
+    dilated ResNets, and the heads whose 3x3 convolutions run by Winograd (EMA, GloRe FCN: channels-last
+    transforms, 1.1x), but not mkldnn's dense 3x3 convolutions of the UperNet head (0.75-0.95x) nor the
+    token-based ViT and EurNet backbones."""
     if device.type == "cuda":
         return any(isinstance(m, nn.Conv2d) for m in part.modules())
-    return isinstance(part, _CPU_CHANNELS_LAST)
+    return isinstance(part, _CPU_CHANNELS_LAST) or any(isinstance(m, WinogradConv2d) for m in part.modules())
 
 
 def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast) -> None:
@@ -165,6 +167,7 @@ def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> 
         info = getattr(model, "info", None)  # immutable (and not deep-copyable): shared
         model = copy.deepcopy(model, memo={id(info): info} if info is not None else None)
     fold(model.eval())
+    optimize_dilated_resnets(model)
     rewrite_uper_heads(model)
     optimize_vits(model)
     model.requires_grad_(False)

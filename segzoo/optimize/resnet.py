@@ -1,0 +1,111 @@
+"""The dilated ResNets' fast path (EMANet, GloRe): dense 3x3 convolutions by Winograd's F(2x2, 3x3), and the GloRe
+unit's 1x1 projections commuted with its graph products.
+
+Which convolutions: every stride-1, ungrouped 3x3 convolution (dilated or not, padding equal to its dilation)
+with at least :data:`MIN_WINOGRAD_CHANNELS` input and output channels, in the backbone and in the heads. Below
+that width (the deep stem's 64-channel convs at 1/2 resolution, layer1) the transforms' memory traffic costs
+more than the multiplies saved and mkldnn's direct convolution stays. Measured per layer against mkldnn's
+channels-last convolution (512x512 input, one thread, interleaved; a loaded machine, so +-0.1): 64->64 and
+64->128 at 256x256 0.3-0.4x, 64->64 at 128x128 0.3x, 128->128 at 64x64 1.1x, 256->256 at 32x32 1.6x, 512->512
+at 32x32 (dilation 2-8) 1.3-1.6x, at 64x64 (dilation 4-16) 0.9-1.3x, 2048->512 at 32x32 and 64x64 1.4-1.5x
+(two threads). CPU only: on a GPU cuDNN picks its own
+algorithm (Winograd among them) and the model is left as it is.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from segzoo.backbones.resnet_dilated import DilatedResNet
+from segzoo.heads.ema import ConvNorm, EMAHead
+from segzoo.heads.glore import GloReFCNHead, GloReUnit2d
+from segzoo.optimize.winograd import transform_weight, winograd_conv3x3
+
+MIN_WINOGRAD_CHANNELS = 128
+
+
+class WinogradConv2d(nn.Module):
+    """A folded 3x3 stride-1 convolution (optionally followed by ReLU) computed by Winograd F(2x2, 3x3)."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool = False) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.dilation = conv.dilation[0]
+        self.relu = relu
+        self.register_buffer("weight", transform_weight(conv.weight.detach()))
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return winograd_conv3x3(x, self.weight, self.bias, self.dilation, self.relu)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, dilation={self.dilation}, relu={self.relu}"
+
+
+def winograd_applies(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a dense stride-1 3x3 convolution padded by its dilation and wide enough to gain."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and conv.padding == conv.dilation
+        and conv.dilation[0] == conv.dilation[1]
+        and min(conv.in_channels, conv.out_channels) >= MIN_WINOGRAD_CHANNELS
+    )
+
+
+class FoldedGloReUnit2d(GloReUnit2d):
+    """The GloRe unit with its state and extension 1x1 convs moved onto the ``(C, nodes)`` side of the graph.
+
+    ``conv_state`` (``W_s x + b_s``) only enters through ``state @ proj^T``, which equals
+    ``W_s (x proj^T) + b_s (proj 1)^T``; ``conv_extend`` (``W_e``, the folded blocker's shift ``b_e``) only through
+    ``W_e (nodes proj) + b_e = (W_e nodes) proj + b_e``. Both products then run on ``(C, nodes)`` matrices
+    instead of ``(C, pixels)`` maps: at 1/8 of 512x512 (4096 pixels, 512 nodes, 2048 channels) 15 instead of 26
+    GMACs, and the residual sum is the accumulator of the last product. Computed channels-last.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, channels, height, width = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(n, height * width, channels)  # a view when x is channels-last
+        projection = self.conv_proj(x).permute(0, 2, 3, 1).reshape(n, height * width, self.num_node)
+        state_weight = self.conv_state.weight[:, :, 0, 0]
+        pooled = torch.bmm(pixels.transpose(1, 2), projection)  # (n, C, N)
+        node_sums = projection.sum(dim=1, keepdim=True)  # (n, 1, N)
+        nodes = torch.baddbmm(
+            self.conv_state.bias.view(1, -1, 1) * node_sums, state_weight.expand(n, -1, -1), pooled
+        )
+        if self.normalize:
+            nodes = nodes * (1.0 / pixels.shape[1])
+        extended = torch.matmul(self.conv_extend.weight[:, :, 0, 0], self.gcn(nodes))  # (n, C, N)
+        out = torch.baddbmm(pixels, projection, extended.transpose(1, 2)).add_(self.conv_extend.bias)
+        return out.view(n, height, width, channels).permute(0, 3, 1, 2)
+
+
+def optimize_dilated_resnets(model: nn.Module) -> nn.Module:
+    """Replace the wide 3x3 convolutions of the dilated ResNets and the EMA / GloRe FCN heads, and fold the GloRe
+    unit's projections (:class:`FoldedGloReUnit2d`), in place.
+
+    Run after BatchNorm folding: a :class:`~segzoo.heads.ema.ConvNorm` must hold its norm as ``nn.Identity``.
+    """
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        return model
+    for module in model.modules():
+        if type(module) is GloReUnit2d:
+            if not isinstance(module.blocker, nn.Identity):
+                raise ValueError("fold the GloRe unit's blocker BatchNorm before optimize_dilated_resnets")
+            module.__class__ = FoldedGloReUnit2d
+    for part in list(model.modules()):
+        if not isinstance(part, (DilatedResNet, EMAHead, GloReFCNHead)):
+            continue
+        for name, module in list(part.named_modules()):
+            if not winograd_applies(module):
+                continue
+            if isinstance(module, ConvNorm):
+                if not isinstance(module.norm, nn.Identity):
+                    raise ValueError(f"fold the BatchNorm of {name} before optimize_dilated_resnets")
+                part.set_submodule(name, WinogradConv2d(module, relu=module.relu))
+            elif type(module) is nn.Conv2d:
+                part.set_submodule(name, WinogradConv2d(module))
+    return model
