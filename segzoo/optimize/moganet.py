@@ -10,6 +10,18 @@ from segzoo.backbones.moganet import MogaBlock, MogaNet
 from segzoo.optimize.folding import bn_affine, conv_params, fold_bn_before, scale_outputs, set_conv
 
 
+MAX_HIDDEN_BYTES = 1 << 24
+"""The largest wide FFN hidden map :class:`FoldedMogaBlock` computes at once. Larger ones (stage 1 of MogaNet-S,
+-B and -L: 512 channels at a quarter of the input size, 32 MiB at 512x512) are computed in channel slices:
+a map past the C library allocator's 32 MiB ceiling gets fresh pages from the system on every allocation,
+whose page faults cost as much as the GELU on it; slices below it reuse freed memory."""
+
+
+def _even_slices(total: int, pieces: int) -> list[tuple[int, int]]:
+    bounds = [total * i // pieces for i in range(pieces + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 class FoldedMogaBlock(nn.Module):
     """A :class:`~segzoo.backbones.moganet.MogaBlock` with its norms, layer scales and element scales folded,
     optionally followed by the stage's closing BatchNorm (folded too).
@@ -74,14 +86,32 @@ class FoldedMogaBlock(nn.Module):
         high = self.high_conv(F.pad(high, self.high_padding))
         return self.value_mix(torch.cat([low, self.mid_conv(mid), high], dim=1))
 
+    def _ffn(self, y: torch.Tensor) -> torch.Tensor:
+        """``fc2_decompose(gelu(dwconv(fc1(y))))``, over slices of the hidden channels when the wide hidden map
+        would exceed ``MAX_HIDDEN_BYTES`` (the slices' products summed: the same sums, reassociated)."""
+        hidden_channels = self.fc1.out_channels
+        hidden_bytes = y[:, :1].numel() * hidden_channels * y.element_size()
+        pieces = min(-(-hidden_bytes // MAX_HIDDEN_BYTES), hidden_channels)
+        if pieces == 1:
+            return self.fc2_decompose(F.gelu(self.dwconv(self.fc1(y))))
+        out = None
+        for start, end in _even_slices(hidden_channels, pieces):
+            hidden = F.conv2d(y, self.fc1.weight[start:end], self.fc1.bias[start:end])
+            hidden = F.conv2d(
+                hidden, self.dwconv.weight[start:end], self.dwconv.bias[start:end], padding=self.dwconv.padding,
+                groups=end - start,
+            )
+            part = F.conv2d(F.gelu(hidden), self.fc2_decompose.weight[:, start:end], self.fc2_decompose.bias if out is None else None)
+            out = part if out is None else out.add_(part)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.proj_1(x)
         # u + sigma (u - mean(u)) as one pass
         u = F.silu(torch.addcmul(u.mean((2, 3), keepdim=True) * self.mean_scale, u, self.feature_scale), inplace=True)
         gated = F.silu(self.gate(u), inplace=True).mul_(F.silu(self._value(u), inplace=True))
         y = torch.addcmul(self.proj_2(gated), x, self.residual_1)
-        hidden = F.gelu(self.dwconv(self.fc1(y)))
-        out, decomposed = torch.split(self.fc2_decompose(hidden), [self.channels, 1], dim=1)
+        out, decomposed = torch.split(self._ffn(y), [self.channels, 1], dim=1)
         out = torch.add(out, y) if self.residual_2 is None else torch.addcmul(out, y, self.residual_2)
         return out.addcmul_(F.gelu(decomposed), self.decompose_scale)
 
