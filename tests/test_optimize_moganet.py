@@ -9,6 +9,8 @@ import segzoo
 from segzoo.backbones.moganet import MogaBlock, MogaNet
 from segzoo.optimize import optimize_for_inference
 from segzoo.optimize import moganet as optimize_moganet
+from segzoo.heads import FPNHead
+from segzoo.optimize.fpn import FPNHeadForInference, share_fpn_upsampling
 from segzoo.optimize.moganet import FoldedMogaBlock, _move_excess_padding
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
 
@@ -78,7 +80,7 @@ def xt_fpn():
 def test_rewrites_applied_to_the_entry(xt_fpn):
     fast = optimize_for_inference(xt_fpn)
     backbone = fast.backbone
-    assert isinstance(backbone, MogaNet)
+    assert isinstance(backbone, MogaNet) and isinstance(fast.decode_head, FPNHeadForInference)
     blocks = [m for m in backbone.modules() if isinstance(m, MogaBlock | FoldedMogaBlock)]
     assert blocks and all(isinstance(b, FoldedMogaBlock) for b in blocks)
     for block in blocks:
@@ -92,4 +94,19 @@ def test_compiled_fast_path(xt_fpn):
     with torch.inference_mode():
         reference = xt_fpn(x)
         out = optimize_for_inference(xt_fpn, compile=True)(x)
+    assert relative_error(out, reference) < RTOL
+
+
+@pytest.mark.parametrize("size", [(64, 96), (72, 104)])  # levels' sizes 2x apart or not (the resize kept)
+def test_fpn_head_shares_upsampling(size):
+    head = FPNHead([8, 8, 8, 8], channels=8, num_classes=3).eval()
+    randomize_folded_statistics(head)
+    g = torch.Generator().manual_seed(7)
+    h, w = size[0] // 4, size[1] // 4
+    inputs = [torch.randn(2, 8, -(-h // s), -(-w // s), generator=g) for s in (1, 2, 4, 8)]
+    with torch.no_grad():
+        reference = head(inputs)
+        share_fpn_upsampling(head)
+        assert isinstance(head, FPNHeadForInference)
+        out = head(inputs)
     assert relative_error(out, reference) < RTOL
