@@ -9,8 +9,8 @@ import segzoo
 from segzoo.backbones.moganet import MogaBlock, MogaNet
 from segzoo.optimize import optimize_for_inference
 from segzoo.optimize import moganet as optimize_moganet
-from segzoo.heads import FPNHead
-from segzoo.optimize.fpn import FPNHeadForInference, share_fpn_upsampling
+from segzoo.heads import FPNHead, FPNNeck
+from segzoo.optimize.fpn import FPNHeadForInference, FPNNeckForInference, rewrite_fpn
 from segzoo.optimize.moganet import FoldedMogaBlock, _move_excess_padding
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
 
@@ -81,6 +81,7 @@ def test_rewrites_applied_to_the_entry(xt_fpn):
     fast = optimize_for_inference(xt_fpn)
     backbone = fast.backbone
     assert isinstance(backbone, MogaNet) and isinstance(fast.decode_head, FPNHeadForInference)
+    assert isinstance(fast.neck, FPNNeckForInference)
     blocks = [m for m in backbone.modules() if isinstance(m, MogaBlock | FoldedMogaBlock)]
     assert blocks and all(isinstance(b, FoldedMogaBlock) for b in blocks)
     for block in blocks:
@@ -106,7 +107,26 @@ def test_fpn_head_shares_upsampling(size):
     inputs = [torch.randn(2, 8, -(-h // s), -(-w // s), generator=g) for s in (1, 2, 4, 8)]
     with torch.no_grad():
         reference = head(inputs)
-        share_fpn_upsampling(head)
+        rewrite_fpn(head)
         assert isinstance(head, FPNHeadForInference)
         out = head(inputs)
     assert relative_error(out, reference) < RTOL
+
+
+@pytest.mark.parametrize("size", [(64, 96), (68, 100), (64, 104)])  # all levels 2x apart, none, some
+def test_fpn_neck_splits_its_output_convs(size):
+    torch.manual_seed(8)
+    neck = FPNNeck([4, 6, 8, 10], out_channels=8).eval()
+    g = torch.Generator().manual_seed(9)
+    h, w = size[0] // 4, size[1] // 4
+    inputs = [torch.randn(2, c, -(-h // s), -(-w // s), generator=g) for c, s in zip((4, 6, 8, 10), (1, 2, 4, 8))]
+    with torch.no_grad():
+        for conv in (m for m in neck.modules() if isinstance(m, nn.Conv2d)):
+            conv.bias.normal_(0, 1.0, generator=g)
+        reference = neck(inputs)
+        rewrite_fpn(neck)
+        assert isinstance(neck, FPNNeckForInference)
+        outputs = neck(inputs)
+    assert len(outputs) == len(reference)
+    for out, ref in zip(outputs, reference):
+        assert out.shape == ref.shape and relative_error(out, ref) < RTOL

@@ -30,7 +30,7 @@ from segzoo.backbones.moganet import MogaNet
 from segzoo.backbones.resnet_dilated import DilatedResNet
 from segzoo.heads import FPNHead, FPNNeck
 from segzoo.optimize.folding import fold_conv_bn_pairs, freeze_standardized_convs
-from segzoo.optimize.fpn import share_fpn_upsampling
+from segzoo.optimize.fpn import rewrite_fpn
 from segzoo.optimize.moganet import fold_moganet
 from segzoo.segmentors import EncoderDecoder
 
@@ -159,7 +159,7 @@ def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> 
         info = getattr(model, "info", None)  # immutable (and not deep-copyable): shared
         model = copy.deepcopy(model, memo={id(info): info} if info is not None else None)
     fold(model.eval())
-    share_fpn_upsampling(model)
+    rewrite_fpn(model)
     model.requires_grad_(False)
     _set_memory_formats(model, channels_last)
     model.__class__ = _eval_only_class(type(model))
