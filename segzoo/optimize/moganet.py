@@ -101,7 +101,8 @@ class FoldedMogaBlock(nn.Module):
                 hidden, self.dwconv.weight[start:end], self.dwconv.bias[start:end], padding=self.dwconv.padding,
                 groups=end - start,
             )
-            part = F.conv2d(F.gelu(hidden), self.fc2_decompose.weight[:, start:end], self.fc2_decompose.bias if out is None else None)
+            bias = self.fc2_decompose.bias if out is None else None
+            part = F.conv2d(F.gelu(hidden), self.fc2_decompose.weight[:, start:end], bias)
             out = part if out is None else out.add_(part)
         return out
 
