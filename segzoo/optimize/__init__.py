@@ -7,7 +7,14 @@
   pre-norm blocks), where a BN's shift cannot leak into zero padding;
 - folds MogaNet's elementwise tails: the layer scales, the FFN's channel aggregation (a per-channel scale on
   the wide hidden map becomes part of ``fc2``, the subtracted single-channel map a rank-one correction on the
-  narrow output), the residual of the gated aggregation and each stage's closing BatchNorm;
+  narrow output), the residual of the gated aggregation and each stage's closing BatchNorm; runs ``fc2`` and
+  ``decompose`` as one conv, the wide FFN hidden maps in channel slices and pre-pads the dilated depth-wise
+  conv so that oneDNN's fast kernel takes it (:mod:`segzoo.optimize.moganet`);
+- runs the dilated ResNets' wide 3x3 convolutions by Winograd F(2x2, 3x3) on the CPU and the GloRe unit's
+  1x1 projections on the node side of its graph products (:mod:`segzoo.optimize.resnet`);
+- splits the Semantic-FPN neck's output convs into a conv of the narrow input and a stride-2 transposed conv
+  of the coarser sum, and lets the FPN head's coarse levels share their last upsampling
+  (:mod:`segzoo.optimize.fpn`);
 - runs UperNet's 3x3 fusion convolution on the coarse FPN levels before upsampling them
   (:mod:`segzoo.optimize.uper`: the convolution's channel mix commutes with the bilinear resize);
 - precomputes the standardized weights of the hybrid ViTs' ResNetV2 stems, runs ViT attention fused
@@ -35,6 +42,7 @@ from segzoo.backbones.moganet import MogaNet
 from segzoo.backbones.resnet_dilated import DilatedResNet
 from segzoo.heads import FPNHead, FPNNeck
 from segzoo.optimize.folding import fold_conv_bn_pairs, freeze_standardized_convs
+from segzoo.optimize.fpn import rewrite_fpn
 from segzoo.optimize.moganet import fold_moganet
 from segzoo.optimize.resnet import WinogradConv2d, optimize_dilated_resnets
 from segzoo.optimize.uper import rewrite_uper_heads
@@ -149,8 +157,8 @@ def optimize_for_inference(
     """An eval-only model computing the same function as ``model`` in eval mode, faster.
 
     BatchNorms are folded into the adjacent convolutions, MogaNet's layer scales and element scales into its
-    1x1 convolutions, timm's standardized convs are frozen and ViT attention runs fused (see
-    :mod:`segzoo.optimize`). ``channels_last``: ``"auto"`` picks the memory format per part (backbone, neck,
+    1x1 convolutions, and each architecture's costliest parts are rewritten into cheaper forms of the same
+    function (see :mod:`segzoo.optimize`). ``channels_last``: ``"auto"`` picks the memory format per part (backbone, neck,
     heads) for the device the model is on now (optimize after moving it), ``True``/``False`` force it for
     every part. ``compile`` wraps the result in ``torch.compile``. The result has no gradients and refuses
     ``.train()``; ``model`` itself is left untouched unless ``inplace``.
@@ -168,6 +176,7 @@ def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> 
         model = copy.deepcopy(model, memo={id(info): info} if info is not None else None)
     fold(model.eval())
     optimize_dilated_resnets(model)
+    rewrite_fpn(model)
     rewrite_uper_heads(model)
     optimize_vits(model)
     model.requires_grad_(False)

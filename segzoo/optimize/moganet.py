@@ -10,6 +10,18 @@ from segzoo.backbones.moganet import MogaBlock, MogaNet
 from segzoo.optimize.folding import bn_affine, conv_params, fold_bn_before, scale_outputs, set_conv
 
 
+MAX_HIDDEN_BYTES = 1 << 24
+"""The largest wide FFN hidden map :class:`FoldedMogaBlock` computes at once. Larger ones (stage 1 of MogaNet-S,
+-B and -L: 512 channels at a quarter of the input size, 32 MiB at 512x512) are computed in channel slices:
+a map past the C library allocator's 32 MiB ceiling gets fresh pages from the system on every allocation,
+whose page faults cost as much as the GELU on it; slices below it reuse freed memory."""
+
+
+def _even_slices(total: int, pieces: int) -> list[tuple[int, int]]:
+    bounds = [total * i // pieces for i in range(pieces + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 class FoldedMogaBlock(nn.Module):
     """A :class:`~segzoo.backbones.moganet.MogaBlock` with its norms, layer scales and element scales folded,
     optionally followed by the stage's closing BatchNorm (folded too).
@@ -22,10 +34,14 @@ class FoldedMogaBlock(nn.Module):
     def __init__(self, block: MogaBlock, closing_norm: _BatchNorm | None = None) -> None:
         super().__init__()
         attn, mlp = block.attn, block.mlp
-        self.proj_1, self.gate, self.value = attn.proj_1, attn.gate, attn.value
-        self.proj_2, self.fc1, self.dwconv, self.decompose, self.fc2 = (
-            attn.proj_2, mlp.fc1, mlp.dwconv, mlp.decompose, mlp.fc2
+        value = attn.value
+        self.proj_1, self.gate, self.proj_2 = attn.proj_1, attn.gate, attn.proj_2
+        self.context, self.mid_conv, self.high_conv, self.value_mix = (
+            value.DW_conv0, value.DW_conv1, value.DW_conv2, value.PW_conv
         )
+        self.split_sizes = [value.low_channels, value.mid_channels, value.high_channels]
+        self.high_padding = _move_excess_padding(self.high_conv)
+        self.fc1, self.dwconv = mlp.fc1, mlp.dwconv
         layer_scale_1 = block.layer_scale_1.detach().double().flatten()
         layer_scale_2 = block.layer_scale_2.detach().double().flatten()
         # gated aggregation: norm1 into proj_1; the shortcut (the normed input) and layer scale 1 into proj_2
@@ -36,16 +52,25 @@ class FoldedMogaBlock(nn.Module):
         sigma_1 = attn.sigma.scale.detach().double().flatten()
         self.register_buffer("feature_scale", self._channel_vector(1 + sigma_1))
         self.register_buffer("mean_scale", self._channel_vector(-sigma_1))
-        # FFN: norm2 into fc1; the channel aggregation, layer scale 2 and the closing norm into fc2
+        # FFN: norm2 into fc1; the channel aggregation, layer scale 2 and the closing norm into fc2, and fc2 and
+        # decompose (both read the wide hidden map) as one conv whose last output channel is decompose's
         fold_bn_before(block.norm2, self.fc1)
         sigma_2 = mlp.sigma.scale.detach().double().flatten()
-        weight, bias = conv_params(self.fc2)
+        weight, bias = conv_params(mlp.fc2)
         out_scale, out_shift = (
             bn_affine(closing_norm) if closing_norm is not None else (torch.ones_like(bias), torch.zeros_like(bias))
         )
         total = layer_scale_2 * out_scale
-        set_conv(self.fc2, weight * (1 + sigma_2).view(1, -1, 1, 1) * total.view(-1, 1, 1, 1),
-                  bias * total + out_shift)
+        decompose_weight, decompose_bias = conv_params(mlp.decompose)
+        self.channels = weight.shape[0]
+        self.fc2_decompose = nn.Conv2d(
+            weight.shape[1], self.channels + 1, 1, device=mlp.fc2.weight.device, dtype=mlp.fc2.weight.dtype
+        )
+        set_conv(
+            self.fc2_decompose,
+            torch.cat([weight * (1 + sigma_2).view(1, -1, 1, 1) * total.view(-1, 1, 1, 1), decompose_weight]),
+            torch.cat([bias * total + out_shift, decompose_bias]),
+        )
         correction = -(weight[:, :, 0, 0] @ sigma_2) * total
         self.register_buffer("decompose_scale", self._channel_vector(correction))
         self.register_buffer(
@@ -53,19 +78,56 @@ class FoldedMogaBlock(nn.Module):
         )
 
     def _channel_vector(self, values: torch.Tensor) -> torch.Tensor:
-        return values.to(self.fc2.weight.dtype).view(1, -1, 1, 1)
+        return values.to(self.proj_1.weight.dtype).view(1, -1, 1, 1)
+
+    def _value(self, u: torch.Tensor) -> torch.Tensor:
+        """The multi-order depth-wise branch before its SiLU."""
+        low, mid, high = torch.split(self.context(u), self.split_sizes, dim=1)
+        high = self.high_conv(F.pad(high, self.high_padding))
+        return self.value_mix(torch.cat([low, self.mid_conv(mid), high], dim=1))
+
+    def _ffn(self, y: torch.Tensor) -> torch.Tensor:
+        """``fc2_decompose(gelu(dwconv(fc1(y))))``, over slices of the hidden channels when the wide hidden map
+        would exceed ``MAX_HIDDEN_BYTES`` (the slices' products summed: the same sums, reassociated)."""
+        hidden_channels = self.fc1.out_channels
+        hidden_bytes = y[:, :1].numel() * hidden_channels * y.element_size()
+        pieces = min(-(-hidden_bytes // MAX_HIDDEN_BYTES), hidden_channels)
+        if pieces == 1:
+            return self.fc2_decompose(F.gelu(self.dwconv(self.fc1(y))))
+        out = None
+        for start, end in _even_slices(hidden_channels, pieces):
+            hidden = F.conv2d(y, self.fc1.weight[start:end], self.fc1.bias[start:end])
+            hidden = F.conv2d(
+                hidden, self.dwconv.weight[start:end], self.dwconv.bias[start:end], padding=self.dwconv.padding,
+                groups=end - start,
+            )
+            bias = self.fc2_decompose.bias if out is None else None
+            part = F.conv2d(F.gelu(hidden), self.fc2_decompose.weight[:, start:end], bias)
+            out = part if out is None else out.add_(part)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.proj_1(x)
         # u + sigma (u - mean(u)) as one pass
-        u = torch.addcmul(u.mean((2, 3), keepdim=True) * self.mean_scale, u, self.feature_scale)
-        u = F.silu(u)
-        gated = F.silu(self.gate(u)).mul_(F.silu(self.value(u)))
+        u = F.silu(torch.addcmul(u.mean((2, 3), keepdim=True) * self.mean_scale, u, self.feature_scale), inplace=True)
+        gated = F.silu(self.gate(u), inplace=True).mul_(F.silu(self._value(u), inplace=True))
         y = torch.addcmul(self.proj_2(gated), x, self.residual_1)
-        hidden = F.gelu(self.dwconv(self.fc1(y)))
-        out = self.fc2(hidden)
-        out = out.add_(y) if self.residual_2 is None else out.addcmul_(y, self.residual_2)
-        return out.addcmul_(F.gelu(self.decompose(hidden)), self.decompose_scale)
+        out, decomposed = torch.split(self._ffn(y), [self.channels, 1], dim=1)
+        out = torch.add(out, y) if self.residual_2 is None else torch.addcmul(out, y, self.residual_2)
+        return out.addcmul_(F.gelu(decomposed), self.decompose_scale)
+
+
+def _move_excess_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """Leave ``conv`` at most ``kernel_size - 1`` zero padding per side and return the rest, for ``F.pad`` before it.
+
+    oneDNN's depth-wise kernels refuse a padding as wide as the kernel (MogaNet's 7x7 conv with dilation 3 pads
+    9) and fall back to a path about ten times slower; the same zeros padded beforehand cost one copy, which
+    the channel slice the conv reads needs anyway.
+    """
+    kept = [min(p, k - 1) for p, k in zip(conv.padding, conv.kernel_size)]
+    excess_h, excess_w = (p - k for p, k in zip(conv.padding, kept))
+    conv.padding = tuple(kept)
+    return (excess_w, excess_w, excess_h, excess_h)
 
 
 def fold_moganet(backbone: MogaNet) -> None:
