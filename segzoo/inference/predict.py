@@ -14,6 +14,7 @@ from PIL import Image
 from segzoo.inference.modes import slide_logits
 from segzoo.inference.pipeline import load_image, preprocess
 from segzoo.inference.rescale import View, rescaled_labels, rescaled_scores
+from segzoo.optimize import EvalOnly
 from segzoo.segmentors import EncoderDecoder
 from segzoo.zoo.records import InferencePipeline
 
@@ -124,8 +125,10 @@ def _view_logits(
                 logits = model(x)
             else:
                 logits = slide_logits(model, x, model.num_classes, crop, stride, pipeline.slide_windows)
-        # The final resize runs on contiguous float32 logits, as upstream's does.
-        results.append((logits.float().contiguous(), flip))
+        # The final resize runs on contiguous float32 logits, as upstream's does; a fast-path model equals its
+        # eager model to float32 rounding only, so its logits keep their memory format (saves a full-size copy)
+        logits = logits.float()
+        results.append((logits if isinstance(model, EvalOnly) else logits.contiguous(), flip))
     align_corners = model.align_corners if pipeline.rescale_align_corners is None else pipeline.rescale_align_corners
     return results, align_corners
 

@@ -4,8 +4,9 @@ head's pixel mixing as one batched matmul.
 - Each timm :class:`~timm.models.vision_transformer.Block` becomes a :class:`FoldedViTBlock`: the affine part
   of ``norm1`` and ``norm2`` is folded into ``qkv`` and ``fc1`` (``W (g * n + b) + c = (W g) n + (W b + c)``),
   so the norms only normalize; on the CPU in float32 the linear layers run through oneDNN with the GELU after
-  ``fc1`` and the residual adds after ``proj`` and ``fc2`` fused into them (against ``addmm`` at 2 threads:
-  1.4-1.8x on ViT-Ti/S-sized layers, 1.05-1.1x on ViT-B/L-sized ones). The attention stays
+  ``fc1`` and the residual adds after ``proj`` and ``fc2`` fused into them, for ViTs up to
+  :data:`ONEDNN_MAX_WIDTH` wide (whole model against the same folded blocks on ``F.linear``, 2 threads, quiet
+  machine: ViT-Ti 1.09x, ViT-B 1.04x, ViT-L 0.85x, where MKL's ``addmm`` is the faster GEMM). The attention stays
   ``scaled_dot_product_attention``: with explicit matmuls and softmax instead, a block runs 1.4-1.8x slower at
   1025 tokens (head width 64).
 - A ViT whose input gives another token count than its training crop (the Cityscapes models at 512x512)
@@ -29,6 +30,7 @@ from torch import nn
 
 from segzoo.heads.proxy import NEIGHBOURS, ProxyHead
 
+ONEDNN_MAX_WIDTH = 768
 _VIT_MODULE = "segzoo.backbones.vit"  # imports timm; a model holds a ViT only once it has been imported
 
 
@@ -168,8 +170,9 @@ def optimize_vits(model: nn.Module) -> None:
         if vit_module is not None and isinstance(module, vit_module.ViT):
             if onednn is None:
                 onednn = onednn_linear_available()
+            fused_linear = onednn and module.out_channels[0] <= ONEDNN_MAX_WIDTH
             module.blocks = nn.Sequential(*(
-                FoldedViTBlock(block, onednn) if _is_plain_block(block) else block for block in module.blocks
+                FoldedViTBlock(block, fused_linear) if _is_plain_block(block) else block for block in module.blocks
             ))
             if not hasattr(module, "resized_pos_embed"):  # not optimized before
                 module.__class__ = _pos_embed_caching(type(module))
