@@ -38,8 +38,8 @@ def test_cards_render_what_the_detectron2_and_glore_entries_need():
     assert "| 34.78 (counted) | - |" in table and "(test set, evaluation server)" in table
 
 
-BENCHMARK_HEADER = ("name,family,resolution,mode,device,threads,images_per_s,latency_ms,peak_mem_mb,gflops,"
-                    "gflop_per_s,peak_fraction,speedup_vs_eager,note")
+BENCHMARK_HEADER = ("name,family,resolution,mode,device,device_name,threads,images_per_s,latency_ms,peak_mem_mb,"
+                    "gflops,gflop_per_s,peak_fraction,speedup_vs_eager,note")
 
 
 @pytest.fixture
@@ -49,9 +49,9 @@ def zoo_csv(tmp_path):
     path.parent.mkdir()
     path.write_text("\n".join([
         BENCHMARK_HEADER,
-        "moganet_xt_fpn_ade20k,moganet,512x512,eager,cpu,2,2.50,400.0,310,25.1,62.8,0.10,1.00,",
-        "moganet_xt_fpn_ade20k,moganet,512x512,fast,cpu,2,3.50,285.7,280,25.1,88.0,0.14,1.40,",
-        "regproxy_vit_ti16_ade20k,regproxy,512x512,bf16,cpu,2,,,,3.9,,,,needs a GPU",
+        "moganet_xt_fpn_ade20k,moganet,512x512,eager,cpu,Xeon,2,2.50,400.0,310,25.1,62.8,0.10,1.00,",
+        "moganet_xt_fpn_ade20k,moganet,512x512,fast,cpu,Xeon,2,3.50,285.7,280,25.1,88.0,0.14,1.40,",
+        "regproxy_vit_ti16_ade20k,regproxy,512x512,bf16,cuda,,,,,,3.9,,,,needs a GPU",
     ]) + "\n")
     return path
 
@@ -60,10 +60,10 @@ def test_cards_show_the_entrys_benchmark_rows_or_say_not_yet_measured(tmp_path, 
     (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
     files = expected_files(tmp_path)
     moganet = files[tmp_path / "model_cards" / "moganet_xt_fpn_ade20k.md"]
-    assert "| eager | cpu | 2 | 512x512 | 2.50 | 400.0 | 310 | 25.1 | 62.8 | 0.10 | 1.00 | - |" in moganet
-    assert "| fast | cpu | 2 | 512x512 | 3.50 | 285.7 | 280 | 25.1 | 88.0 | 0.14 | 1.40 | - |" in moganet
+    assert "| eager | Xeon | 2 | 512x512 | 2.50 | 400.0 | 310 | 25.1 | 62.8 | 0.10 | 1.00 | - |" in moganet
+    assert "| fast | Xeon | 2 | 512x512 | 3.50 | 285.7 | 280 | 25.1 | 88.0 | 0.14 | 1.40 | - |" in moganet
     regproxy = files[tmp_path / "model_cards" / "regproxy_vit_ti16_ade20k.md"]
-    assert "| bf16 | cpu | 2 | 512x512 | - | - | - | 3.9 | - | - | - | needs a GPU |" in regproxy
+    assert "| bf16 | cuda | - | 512x512 | - | - | - | 3.9 | - | - | - | needs a GPU |" in regproxy
     assert "Not yet measured" in files[tmp_path / "model_cards" / "emanet_r50_coco.md"]
 
 

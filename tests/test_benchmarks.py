@@ -1,0 +1,48 @@
+"""The zoo benchmark's bookkeeping: which rows a run replaces, and what its markdown table says."""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_zoo():
+    spec = importlib.util.spec_from_file_location("zoo_benchmark", REPO / "benchmarks" / "zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def measured(mode, device, images_per_s="10"):
+    return dict(name="regproxy_vit_ti16_ade20k", family="regproxy", resolution="512x683", mode=mode, device=device,
+                device_name="NVIDIA H100" if device == "cuda" else "Xeon", images_per_s=images_per_s, note="")
+
+
+def test_a_cpu_run_keeps_measured_gpu_rows_and_marks_the_missing_ones():
+    zoo = load_zoo()
+    gpu_row = measured("bf16", "cuda")
+    rows = [gpu_row, measured("eager", "cpu", "1")]
+    placeholders = zoo.placeholder_rows("regproxy_vit_ti16_ade20k", "test", torch.device("cpu"), ["fast+compile"])
+    assert {(r["mode"], r["device"], r["note"]) for r in placeholders} == {
+        ("fast+compile", "cpu", "not measured (--no-compile)"),
+        ("bf16", "cuda", "needs GPU"), ("bf16+compile", "cuda", "needs GPU"), ("bf16+cuda-graphs", "cuda", "needs GPU"),
+    }
+    rows, added = zoo.merge_rows(rows, [measured("eager", "cpu", "2")], placeholders)
+    assert gpu_row in rows and gpu_row not in added
+    by_key = {zoo.row_key(r): r for r in rows}
+    assert by_key[("regproxy_vit_ti16_ade20k", "512x683", "eager", "cpu")]["images_per_s"] == "2"
+    assert by_key[("regproxy_vit_ti16_ade20k", "512x683", "bf16+compile", "cuda")]["note"] == "needs GPU"
+    assert len(rows) == 5
+
+
+def test_the_table_names_each_device_and_sets_the_papers_speed_beside_the_gpu_rows(tmp_path):
+    zoo = load_zoo()
+    out = tmp_path / "zoo.csv"
+    machines = {"cpu": "- cpu: Xeon, 2 CPU threads", "cuda": "- cuda: NVIDIA H100, 16 CPU threads"}
+    zoo.write_outputs(out, [measured("eager", "cuda", "50"), measured("eager", "cpu", "1")],
+                      zoo.machine_header(machines))
+    table = out.with_suffix(".md").read_text()
+    assert zoo.machine_lines(out.with_suffix(".md")) == machines
+    assert "| regproxy_vit_ti16_ade20k | 38.9 FPS | NVIDIA H100 | 50 (0.02 s/im) | needs GPU |" in table
+    assert "| emanet_r50_cityscapes | 0.11 s/im | - | needs GPU |" in table
