@@ -99,13 +99,14 @@ def _parts(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _prefers_channels_last(part: nn.Module, device: torch.device) -> bool:
-    """Whether ``part`` runs faster channels-last on ``device`` (measured, ``benchmarks/RESULTS.md``): on a GPU
-    every conv part; on the CPU MogaNet's depthwise-heavy backbone and the FPN neck and head beside it, the
-    dilated ResNets, and the heads whose 3x3 convolutions run by Winograd (EMA, GloRe FCN: channels-last
-    transforms, 1.1x), but not mkldnn's dense 3x3 convolutions of the UperNet head (0.75-0.95x) nor the
-    token-based ViT and EurNet backbones."""
+    """Whether ``part`` runs faster channels-last on ``device`` (measured, ``benchmarks/RESULTS.md``). On a GPU
+    only the dilated ResNets (1.02-1.09x on an H100; MogaNet's depth-wise convolutions ran 0.78-0.86x
+    channels-last, the heads and ViT stems no faster). On the CPU MogaNet's depthwise-heavy backbone and the FPN
+    neck and head beside it, the dilated ResNets, and the heads whose 3x3 convolutions run by Winograd (EMA,
+    GloRe FCN: channels-last transforms, 1.1x), but not mkldnn's dense 3x3 convolutions of the UperNet head
+    (0.75-0.95x) nor the token-based ViT and EurNet backbones."""
     if device.type == "cuda":
-        return any(isinstance(m, nn.Conv2d) for m in part.modules())
+        return isinstance(part, DilatedResNet)
     return isinstance(part, _CPU_CHANNELS_LAST) or any(isinstance(m, WinogradConv2d) for m in part.modules())
 
 
