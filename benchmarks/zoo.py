@@ -55,14 +55,14 @@ from torch.utils.flop_counter import FlopCounterMode
 import segzoo
 
 COLUMNS = [
-    "name", "family", "resolution", "mode", "device", "device_name", "threads", "images_per_s", "latency_ms", "peak_mem_mb",
-    "gflops", "gflop_per_s", "peak_fraction", "speedup_vs_eager", "note",
+    "name", "family", "resolution", "mode", "device", "device_name", "threads", "images_per_s", "latency_ms",
+    "peak_mem_mb", "gflops", "gflop_per_s", "peak_fraction", "speedup_vs_eager", "note",
 ]
 CPU_MODES = ["eager", "fast", "fast+compile"]
 GPU_MODES = ["bf16", "bf16+compile", "bf16+cuda-graphs"]
 COMPILE_MODES = ("fast+compile", "bf16+compile")
-# the speed columns of the papers' tables (``ModelInfo.reported_costs``), shown next to the GPU rows
 PEAK_NAMES = {"sgemm": "fp32 sgemm", "conv": "fp32 3x3 conv", "bf16": "bf16 matmul"}
+# the speed columns of the papers' tables (``ModelInfo.reported_costs``), shown next to the GPU rows
 REPORTED_SPEED = {"FPS": lambda v: f"{v:g} FPS", "inference time (s/im)": lambda v: f"{v:g} s/im"}
 # the typical photo size (H, W) of each dataset, fed to the entry's test pipeline
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -329,7 +329,7 @@ def machine_lines(md_path: Path) -> dict[str, str]:
     for line in md_path.read_text().splitlines():
         if line.startswith("|"):
             break
-        device, sep, rest = line.removeprefix("- ").partition(": ")
+        device, sep, _ = line.removeprefix("- ").partition(": ")
         if line.startswith("- ") and sep and device in ("cpu", "cuda"):
             lines[device] = line
     return lines
@@ -346,8 +346,8 @@ def reported_speed_table(rows: list[dict]) -> list[str]:
         "| name | reported | measured on | " + " | ".join(modes) + " |", "|" + "---|" * (3 + len(modes)),
     ]
     for name in segzoo.list_models():
-        reported = [fmt(segzoo.model_info(name).reported_costs[key])
-                    for key, fmt in REPORTED_SPEED.items() if key in segzoo.model_info(name).reported_costs]
+        costs = segzoo.model_info(name).reported_costs
+        reported = [fmt(costs[key]) for key, fmt in REPORTED_SPEED.items() if key in costs]
         if not reported:
             continue
         cells = []
@@ -383,7 +383,8 @@ def main() -> None:
     parser.add_argument("--entries", default="*", help="fnmatch pattern of registry names (default: all)")
     parser.add_argument("--resolution", choices=["test", "512", "both"], default="both")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per mode, after one warm-up")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows (fast+compile, bf16+compile)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the compiled rows (fast+compile, bf16+compile)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("zoo.csv"))
