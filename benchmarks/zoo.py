@@ -53,11 +53,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import segzoo
+from segzoo.cards import BENCHMARK_COLUMNS
 
-COLUMNS = [
-    "name", "family", "resolution", "mode", "device", "device_name", "threads", "images_per_s", "latency_ms",
-    "peak_mem_mb", "gflops", "gflop_per_s", "peak_fraction", "speedup_vs_eager", "note",
-]
+COLUMNS = list(BENCHMARK_COLUMNS)  # the layout the model cards read
 CPU_MODES = ["eager", "fast", "fast+compile"]
 GPU_MODES = ["bf16", "bf16+compile", "bf16+cuda-graphs"]
 COMPILE_MODES = ("fast+compile", "bf16+compile")

@@ -159,9 +159,9 @@ def optimize_for_inference(
 
     BatchNorms are folded into the adjacent convolutions, MogaNet's layer scales and element scales into its
     1x1 convolutions, and each architecture's costliest parts are rewritten into cheaper forms of the same
-    function (see :mod:`segzoo.optimize`). ``channels_last``: ``"auto"`` picks the memory format per part (backbone, neck,
-    heads) for the device the model is on now (optimize after moving it), ``True``/``False`` force it for
-    every part. ``compile`` wraps the result in ``torch.compile``. The result has no gradients and refuses
+    function (see :mod:`segzoo.optimize`). ``channels_last``: ``"auto"`` picks the memory format per part
+    (backbone, neck, heads) for the device the model is on now (optimize after moving it), ``True``/``False``
+    force it for every part. ``compile`` wraps the result in ``torch.compile``. The result has no gradients and refuses
     ``.train()``; ``model`` itself is left untouched unless ``inplace``.
     """
     if channels_last not in ("auto", True, False):

@@ -8,8 +8,8 @@ more than the multiplies saved and mkldnn's direct convolution stays. Measured p
 channels-last convolution (512x512 input, one thread, interleaved; a loaded machine, so +-0.1): 64->64 and
 64->128 at 256x256 0.3-0.4x, 64->64 at 128x128 0.3x, 128->128 at 64x64 1.1x, 256->256 at 32x32 1.6x, 512->512
 at 32x32 (dilation 2-8) 1.3-1.6x, at 64x64 (dilation 4-16) 0.9-1.3x, 2048->512 at 32x32 and 64x64 1.4-1.5x
-(two threads). CPU only: on a GPU cuDNN picks its own
-algorithm (Winograd among them) and the model is left as it is.
+(two threads). CPU only: on a GPU cuDNN picks its own algorithm (Winograd among them) and the model is left as
+it is.
 """
 from __future__ import annotations
 
