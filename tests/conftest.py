@@ -5,9 +5,10 @@ import gzip
 import hashlib
 import json
 import re
+import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -156,6 +157,23 @@ def file_server(tmp_path: Path) -> Iterator[FileServer]:
     server = FileServer(root)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Path]]:
+    """``tmp_path_factory.mktemp`` for module-scoped fixtures; what it made is removed when the module is done.
+
+    The suite writes gigabytes of synthetic checkpoints; kept to the end of the session they can fill a CI disk.
+    """
+    made: list[Path] = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -28,9 +28,9 @@ def run_golden_check(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def checkpoint_files(tmp_path_factory):
+def checkpoint_files(module_tmp):
     """One synthetic R50 Cityscapes checkpoint, saved as detectron2 does and as a bare state dict."""
-    root = tmp_path_factory.mktemp("emanet")
+    root = module_tmp("emanet")
     state_dict = synthetic_state_dict(NAME)
     container = root / "detectron2.pth"
     torch.save({"model": state_dict, "optimizer": {}, "scheduler": {}, "iteration": 29_999}, container)

@@ -30,7 +30,7 @@ def baseline():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_tmp):
     """EurNet-T UperNet loaded strictly from a synthetic checkpoint in the published mmseg layout."""
     g = torch.Generator().manual_seed(0)
     state_dict = {}
@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
             state_dict[key] = 0.5 + torch.rand(shape, generator=g)  # sane activation scales through the blocks
         else:
             state_dict[key] = 0.05 * torch.randn(shape, generator=g)
-    path = save_mmseg_checkpoint(tmp_path_factory.mktemp("eurnet") / "eurnet_t.pth", state_dict)
+    path = save_mmseg_checkpoint(module_tmp("eurnet") / "eurnet_t.pth", state_dict)
     model = segzoo.create_model(NAMES[0], checkpoint_path=str(path)).eval()
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state_dict.items())

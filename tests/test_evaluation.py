@@ -26,9 +26,9 @@ SIZES = [(16, 16), (16, 16), (20, 14), (16, 16), (12, 24)]
 
 
 @pytest.fixture(scope="module")
-def ade_root(tmp_path_factory):
+def ade_root(module_tmp):
     """Small images in the ADEChallengeData2016 layout, labels 0 (other) to 150."""
-    root = tmp_path_factory.mktemp("ade") / "ADEChallengeData2016"
+    root = module_tmp("ade") / "ADEChallengeData2016"
     rng = np.random.default_rng(0)
     for i, (h, w) in enumerate(SIZES, start=1):
         for sub, suffix, array in (
@@ -42,8 +42,8 @@ def ade_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_mmseg_checkpoint(tmp_path_factory.mktemp("ckpt") / "xt.pth", synthetic_state_dict(NAME))
+def checkpoint(module_tmp):
+    return save_mmseg_checkpoint(module_tmp("ckpt") / "xt.pth", synthetic_state_dict(NAME))
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +95,9 @@ def test_shards_cover_every_sample_once():
 
 
 @pytest.fixture(scope="module")
-def square_root(tmp_path_factory, ade_root):
+def square_root(module_tmp, ade_root):
     """Two 16x16 images: the real pipeline makes them 512x512, cheap enough for full CLI runs."""
-    root = tmp_path_factory.mktemp("square") / "ADEChallengeData2016"
+    root = module_tmp("square") / "ADEChallengeData2016"
     for sub, suffix in (("images", ".jpg"), ("annotations", ".png")):
         (root / sub / "validation").mkdir(parents=True)
         for i in (1, 2):
@@ -221,9 +221,9 @@ def cityscapes_info(**changes):
 
 
 @pytest.fixture(scope="module")
-def cityscapes_root(tmp_path_factory):
+def cityscapes_root(module_tmp):
     pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
-    return make_official_cityscapes(tmp_path_factory.mktemp("cityscapes"))
+    return make_official_cityscapes(module_tmp("cityscapes"))
 
 
 def official_scores_from_files(prediction_dir, root):

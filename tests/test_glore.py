@@ -63,9 +63,9 @@ def test_fresh_unit_is_the_identity_and_has_upstream_keys():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(module_tmp):
     state_dict = synthetic_state_dict(NAME)
-    path = tmp_path_factory.mktemp("glore") / "resnet50_w-glore.pth"
+    path = module_tmp("glore") / "resnet50_w-glore.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state_dict.items()}, "epoch": 1}, path)
     return state_dict, path
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -283,8 +284,8 @@ def test_build_train_dataset_opens_custom_folders(tmp_path: Path) -> None:
 # --- loader end to end -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ade20k_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ade") / "ADEChallengeData2016"
+def ade20k_train(module_tmp: Callable[[str], Path]) -> Path:
+    root = module_tmp("ade") / "ADEChallengeData2016"
     rng = np.random.default_rng(5)
     for i in range(1, 6):
         save(root / "images" / "training" / f"ADE_train_{i:08d}.jpg", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def ade_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_ade20k(tmp_path_factory.mktemp("ade"), train_images=8)
+def ade_root(module_tmp: Callable[[str], Path]) -> Path:
+    return make_ade20k(module_tmp("ade"), train_images=8)
 
 
 def small_config(data: Path, work_dir: Path, **changes) -> TrainConfig:
@@ -173,10 +174,10 @@ def _train_command(data: Path, work: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def resumed_and_uninterrupted(ade_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def resumed_and_uninterrupted(ade_root: Path, module_tmp: Callable[[str], Path]) -> tuple[Path, Path]:
     """The final checkpoints of a run killed with SIGKILL after a checkpoint then resumed, and of the same run
     uninterrupted (both with the entry's drop-path, so every process's random state must come back too)."""
-    root = tmp_path_factory.mktemp("resume")
+    root = module_tmp("resume")
     env = subprocess_env()
     reference = subprocess.Popen(_train_command(ade_root, root / "whole"), env=env, stderr=subprocess.PIPE)
     killed = subprocess.Popen(_train_command(ade_root, root / "killed"), env=env, stderr=subprocess.PIPE)
