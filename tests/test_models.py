@@ -6,10 +6,12 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import segzoo
 from segzoo.families import build_architecture, convert_state_dict
-from tests.conftest import REPO, SHARED, synthetic_state_dict, upstream_manifests
+from tests.conftest import ONE_PER_ARCHITECTURE, REPO, SHARED, synthetic_state_dict, upstream_manifests
 
 NAMES = segzoo.list_models()
 
@@ -38,6 +40,37 @@ def test_state_dict_layout_equals_published_checkpoint(name):
     published = {k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta") for k, (shape, dtype) in manifest.items()}
     converted = convert_state_dict(segzoo.model_info(name).architecture, published)
     assert {k: (list(v.shape), v.dtype) for k, v in converted.items()} == model_layout
+
+
+class _HostTensorLog(TorchDispatchMode):
+    """Records the ops that take a host tensor (other than a 0-dim scalar)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        flat, _ = tree_flatten((args, kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dim() for t in flat):
+            self.ops.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ONE_PER_ARCHITECTURE)
+def test_forward_runs_on_the_meta_device_without_host_tensors(name):
+    """What CUDA graphs and torch.export need: no step reads tensor values back on the host (meta tensors have
+    none), and once a size's caches are built, no step takes a host tensor. EurNet at 128x160 and 1216x320 also
+    completes its kNN graph from ties."""
+    model = _meta_model(name).eval()
+    info = segzoo.model_info(name)
+    sizes = [(128, 160), (1216, 320)] if info.family == "eurnet" else [(64, 96)]
+    with torch.no_grad():
+        for size in sizes:
+            images = torch.empty(2, 3, *size, device="meta")
+            assert model(images).shape == (2, info.num_classes, *size)
+            with _HostTensorLog() as log:
+                model(images)
+            assert not log.ops
 
 
 @pytest.fixture(scope="module")

@@ -119,6 +119,43 @@ def relative_position_term(dim: int, rows: int, cols: int, dilation: int, device
     return (-(2.0 * dot / dim).to(torch.float32)).reshape(rows * cols, rows * cols).to(device)
 
 
+@dataclass(frozen=True)
+class ClassBlock:
+    """The patches of one window and one dilation class, the only candidates of each other."""
+
+    rows: slice
+    cols: slice
+    members: torch.Tensor  # (m,) patch indices, row-major
+    # (m, m) added to their feature distances: the relative-position term, and EXCLUDED on the diagonal (the
+    # patch itself, about EXCLUDED - 1, ranks behind every candidate and ahead of every excluded pair however
+    # that sum is rounded)
+    offset: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TieChunk:
+    """Patches short of candidates, ranked over whole distance rows ``(len(queries), 1 + H*W)`` at once.
+
+    ``source`` is the block whose distances fill their rows from its member row ``start`` (None for
+    patches in no window); ``excluded`` are the (row, column) pairs ranked behind with one more
+    :data:`EXCLUDED`: the virtual node, the 8 grid neighbours and, outside any window, the patch itself.
+    """
+
+    source: int | None
+    start: int
+    queries: torch.Tensor
+    excluded: tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """Everything of the kNN graph that depends only on the grid size, built once per size and device so
+    that the forward pass neither synchronizes with nor copies from the host."""
+
+    blocks: list[ClassBlock]
+    ties: list[TieChunk]
+
+
 class MediumRangeGraph(nn.Module):
     """The ``k`` nearest semantic neighbours of each patch, as an index tensor.
 
@@ -132,18 +169,14 @@ class MediumRangeGraph(nn.Module):
     ranking of its whole distance row (``torch.topk``).
     """
 
+    MAX_PLANS = 8  # grid sizes whose plans are kept, per module
+
     def __init__(self, dim: int, k: int = 12, window_length: int = 144, dilation: int = 2) -> None:
         super().__init__()
         if dilation < 2:  # with dilation 1 grid neighbours would share a class and need excluding
             raise ValueError(f"dilation must be at least 2, got {dilation}")
         self.dim, self.k, self.window_length, self.dilation = dim, k, window_length, dilation
-        self._relative_pos: dict[tuple[int, int, torch.device], torch.Tensor] = {}
-
-    def _relative(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
-        key = (rows, cols, device)
-        if key not in self._relative_pos:
-            self._relative_pos[key] = relative_position_term(self.dim, rows, cols, self.dilation, device)
-        return self._relative_pos[key]
+        self._plans: dict[tuple[int, int, torch.device], GraphPlan] = {}
 
     def windows(self, h: int, w: int) -> list[tuple[int, int, int, int]]:
         """``(row0, row1, col0, col1)`` of each window: one per step along the diagonal."""
@@ -160,68 +193,93 @@ class MediumRangeGraph(nn.Module):
                 f"but this input gives a {h}x{w} grid at one stage"
             )
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, C)`` stage input -> ``(B, H*W, k)`` neighbour indices, 1 + patch index (0 is
-        the virtual node)."""
-        b, h, w, c = x.shape
-        self.check_size(h, w)
-        n, k, dil = h * w, self.k, self.dilation
-        x = F.normalize(x.float(), p=2.0, dim=-1)
-        grid_index = torch.arange(n, device=x.device).view(h, w)
-        index = torch.full((b, n, k), -1, dtype=torch.long, device=x.device)
-        covered = torch.zeros(n, dtype=torch.bool, device=x.device)
-        short_blocks = []  # classes with too few candidates: (member indices, their distances)
+    def plan(self, h: int, w: int, device: torch.device) -> GraphPlan:
+        """The cached :class:`GraphPlan` of an ``h x w`` grid on ``device``."""
+        key = (h, w, device)
+        if key not in self._plans:
+            if len(self._plans) >= self.MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = self._build_plan(h, w, device)
+        return self._plans[key]
+
+    def _build_plan(self, h: int, w: int, device: torch.device) -> GraphPlan:
+        dil = self.dilation
+        grid_index = torch.arange(h * w).view(h, w)
+        covered = torch.zeros(h * w, dtype=torch.bool)
+        offsets: dict[tuple[int, int], torch.Tensor] = {}  # shared by the classes of one shape
+        blocks, short = [], []
         for (r0, r1, c0, c1), (dr, dc) in product(self.windows(h, w), product(range(dil), range(dil))):
             members = grid_index[r0 + dr:r1:dil, c0 + dc:c1:dil]
             rows, cols = members.shape
             if rows == 0 or cols == 0:
                 continue
             members = members.reshape(-1)
-            feats = x[:, r0 + dr:r1:dil, c0 + dc:c1:dil].reshape(b, -1, c)
+            covered[members] = True
+            if (rows, cols) not in offsets:
+                offsets[rows, cols] = relative_position_term(self.dim, rows, cols, dil, device)
+                offsets[rows, cols].diagonal().add_(EXCLUDED)
+            if members.numel() < self.k:  # fewer than k - 1 others: completed from the ties
+                short.append((len(blocks), members))
+            blocks.append(ClassBlock(slice(r0 + dr, r1, dil), slice(c0 + dc, c1, dil), members.to(device),
+                                     offsets[rows, cols]))
+        short.append((None, (~covered).nonzero().squeeze(1)))
+        chunk = max(1, (1 << 24) // (h * w + 1))  # whole rows per chunk: at most 2**24 floats
+        ties = [
+            TieChunk(source, start, queries.to(device),
+                     tuple(t.to(device) for t in self._tie_exclusions(queries, source is None, h, w)))
+            for source, members in short
+            for start in range(0, members.numel(), chunk)
+            for queries in [members[start:start + chunk]]
+        ]
+        return GraphPlan(blocks, ties)
+
+    @staticmethod
+    def _tie_exclusions(queries: torch.Tensor, outside: bool, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, column) in the distance rows of ``queries`` of every pair :class:`TieChunk` excludes."""
+        at = torch.arange(queries.numel())
+        rows, cols = [at], [torch.zeros_like(at)]  # the virtual node
+        if outside:  # no window: the patch itself is excluded like everything else
+            rows.append(at)
+            cols.append(queries + 1)
+        qi, qj = queries // w, queries % w
+        for di, dj in product((-1, 0, 1), repeat=2):
+            if di == dj == 0:
+                continue
+            ni, nj = qi + di, qj + dj
+            valid = (ni >= 0) & (ni < h) & (nj >= 0) & (nj < w)
+            rows.append(at[valid])
+            cols.append(ni[valid] * w + nj[valid] + 1)
+        return torch.cat(rows), torch.cat(cols)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` stage input -> ``(B, H*W, k)`` neighbour indices, 1 + patch index (0 is
+        the virtual node)."""
+        b, h, w, c = x.shape
+        self.check_size(h, w)
+        n, k = h * w, self.k
+        plan = self.plan(h, w, x.device)
+        x = F.normalize(x.float(), p=2.0, dim=-1)
+        index = torch.full((b, n, k), -1, dtype=torch.long, device=x.device)
+        short_dists: dict[int, torch.Tensor] = {}  # by block
+        for i, block in enumerate(plan.blocks):
+            feats = x[:, block.rows, block.cols].reshape(b, -1, c)
             sq = (feats**2).sum(-1)
             dist = sq[:, :, None] + sq[:, None, :] - 2.0 * (feats @ feats.transpose(1, 2))
-            dist = dist + self._relative(rows, cols, x.device)
-            dist.diagonal(dim1=1, dim2=2).add_(EXCLUDED)
-            covered[members] = True
-            if members.numel() >= k:  # k - 1 others and then the patch itself: no ties with the rest
+            dist = dist + block.offset
+            if block.members.numel() >= k:  # k - 1 others and then the patch itself: no ties with the rest
                 local = torch.topk(-dist, k, dim=-1).indices
-                index[:, members] = members[local] + 1
+                index[:, block.members] = block.members[local] + 1
             else:
-                short_blocks.append((members, dist))
-        uncovered = (~covered).nonzero().squeeze(1)
-        if short_blocks or uncovered.numel():
-            self._complete_from_ties(index, short_blocks, uncovered, h, w)
+                short_dists[i] = dist
+        for tie in plan.ties:  # rank whole distance rows, built as upstream builds them
+            rows = torch.full((b, tie.queries.numel(), n + 1), EXCLUDED, device=x.device)
+            if tie.source is not None:
+                dist = short_dists[tie.source]
+                rows[:, :, plan.blocks[tie.source].members + 1] = dist[:, tie.start:tie.start + tie.queries.numel()]
+            rows[:, tie.excluded[0], tie.excluded[1]] += EXCLUDED
+            index[:, tie.queries] = torch.topk(-rows, k, dim=-1).indices
         return index
-
-    def _complete_from_ties(
-        self,
-        index: torch.Tensor,
-        short_blocks: list[tuple[torch.Tensor, torch.Tensor]],
-        uncovered: torch.Tensor,
-        h: int,
-        w: int,
-    ) -> None:
-        """Rank whole distance rows, built as upstream builds them, for patches short of candidates."""
-        b, n = index.shape[:2]
-        queries = [(m, d) for m, d in short_blocks] + [(uncovered, None)]
-        chunk = max(1, (1 << 24) // (n + 1))
-        for members, dist in queries:
-            for start in range(0, members.numel(), chunk):
-                q = members[start:start + chunk]
-                rows = torch.full((b, q.numel(), n + 1), EXCLUDED, device=index.device)
-                if dist is None:  # no window: the patch itself is excluded like everything else
-                    rows[:, torch.arange(q.numel()), q + 1] += EXCLUDED
-                else:
-                    rows[:, :, members + 1] = dist[:, start:start + chunk]
-                rows[:, :, 0] += EXCLUDED
-                qi, qj = q // w, q % w
-                for di, dj in product((-1, 0, 1), repeat=2):
-                    ni, nj = qi + di, qj + dj
-                    valid = ((di, dj) != (0, 0)) & (ni >= 0) & (ni < h) & (nj >= 0) & (nj < w)
-                    where = valid.nonzero().squeeze(1)
-                    rows[:, where, ni[where] * w + nj[where] + 1] += EXCLUDED
-                index[:, q] = torch.topk(-rows, self.k, dim=-1).indices
 
 
 class GatedRelationalMessagePassing(nn.Module):
@@ -380,9 +438,10 @@ class EurNet(nn.Module):
 
     def position_embedding(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
         """The absolute position embedding resized bicubically to an ``h x w`` grid, channels last;
-        cached per size while the parameter is unchanged and no gradient is needed."""
+        cached per size while the parameter is unchanged and no gradient is needed (never in a trace,
+        which would keep the cached tensor as a constant)."""
         param = self.absolute_pos_embed
-        if torch.is_grad_enabled() and param.requires_grad:
+        if torch.is_grad_enabled() and param.requires_grad or torch.jit.is_tracing():
             return F.interpolate(param, size=(h, w), mode="bicubic").permute(0, 2, 3, 1)
         key = (h, w, like.device, like.dtype, param._version, param.data_ptr())
         if key not in self._pos_embed_cache:
