@@ -1,10 +1,13 @@
 """Registry API: names, aliases, records, errors."""
+import copy
 import dataclasses
+import pickle
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import segzoo
 from segzoo.zoo import ENTRIES
@@ -54,6 +57,26 @@ def test_model_info_is_immutable():
         info.num_classes = 3
     with pytest.raises(TypeError):
         info.metrics["mIoU"] = 99.0
+
+
+def test_model_info_pickles_and_a_model_copies_and_saves_whole(tmp_path):
+    """EMA copies, ``torch.save(model)`` and worker processes need a model that copies and pickles."""
+    for name in segzoo.list_models():
+        info = segzoo.model_info(name)
+        back = pickle.loads(pickle.dumps(info))
+        assert back == info and copy.deepcopy(info) is info
+        with pytest.raises(TypeError):
+            back.arch_args["x"] = 1  # still read-only
+    torch.manual_seed(0)
+    model = segzoo.create_model("moganet_xt_fpn_ade20k").eval()
+    twin = copy.deepcopy(model)
+    assert twin.info is model.info and twin.backbone is not model.backbone
+    torch.save(model, tmp_path / "whole.pt")
+    loaded = torch.load(tmp_path / "whole.pt", weights_only=False)  # our own file: trusted
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(twin(images), model(images)) and torch.equal(loaded(images), model(images))
+    assert loaded.info == model.info
 
 
 def test_model_info_fields():

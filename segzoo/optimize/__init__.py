@@ -173,8 +173,7 @@ def optimize_for_inference(
 
 def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> nn.Module:
     if not inplace:
-        info = getattr(model, "info", None)  # immutable (and not deep-copyable): shared
-        model = copy.deepcopy(model, memo={id(info): info} if info is not None else None)
+        model = copy.deepcopy(model)  # shares the immutable ``model.info``
     fold(model.eval())
     optimize_dilated_resnets(model)
     rewrite_fpn(model)

@@ -24,6 +24,10 @@ def _freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping))
 
 
+def _rebuild_record(cls: type[T], values: dict[str, Any]) -> T:
+    return cls(**values)
+
+
 def to_plain(value: Any) -> Any:
     """JSON-ready copy of a record: dataclasses and mappings become dicts, tuples become lists."""
     if is_dataclass(value):
@@ -204,6 +208,14 @@ class ModelInfo:
         object.__setattr__(self, "metrics", _freeze(self.metrics))
         object.__setattr__(self, "arch_args", _freeze(self.arch_args))
         object.__setattr__(self, "reported_costs", _freeze(self.reported_costs))
+
+    def __deepcopy__(self, memo: dict) -> ModelInfo:
+        return self  # immutable all the way down: ``copy.deepcopy(model)`` shares it
+
+    def __reduce__(self) -> tuple:
+        """Pickled (``torch.save(model)``, worker processes) as its fields, the read-only mappings as dicts."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return _rebuild_record, (type(self), {k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items()})
 
     @property
     def metrics_text(self) -> str:
