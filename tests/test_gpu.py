@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import segzoo
-from tests.conftest import synthetic_state_dict
+from tests.conftest import ONE_PER_ARCHITECTURE, synthetic_state_dict
+from tests.test_benchmarks import load_zoo
 from tests.test_optimize import input_size, randomize_folded_statistics, relative_error
 
 pytestmark = [
@@ -47,12 +48,6 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-ONE_PER_ARCHITECTURE = [
-    "moganet_xt_fpn_ade20k", "moganet_xt_upernet_ade20k", "emanet_r50_cityscapes", "glore_r50_fcn_cityscapes",
-    "regproxy_vit_ti16_ade20k", "regproxy_r26_vit_s32_ade20k", "eurnet_t_upernet_ade20k",
-]
-
-
 @pytest.mark.parametrize("name", ONE_PER_ARCHITECTURE)
 def test_fast_path_on_cuda_equals_eager(name, no_tf32):
     """The GPU fast path (folded, memory format chosen for CUDA) computes the eager model's function."""
@@ -81,3 +76,15 @@ def test_fast_path_bf16_channels_last_compiled_against_eager_fp32(name):
             out = compiled(x).float()
     assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
     assert ((out - ref).norm() / ref.norm()).item() < 3e-2
+
+
+@pytest.mark.parametrize("name", ONE_PER_ARCHITECTURE)
+def test_forward_replays_as_one_cuda_graph(name, no_tf32):
+    """Captured once (no host sync or host copy in the forward; EurNet at 128x160 completes its kNN graph from
+    ties), the graph replays what eager computes on a new input."""
+    model = segzoo.create_model(name).eval().to("cuda")
+    first, second = (torch.randn(1, 3, *input_size(name), device="cuda") for _ in range(2))
+    with torch.no_grad():
+        run = load_zoo().cuda_graph_runner(model, first)
+        assert relative_error(run(second).clone(), model(second)) < 1e-5
+
