@@ -87,4 +87,3 @@ def test_forward_replays_as_one_cuda_graph(name, no_tf32):
     with torch.no_grad():
         run = load_zoo().cuda_graph_runner(model, first)
         assert relative_error(run(second).clone(), model(second)) < 1e-5
-
