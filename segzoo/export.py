@@ -73,8 +73,8 @@ _EURNET_PLAN = (
 _EURNET_ONNX = FormatSupport(
     "fixed",
     _EURNET_PLAN + "; and onnxruntime's TopK orders equal distances by index where torch.topk need not, so at "
-    "sizes where some patches are completed from ties (roughly a side under 225 pixels or over 1152) the "
-    "export's check can fail (measured: 1.4e-3 at 128x160, 6e-7 at the 512x512 crop)",
+    "sizes where some patches are completed from ties (square inputs of 224x224 or less, narrow ones, or a side "
+    "over 1152 pixels) the export's check can fail (measured: 1.4e-3 at 128x160, 6e-7 at the 512x512 crop)",
 )
 
 _HYBRID_STEM = FormatSupport(

@@ -65,10 +65,10 @@ def _entry(size: str, row: tuple[float, float, float, float, int]) -> ModelInfo:
         arch_args={"arch": size},
         notes=(
             "FLOPs as reported, for a 512x2048 (height x width) input; they include the kNN distance products.",
-            "Where a patch has fewer than 11 kNN candidates in its window and dilation class (inputs under "
-            "about 256x256, or very elongated ones), upstream fills its 12 neighbours from tied distances "
-            "in torch.topk's order; segzoo ranks the same distance row with torch.topk, so results on other "
-            "topk implementations (e.g. CUDA) can differ for those patches.",
+            "Where a patch has fewer than 11 kNN candidates in its window and dilation class (square inputs of "
+            "224x224 or less, narrow ones, or a side over 1152 pixels), upstream fills its 12 neighbours from "
+            "tied distances in torch.topk's order; segzoo ranks the same distance row with torch.topk, so results "
+            "on other topk implementations (e.g. CUDA) can differ for those patches.",
         ),
         pretrained_backbone=IMAGENET[size],
     )
