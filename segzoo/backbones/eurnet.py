@@ -130,6 +130,7 @@ class ClassBlock:
     # patch itself, about EXCLUDED - 1, ranks behind every candidate and ahead of every excluded pair however
     # that sum is rounded)
     offset: torch.Tensor
+    short: bool  # fewer than k - 1 others: the patches are completed from the ties (a TieChunk)
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,11 @@ class MediumRangeGraph(nn.Module):
             if (rows, cols) not in offsets:
                 offsets[rows, cols] = relative_position_term(self.dim, rows, cols, dil, device)
                 offsets[rows, cols].diagonal().add_(EXCLUDED)
-            if members.numel() < self.k:  # fewer than k - 1 others: completed from the ties
+            block = ClassBlock(slice(r0 + dr, r1, dil), slice(c0 + dc, c1, dil), members.to(device),
+                               offsets[rows, cols], short=members.numel() < self.k)
+            if block.short:
                 short.append((len(blocks), members))
-            blocks.append(ClassBlock(slice(r0 + dr, r1, dil), slice(c0 + dc, c1, dil), members.to(device),
-                                     offsets[rows, cols]))
+            blocks.append(block)
         short.append((None, (~covered).nonzero().squeeze(1)))
         chunk = max(1, (1 << 24) // (h * w + 1))  # whole rows per chunk: at most 2**24 floats
         ties = [
@@ -267,11 +269,11 @@ class MediumRangeGraph(nn.Module):
             sq = (feats**2).sum(-1)
             dist = sq[:, :, None] + sq[:, None, :] - 2.0 * (feats @ feats.transpose(1, 2))
             dist = dist + block.offset
-            if block.members.numel() >= k:  # k - 1 others and then the patch itself: no ties with the rest
+            if block.short:
+                short_dists[i] = dist
+            else:  # k - 1 others and then the patch itself: no ties with the rest
                 local = torch.topk(-dist, k, dim=-1).indices
                 index[:, block.members] = block.members[local] + 1
-            else:
-                short_dists[i] = dist
         for tie in plan.ties:  # rank whole distance rows, built as upstream builds them
             rows = torch.full((b, tie.queries.numel(), n + 1), EXCLUDED, device=x.device)
             if tie.source is not None:
