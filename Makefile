@@ -1,17 +1,23 @@
-# The two quick-start commands: `make demo` and `make test`. Both set up .venv themselves.
+# The two quick-start commands: `make demo` and `make test`. Both set up .venv themselves, from the lock file.
 PYTHON ?= python3
 VENV ?= .venv
-# The torch the dev environment is pinned to (a CPU or CUDA build of it both work; timm's torchvision
-# needs this version).
+# The torch the dev environment is pinned to (a CPU or CUDA build of it both work). The lock file pins everything
+# else; torch and its CUDA wheels stay out of it, so that any build of this version fits. TORCHVISION is the release
+# built for that torch: `make lock` pins it.
 TORCH ?= torch==2.14.1
+TORCHVISION ?= torchvision==0.29.1
+LOCK := requirements/dev.txt
 BIN := $(VENV)/bin
+# What `make test-latest` installs: the newest release of every requirement, torch included.
+LATEST_VENV ?= .venv-latest
 
-.PHONY: demo test docs
+.PHONY: demo test docs lock test-latest
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+$(BIN)/.installed: setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -r $(LOCK)
+	$(BIN)/pip install --no-deps -e .
 	touch $@
 
 demo: $(BIN)/.installed
@@ -19,6 +25,20 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# Refreshes the lock file to the newest releases that fit setup.cfg's dev environment and TORCH.
+lock: $(BIN)/.installed
+	printf '%s\n%s\n' "$(TORCH)" "$(TORCHVISION)" | CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet \
+		--upgrade --strip-extras --annotation-style line --no-emit-index-url --no-emit-find-links --extra dev \
+		--output-file $(LOCK) setup.cfg -
+	grep -vE '^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==' $(LOCK) > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+
+# The suite against the newest release of everything (no lock), so that drift is found on purpose.
+test-latest:
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install --upgrade --upgrade-strategy eager torch -e ".[dev]"
+	$(LATEST_VENV)/bin/python -m pytest
 
 # Model cards, the README's generated tables and docs/zoo.png (matplotlib comes with the docs extra).
 docs: $(BIN)/.installed

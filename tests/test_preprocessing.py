@@ -14,6 +14,9 @@ from segzoo.inference import keep_ratio_shape, load_image, preprocess, resize_im
 from segzoo.zoo.records import Normalization
 
 SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "samples"
+# cv2.resize(INTER_LINEAR) outputs made once with OpenCV 4.14.0.94, the OpenCV of the upstream pipelines' era;
+# ``python tests/test_preprocessing.py`` writes them again (it refuses to under another major version).
+OPENCV4_RESIZES = Path(__file__).parent / "fixtures" / "opencv4_inter_linear.npz"
 MOGANET = segzoo.model_info("moganet_s_fpn_ade20k")
 # detectron2's test resize as EMANet configures it for Cityscapes, with its BGR mean/std.
 DETECTRON2 = dataclasses.replace(MOGANET.test_pipeline, resize="shortest_edge", scale=(1024, 2048), size_divisor=None)
@@ -50,13 +53,48 @@ def mmcv_test_resize(image: np.ndarray, scale: tuple[int, int], divisor: int) ->
 
 
 def mmcv_normalize(image: np.ndarray, normalization: Normalization) -> np.ndarray:
-    """mmcv's ``imnormalize``: float32 image, OpenCV subtract of the mean, multiply by the float64 reciprocal std."""
-    mean = np.float64(np.array(normalization.mean, dtype=np.float32).reshape(1, -1))
-    inverse_std = 1 / np.float64(np.array(normalization.std, dtype=np.float32).reshape(1, -1))
-    out = image.astype(np.float32)
-    cv2.subtract(out, mean, out)
-    cv2.multiply(out, inverse_std, out)
-    return out
+    """mmcv's ``imnormalize`` as it computed on the OpenCV 4 its models were tested with, written out in NumPy.
+
+    ``cv2.subtract`` turned the float64 mean into a float32 scalar and subtracted in float32; ``cv2.multiply``
+    multiplied by the float64 reciprocal of the float32 std in float64 and rounded to float32. OpenCV 5 changed
+    that arithmetic (a float32 ulp on about a quarter of the values), so the reference no longer calls OpenCV.
+    """
+    difference = image.astype(np.float32) - np.asarray(normalization.mean, dtype=np.float32)
+    inverse_std = 1.0 / np.asarray(normalization.std, dtype=np.float32).astype(np.float64)
+    return (difference.astype(np.float64) * inverse_std).astype(np.float32)
+
+
+def pattern_image(height: int, width: int) -> np.ndarray:
+    """A uint8 image from integer arithmetic alone (no random generator whose stream could change)."""
+    y, x, c = np.mgrid[0:height, 0:width, 0:3]
+    return ((x * 37 + y * 91 + c * 53) ^ (x * y + 7 * c)).astype(np.uint8)
+
+
+def opencv_resize_cases() -> dict[str, np.ndarray]:
+    """The installed OpenCV's bilinear resizes of a pattern image, one-step and as mmcv + ``AlignResize`` do."""
+    image = pattern_image(61, 83)
+    align = dataclasses.replace(MOGANET.test_pipeline, scale=(256, 64), size_divisor=32)
+    return {
+        "down_23x31": cv2.resize(image, (31, 23), interpolation=cv2.INTER_LINEAR),
+        "down_half_32x48": cv2.resize(pattern_image(64, 96), (48, 32), interpolation=cv2.INTER_LINEAR),
+        "down_75x100": cv2.resize(pattern_image(240, 320), (100, 75), interpolation=cv2.INTER_LINEAR),
+        "up_100x137": cv2.resize(image, (137, 100), interpolation=cv2.INTER_LINEAR),
+        "keep_ratio_then_align_to_32": resize_image(image, align),  # 61x83 -> 64x87 -> 64x96
+    }
+
+
+@pytest.mark.parametrize("case", sorted(opencv_resize_cases()))
+def test_installed_opencv_resizes_as_opencv_4_did(case):
+    with np.load(OPENCV4_RESIZES) as stored:
+        expected = stored[case]
+    resized = opencv_resize_cases()[case]
+    assert resized.shape == expected.shape, case
+    differ = int(np.count_nonzero(resized != expected))
+    assert differ == 0, (
+        f"OpenCV {cv2.__version__} resizes '{case}' differently from OpenCV 4 ({differ} of {expected.size} values): "
+        "model inputs would no longer equal what the upstream pipelines fed their models; bound "
+        "opencv-python-headless below this version in setup.cfg (with the reason) until segzoo resizes on its own"
+    )
 
 
 @pytest.mark.parametrize("name, photo", photos(), ids=lambda v: v if isinstance(v, str) else "")
@@ -125,3 +163,10 @@ def test_opencv_and_pil_decode_jpeg_alike(tmp_path):
     Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=85)
     decoded = cv2.imread(str(tmp_path / "photo.jpg"), cv2.IMREAD_COLOR)[:, :, ::-1]
     assert np.array_equal(np.asarray(load_image(tmp_path / "photo.jpg")), decoded)
+
+
+if __name__ == "__main__":
+    if not cv2.__version__.startswith("4."):
+        raise SystemExit(f"the fixture records OpenCV 4's resize; this is OpenCV {cv2.__version__}")
+    np.savez_compressed(OPENCV4_RESIZES, **opencv_resize_cases())
+    print(f"wrote {OPENCV4_RESIZES} with OpenCV {cv2.__version__}")
