@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # What `make test-latest` installs: the newest release of every requirement, torch included.
 LATEST_VENV ?= .venv-latest
 
-.PHONY: demo test docs lock test-latest
+.PHONY: demo test lint docs lock test-latest
 
 $(BIN)/.installed: setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# import-linter's layer contracts (pyproject.toml) over the package as installed: training/ as segzoo.training.
+IMPORT_GRAPH := build/import-graph
+lint: $(BIN)/.installed
+	rm -rf $(IMPORT_GRAPH) && mkdir -p $(IMPORT_GRAPH)
+	cp -r segzoo $(IMPORT_GRAPH)/segzoo && cp -r training $(IMPORT_GRAPH)/segzoo/training
+	cd $(IMPORT_GRAPH) && $(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
 # Refreshes the lock file to the newest releases that fit setup.cfg's dev environment and TORCH.
 lock: $(BIN)/.installed

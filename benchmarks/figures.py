@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from segzoo.cards import BENCHMARK_CSV, BenchmarkRow, read_benchmark
+from segzoo.families import families
 from segzoo.registry import list_models, model_info
 from segzoo.zoo.records import ModelInfo
 
@@ -25,8 +26,6 @@ FIGURE = Path("docs") / "zoo.png"
 LATENCY_RESOLUTION = "512x512"
 LATENCY_MODES = ("fast", "eager")
 MIOU_KEYS = ("mIoU", "mean IoU", "IoU class")  # how each paper names single-scale mIoU
-PAPER_LABELS = {"moganet": "MogaNet", "emanet": "EMANet", "glore": "GloRe", "regproxy": "RegionProxy",
-                "eurnet": "EurNet"}
 DATASET_MARKERS = {"ADE20K": "o", "Cityscapes": "s", "COCO-Stuff54": "^"}
 
 
@@ -56,7 +55,8 @@ def draw_zoo_figure(benchmark: Mapping[str, Sequence[BenchmarkRow]], out: Path) 
     style = {"font.family": "DejaVu Sans", "font.size": 9, "svg.hashsalt": "segzoo", "path.simplify": False}
     with plt.rc_context(style):
         fig, (by_flops, by_latency) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True, layout="constrained")
-        colours = dict(zip(PAPER_LABELS, plt.get_cmap("tab10").colors))
+        registered = families()
+        colours = {family.name: family.colour for family in registered}
         for name in list_models():
             info = model_info(name)
             miou = reported_miou(info)
@@ -74,14 +74,16 @@ def draw_zoo_figure(benchmark: Mapping[str, Sequence[BenchmarkRow]], out: Path) 
             by_latency.set_xscale("linear")
             by_latency.text(0.5, 0.5, "not yet measured\n(python benchmarks/zoo.py)", ha="center", va="center",
                             transform=by_latency.transAxes, color="grey")
-        by_flops.set_title("reported FLOPs (EMANet and GloRe report none)", fontsize=9)
+        unreported = [f.label for f in registered if all(info.flops_g is None for info in f.entries)]
+        by_flops.set_title("reported FLOPs" + (f" ({' and '.join(unreported)} report none)" if unreported else ""),
+                           fontsize=9)
         by_latency.set_title("measured latency (benchmarks/zoo.csv)", fontsize=9)
         for ax in (by_flops, by_latency):
             ax.grid(True, which="major", alpha=0.3)
             ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        handles = [plt.Line2D([], [], ls="", marker="o", color=colours[f], label=label)
-                   for f, label in PAPER_LABELS.items()]
+        handles = [plt.Line2D([], [], ls="", marker="o", color=family.colour, label=family.label)
+                   for family in registered]
         handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=d) for d, m in DATASET_MARKERS.items()]
         fig.legend(handles=handles, loc="outside right center", frameon=False)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,12 @@
 """segzoo: published semantic-segmentation models, faithful to their papers, in pure PyTorch."""
-__version__ = "0.1.0"
-
-from segzoo.registry import (  # noqa: E402
+from segzoo._version import __version__
+from segzoo.registry import (
     UnknownModelError, create_backbone, create_model, list_aliases, list_models, model_info,
 )
-from segzoo.zoo import ModelInfo  # noqa: E402
-from segzoo.hub import push_to_hub, save_pretrained  # noqa: E402
-from segzoo.inference import predict  # noqa: E402
-from segzoo.optimize import optimize_for_inference  # noqa: E402
+from segzoo.zoo import ModelInfo
+from segzoo.hub import push_to_hub, save_pretrained
+from segzoo.inference import predict
+from segzoo.optimize import optimize_for_inference
 
 __all__ = [
     "ModelInfo",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from segzoo.datasets import HF_DATASET_IDS
 from segzoo.export import (
-    EXPORT_SUPPORT, FORMAT_NAMES, FORMATS, MIN_DYNAMIC_SIDE, FormatSupport, export_support, support_row,
+    FORMAT_NAMES, FORMATS, MIN_DYNAMIC_SIDE, FormatSupport, export_support, support_rows,
 )
 from segzoo.registry import list_aliases, list_models, model_info
 from segzoo.zoo.records import ModelInfo, WeightSource
@@ -297,8 +297,7 @@ def render_export_table() -> str:
         "| Entries | " + " | ".join(FORMAT_NAMES[f] for f in FORMATS) + " |",
         "|---|" + "---|" * len(FORMATS),
     ]
-    for key, row in EXPORT_SUPPORT.items():
-        names = [n for n in list_models() if support_row(model_info(n)) == key]
+    for names, row in support_rows():
         lines.append(f"| {', '.join(f'`{n}`' for n in names)} | " + " | ".join(cell(row[f]) for f in FORMATS) + " |")
     lines += ["", f"- Dynamic H/W: any height and width of {MIN_DYNAMIC_SIDE} pixels or more; fixed H/W: the size "
                   "exported at (`--height`/`--width`, by default the entry's crop size)."]

@@ -5,9 +5,9 @@ at the input resolution out (see ``EncoderDecoder``). Preprocessing (resize, nor
 entry's sliding-window or multi-scale inference stay outside, as with ``model(images)``; the ONNX file
 records the normalization in its metadata.
 
-Which architecture exports in which format, and with which input sizes, is one table,
-``EXPORT_SUPPORT``; an entry or size it rules out raises ``ExportNotSupported`` saying why before any
-exporter runs. The model cards and the README's export table are generated from it.
+Which architecture exports in which format, and with which input sizes, each family records beside its
+architectures (``Architecture.export``); an entry or size it rules out raises ``ExportNotSupported`` saying
+why before any exporter runs. The model cards and the README's export table are generated from it.
 
 ONNX goes through the dynamo-based ``torch.onnx.export(..., dynamo=True)``: it is torch's maintained
 exporter (the TorchScript-based one is deprecated), it states dynamic height and width as
@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
+
+from segzoo.families import EXPORT_FORMATS, ExportFormat, FormatSupport, architecture, families
 
 if TYPE_CHECKING:
     from segzoo.segmentors import EncoderDecoder
@@ -32,8 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("segzoo")
 
-ExportFormat = Literal["onnx", "torchscript", "exported-program"]
-FORMATS: tuple[ExportFormat, ...] = ("onnx", "torchscript", "exported-program")
+FORMATS = EXPORT_FORMATS
 FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript", "exported-program": "ExportedProgram"}
 MIN_DYNAMIC_SIDE = 64  # the smallest height and width a dynamic export accepts: two stride-32 cells
 RELATIVE_TOLERANCE = 1e-4  # max |exported - PyTorch| over max |PyTorch|
@@ -48,74 +50,25 @@ class ExportCheckFailed(ValueError):
     """The exported model's outputs differ from PyTorch's by more than ``RELATIVE_TOLERANCE``."""
 
 
-@dataclass(frozen=True)
-class FormatSupport:
-    """How one format exports one architecture.
-
-    ``level``: ``"dynamic"`` (any height and width of ``MIN_DYNAMIC_SIDE`` or more), ``"fixed"`` (only
-    the height and width exported at) or ``"none"``; ``reason`` says why not more than that.
-    """
-
-    level: Literal["dynamic", "fixed", "none"]
-    reason: str = ""
-
-
-_DYNAMIC = FormatSupport("dynamic")
-_PPM_ONNX = FormatSupport(
-    "fixed",
-    "UperNet's pyramid pooling (adaptive average pooling to 1, 2, 3 and 6 bins) becomes ONNX average "
-    "pools whose kernels are fixed at the export size, so other sizes would give wrong logits",
-)
-_EURNET_PLAN = (
-    "EurNet's kNN graph is planned in Python from each stage's grid size (its windows, dilation classes and "
-    "the patches completed from ties), so an export holds the plan of the size it was exported at"
-)
-_EURNET_ONNX = FormatSupport(
-    "fixed",
-    _EURNET_PLAN + "; and onnxruntime's TopK orders equal distances by index where torch.topk need not, so at "
-    "sizes where some patches are completed from ties (square inputs of 224x224 or less, narrow ones, or a side "
-    "over 1152 pixels) the export's check can fail (measured: 1.4e-3 at 128x160, 6e-7 at the 512x512 crop)",
-)
-
-_HYBRID_STEM = FormatSupport(
-    "fixed",
-    "the hybrid's ResNet stem pads every convolution TF-'same' from the input size, and torch.export did not "
-    "finish capturing that for symbolic sizes (stopped after 6 minutes on a 64x64 example)",
-)
-
-# One row per architecture (``ModelInfo.architecture``), or per ``architecture/arch`` where one variant
-# (``arch_args["arch"]``) differs; measured by exporting at a small size and comparing at a second one
-# (tests/test_export.py, the ``slow`` sweep).
-EXPORT_SUPPORT: dict[str, dict[ExportFormat, FormatSupport]] = {
-    "moganet_fpn": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
-    "moganet_upernet": {"onnx": _PPM_ONNX, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
-    "emanet": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
-    "glore_fcn": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
-    "regproxy": {"onnx": _DYNAMIC, "torchscript": _DYNAMIC, "exported-program": _DYNAMIC},
-    **{f"regproxy/{arch}": {"onnx": _HYBRID_STEM, "torchscript": _DYNAMIC, "exported-program": _HYBRID_STEM}
-       for arch in ("r26_s32", "r50_l32")},
-    "eurnet_upernet": {
-        "onnx": _EURNET_ONNX,
-        "torchscript": FormatSupport("fixed", _EURNET_PLAN),
-        "exported-program": FormatSupport("fixed", _EURNET_PLAN),
-    },
-}
-
-
-def support_row(info: ModelInfo) -> str:
-    """The key of ``info``'s row in ``EXPORT_SUPPORT``: its variant's, else its architecture's."""
-    variant = f"{info.architecture}/{info.arch_args.get('arch')}"
-    return variant if variant in EXPORT_SUPPORT else info.architecture
-
-
 def export_support(info: ModelInfo, export_format: ExportFormat) -> FormatSupport:
-    """The table's verdict for ``info``'s entry in ``export_format``."""
+    """The verdict of ``info``'s architecture (or its variant) for ``export_format``, as its family records it."""
     if export_format not in FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {', '.join(FORMATS)}")
-    row = EXPORT_SUPPORT.get(support_row(info))
-    if row is None:
+    try:
+        recorded = architecture(info.architecture)
+    except KeyError:
         return FormatSupport("none", f"no export support is recorded for the architecture {info.architecture!r}")
-    return row[export_format]
+    return recorded.export_support(info)[export_format]
+
+
+def support_rows() -> list[tuple[list[str], Mapping[ExportFormat, FormatSupport]]]:
+    """The support table: one row per architecture (and variant with verdicts of its own), with its entries."""
+    rows: dict[tuple[str, int], tuple[list[str], Mapping[ExportFormat, FormatSupport]]] = {}
+    for family in families():
+        for info in sorted(family.entries, key=lambda entry: entry.name):
+            support = architecture(info.architecture).export_support(info)
+            rows.setdefault((info.architecture, id(support)), ([], support))[0].append(info.name)
+    return list(rows.values())
 
 
 def check_supported(info: ModelInfo, export_format: ExportFormat, dynamic: bool) -> None:
@@ -294,7 +247,7 @@ def export_model(
     a registered name, built with ``checkpoint_path`` when given and with the published weights
     otherwise. The example input is ``(1, 3, *input_size)``, by default the entry's crop size (the
     window a sliding-window entry sees). ``dynamic`` lets height and width vary (``MIN_DYNAMIC_SIDE``
-    or more) where ``EXPORT_SUPPORT`` allows it; the check then runs at a second size too. Raises
+    or more) where the family's export support allows it; the check then runs at a second size too. Raises
     ``ExportNotSupported`` before exporting when the table rules the export out, and
     ``ExportCheckFailed`` (the file stays, for inspection) when the outputs differ by more than
     ``RELATIVE_TOLERANCE`` of the largest logit.

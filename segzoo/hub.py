@@ -8,7 +8,7 @@ from pathlib import Path
 
 import safetensors.torch
 
-import segzoo
+from segzoo._version import __version__
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import hf_hub
 from segzoo.zoo.records import ModelInfo, to_plain
@@ -36,7 +36,7 @@ def save_pretrained(model: EncoderDecoder, folder: str | Path, repo_id: str | No
     info = _info_for(model)
     state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     safetensors.torch.save_file(state_dict, folder / hf_hub.WEIGHTS_NAME, metadata={"format": "pt"})
-    config = {"library": "segzoo", "segzoo_version": segzoo.__version__, "info": to_plain(info)}
+    config = {"library": "segzoo", "segzoo_version": __version__, "info": to_plain(info)}
     (folder / hf_hub.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     (folder / CARD_NAME).write_text(render_model_card(info, hf_repo_id=repo_id))
     return folder
@@ -54,7 +54,7 @@ def push_to_hub(
     """Upload ``model`` (native layout and model card) to ``repo_id``; returns the commit URL."""
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=hf_hub.endpoint(), token=token, library_name="segzoo", library_version=segzoo.__version__)
+    api = HfApi(endpoint=hf_hub.endpoint(), token=token, library_name="segzoo", library_version=__version__)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp, repo_id=repo_id)

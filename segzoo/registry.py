@@ -3,23 +3,35 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import json
 import numbers
 import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from segzoo.families import build_architecture, convert_state_dict
-from segzoo.features import create_backbone  # noqa: F401  (public here, beside create_model)
+from segzoo.families import Family, build_architecture, convert_state_dict, families
+from segzoo.features import FeatureExtractor, feature_extractor
 from segzoo.optimize import optimize_for_inference
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import (
-    UnsafeCheckpointError, hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict,
+    UnsafeCheckpointError, hf_hub, load_imagenet_backbone, load_pretrained, load_state_dict_strict, offline,
+    read_state_dict,
 )
-from segzoo.zoo import ENTRIES, ModelInfo
+from segzoo.zoo import ModelInfo
+from segzoo.zoo.pins import apply_pins, read_pins
 from segzoo.zoo.records import HF_HUB_PREFIX, from_plain
 
-_BY_NAME: dict[str, ModelInfo] = {info.name: info for info in ENTRIES}
+
+@dataclass(frozen=True)
+class _Catalog:
+    """Every registered entry by name (with the maintainers' pinned hashes applied) and the unambiguous aliases."""
+
+    families: tuple[Family, ...]
+    by_name: Mapping[str, ModelInfo]
+    aliases: Mapping[str, str]
 
 
 def _alias_of(info: ModelInfo) -> str:
@@ -27,14 +39,24 @@ def _alias_of(info: ModelInfo) -> str:
     return info.name.rsplit("_", 1)[0]
 
 
-def _unambiguous_aliases() -> dict[str, str]:
+@functools.cache
+def _catalog_of(registered: tuple[Family, ...]) -> _Catalog:
+    entries = apply_pins((info for family in registered for info in family.entries), read_pins())
     targets: dict[str, list[str]] = {}
-    for info in ENTRIES:
+    for info in entries:
         targets.setdefault(_alias_of(info), []).append(info.name)
-    return {alias: names[0] for alias, names in targets.items() if len(names) == 1}
+    aliases = {alias: names[0] for alias, names in targets.items() if len(names) == 1}
+    return _Catalog(registered, {info.name: info for info in entries}, aliases)
 
 
-_ALIASES = _unambiguous_aliases()
+def _catalog() -> _Catalog:
+    """The catalog of the families registered now (a family registered later, e.g. a plug-in's, is included)."""
+    return _catalog_of(families())
+
+
+def entries() -> tuple[ModelInfo, ...]:
+    """Every registered entry's record, family by family."""
+    return tuple(_catalog().by_name.values())
 
 
 class UnknownModelError(LookupError):
@@ -44,30 +66,31 @@ class UnknownModelError(LookupError):
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     """Sorted registered names matching the fnmatch ``pattern``; with ``pretrained``, only those with weights."""
     return sorted(
-        name for name, info in _BY_NAME.items()
+        name for name, info in _catalog().by_name.items()
         if fnmatch.fnmatchcase(name, pattern) and (info.weights or not pretrained)
     )
 
 
 def list_aliases() -> dict[str, str]:
     """Short names (the full name without the dataset) and the entry each stands for."""
-    return dict(sorted(_ALIASES.items()))
+    return dict(sorted(_catalog().aliases.items()))
 
 
 def resolve_name(name: str) -> str:
     """The registered name for ``name`` or its alias."""
-    if name in _BY_NAME:
+    catalog = _catalog()
+    if name in catalog.by_name:
         return name
-    if name in _ALIASES:
-        return _ALIASES[name]
-    close = difflib.get_close_matches(name, [*_BY_NAME, *_ALIASES], n=5, cutoff=0.6)
+    if name in catalog.aliases:
+        return catalog.aliases[name]
+    close = difflib.get_close_matches(name, [*catalog.by_name, *catalog.aliases], n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UnknownModelError(f"unknown model {name!r}{hint} (segzoo.list_models() lists all names)")
 
 
 def model_info(name: str) -> ModelInfo:
     """The immutable record of a registered model (name or alias)."""
-    return _BY_NAME[resolve_name(name)]
+    return _catalog().by_name[resolve_name(name)]
 
 
 def create_model(
@@ -154,3 +177,32 @@ def _classifiers_to_reinit(model: EncoderDecoder, state_dict: dict, candidates: 
         name for name in candidates
         if any(k.startswith(f"{name}.") and v.shape != shapes.get(k) for k, v in state_dict.items())
     ]
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool | Literal["imagenet"] = True,
+    out_indices: Sequence[int] | None = None,
+    **kwargs: object,
+) -> FeatureExtractor:
+    """The encoder of entry ``name`` returning multi-scale features, like timm's ``features_only`` models.
+
+    ``pretrained=True`` loads the encoder's part of the entry's segmentation
+    weights, ``"imagenet"`` the ImageNet classification file the paper's
+    training starts from (:func:`segzoo.weights.load_imagenet_backbone`),
+    ``False`` leaves it randomly initialized. ``out_indices`` picks the
+    features (see :mod:`segzoo.features`: stages 0-3 for the CNNs and EurNet,
+    ViT layers for RegionProxy; default as its table says). The result has a
+    ``feature_info`` with ``channels()``, ``reduction()`` and ``module_name()``
+    per returned map, and is in eval mode. Other keyword arguments go to
+    :func:`create_model` (e.g. ``checkpoint_path``, ``progress``).
+    """
+    if pretrained not in (True, False, "imagenet"):
+        raise ValueError(f"pretrained must be True, False or 'imagenet', got {pretrained!r}")
+    info = model_info(name)
+    model = create_model(info.name, pretrained=pretrained is True, **kwargs)
+    if pretrained == "imagenet":
+        load_imagenet_backbone(model, info.name)
+    extractor = feature_extractor(model.backbone, out_indices)
+    extractor.info = info
+    return extractor.eval()

@@ -30,8 +30,8 @@ EURNET = "eurnet_t_upernet_ade20k"
 def _serve_as_backbone(monkeypatch, name: str, source: WeightSource) -> None:
     from segzoo import registry
 
-    info = dataclasses.replace(registry._BY_NAME[name], pretrained_backbone=source)
-    monkeypatch.setitem(registry._BY_NAME, name, info)
+    info = dataclasses.replace(registry._catalog().by_name[name], pretrained_backbone=source)
+    monkeypatch.setitem(registry._catalog().by_name, name, info)
 
 
 def _random_like(state_dict: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:

@@ -84,8 +84,8 @@ def test_export_support_is_in_the_readme_table_and_each_card():
 
     table = render_export_table()
     eurnet = "| `eurnet_b_upernet_ade20k`, `eurnet_s_upernet_ade20k`, `eurnet_t_upernet_ade20k` |"
-    assert f"{eurnet} fixed H/W (3) | fixed H/W (4) | fixed H/W (4) |" in table
-    assert "- (4) EurNet's kNN graph is planned in Python from each stage's grid size" in table
+    assert f"{eurnet} fixed H/W (1) | fixed H/W (2) | fixed H/W (2) |" in table
+    assert "- (2) EurNet's kNN graph is planned in Python from each stage's grid size" in table
     card = render_model_card(model_info("moganet_s_upernet_ade20k"))
     assert "| Export | ONNX: fixed height and width only; TorchScript: dynamic height and width (64 px or more)" in card
     assert "- Export (ONNX): UperNet's pyramid pooling" in card

@@ -144,9 +144,9 @@ def test_emanet_demo_draws_the_cityscapes_palette_and_legend(tmp_path, monkeypat
     from segzoo import registry
 
     name = "emanet_r101_cityscapes"
-    info = registry._BY_NAME[name]
+    info = registry._catalog().by_name[name]
     small = dataclasses.replace(info.test_pipeline, scale=(64, 128))  # the real test size takes minutes on a CPU
-    monkeypatch.setitem(registry._BY_NAME, name, dataclasses.replace(info, test_pipeline=small))
+    monkeypatch.setitem(registry._catalog().by_name, name, dataclasses.replace(info, test_pipeline=small))
     ckpt = tmp_path / "emanet.pth"
     torch.save({"model": synthetic_state_dict(name), "iteration": 1}, ckpt)
     image = tmp_path / "street.png"
@@ -171,9 +171,9 @@ def test_demo_path_of_each_mmseg_family(tmp_path, monkeypatch, name, scale, firs
 
     from segzoo import registry
 
-    info = registry._BY_NAME[name]
+    info = registry._catalog().by_name[name]
     small = dataclasses.replace(info.test_pipeline, scale=scale)  # the real test sizes are slow on a CPU
-    monkeypatch.setitem(registry._BY_NAME, name, dataclasses.replace(info, test_pipeline=small))
+    monkeypatch.setitem(registry._catalog().by_name, name, dataclasses.replace(info, test_pipeline=small))
     ckpt = save_mmseg_checkpoint(tmp_path / "upstream.pth", synthetic_state_dict(name))  # the upstream layout
     image = tmp_path / "photo.png"
     Image.new("RGB", (96, 48), (120, 90, 60)).save(image)

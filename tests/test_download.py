@@ -169,8 +169,8 @@ def _entry_with_source(monkeypatch, name, **changes):
     """Point the registry entry ``name`` at other weight sources for one test."""
     from segzoo import registry
 
-    info = dataclasses.replace(registry._BY_NAME[name], **changes)
-    monkeypatch.setitem(registry._BY_NAME, name, info)
+    info = dataclasses.replace(registry._catalog().by_name[name], **changes)
+    monkeypatch.setitem(registry._catalog().by_name, name, info)
     return info
 
 

@@ -259,7 +259,7 @@ def test_drive_file_is_trusted_on_first_use_and_loads(drive, isolated_cache, mon
     checkpoint = save_mmseg_checkpoint(isolated_cache.parent / "published.pth", state_dict).read_bytes()
     drive.files[LARGE] = checkpoint
     source = _source(LARGE, sha256=None)
-    monkeypatch.setitem(registry._BY_NAME, name, dataclasses.replace(registry._BY_NAME[name], weights=(source,)))
+    monkeypatch.setitem(registry._catalog().by_name, name, dataclasses.replace(registry._catalog().by_name[name], weights=(source,)))
     for _ in range(2):
         model = segzoo.create_model(name, pretrained=True, progress=False)
         assert torch.equal(model.state_dict()[key], state_dict[key])
@@ -388,8 +388,8 @@ def test_refused_entry_is_listed_as_a_manual_download(drive, tmp_path, capsys, m
     from segzoo.cli import main
 
     name = "moganet_xt_fpn_ade20k"
-    info = dataclasses.replace(registry._BY_NAME[name], weights=(_source(QUOTA, sha256=None),))
-    monkeypatch.setitem(registry._BY_NAME, name, info)
+    info = dataclasses.replace(registry._catalog().by_name[name], weights=(_source(QUOTA, sha256=None),))
+    monkeypatch.setitem(registry._catalog().by_name, name, info)
     assert main(["download", name, "--to", str(tmp_path / "mirror"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"{name}: manual download needed" in out and "download quota" in out

@@ -107,9 +107,9 @@ def test_hf_hub_source_is_tried_before_the_upstream_url(model, hub, file_server,
     push_to_hub(model, "org/xt", token="hf_test")
     upstream = WeightSource(url=f"{file_server.url}/never-needed.pth", format="mmseg")
     info = dataclasses.replace(
-        registry._BY_NAME[NAME], weights=(WeightSource(url="hf-hub:org/xt", format="safetensors"), upstream)
+        registry._catalog().by_name[NAME], weights=(WeightSource(url="hf-hub:org/xt", format="safetensors"), upstream)
     )
-    monkeypatch.setitem(registry._BY_NAME, NAME, info)
+    monkeypatch.setitem(registry._catalog().by_name, NAME, info)
     with caplog.at_level("INFO", logger="segzoo"):
         assert _same_weights(segzoo.create_model(NAME, pretrained=True), model)
     assert "loaded weights from hf-hub:org/xt" in caplog.text and file_server.requests == []

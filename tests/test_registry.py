@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import segzoo
-from segzoo.zoo import ENTRIES
+from segzoo.registry import entries
 from tests.conftest import REPO, SHARED
 
 SIZES = ("xt", "t", "s", "b", "l")
@@ -103,7 +103,7 @@ def test_table_quirk_is_recorded_not_bent():
 
 
 def test_rounded_params_match_table_otherwise():
-    for info in ENTRIES:
+    for info in entries():
         if not info.notes and info.params_m is not None:
             assert round(info.num_params / 1e6, 1) == info.params_m, info.name
 
@@ -118,7 +118,7 @@ def test_registry_facts_match_the_seed_tables():
             url = re.search(r"\[model\]\((\S+)\)", cells[-1]).group(1)
             rows[url] = cells
     assert len(rows) == 10
-    for info in (e for e in ENTRIES if e.family == "moganet"):
+    for info in (e for e in entries() if e.family == "moganet"):
         cells = rows[info.weights[0].url]
         params, flops, iters, miou, macc = cells[3], cells[4], cells[5], cells[6], cells[7]
         assert info.backbone == cells[1]

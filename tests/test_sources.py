@@ -23,8 +23,8 @@ SHARE_PAGE = "https://pan.example.com/s/1AbCdEf"
 def _use_source(monkeypatch, source):
     from segzoo import registry
 
-    info = dataclasses.replace(registry._BY_NAME[NAME], weights=(source,))
-    monkeypatch.setitem(registry._BY_NAME, NAME, info)
+    info = dataclasses.replace(registry._catalog().by_name[NAME], weights=(source,))
+    monkeypatch.setitem(registry._catalog().by_name, NAME, info)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ Every norm is ``LayerNorm(eps=1e-5)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.layers import DropPath
+from segzoo.features import FeatureExtractor, stage_features
 
 
 @dataclass(frozen=True)
@@ -464,6 +466,13 @@ class EurNet(nn.Module):
             if stage.downsample is not None:
                 x = stage.downsample(y)
         return outs
+
+    def feature_extractor(self, out_indices: Sequence[int] | None) -> FeatureExtractor:
+        """Stages 0-3 (after ``norm0``-``norm3``) at strides 4, 8, 16 and 32; all four by default."""
+        modules = tuple(f"norm{i}" for i in range(len(self.out_channels)))
+        info, picks = stage_features(self, out_indices, modules, (4, 8, 16, 32))
+        return FeatureExtractor(self, info, picks)
+
 
 
 def _init_weights(m: nn.Module) -> None:

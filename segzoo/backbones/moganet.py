@@ -7,12 +7,14 @@ segmentation configs pass norm settings the upstream constructor ignores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from segzoo.layers import DropPath
+from segzoo.features import FeatureExtractor, stage_features
 
 
 @dataclass(frozen=True)
@@ -193,3 +195,10 @@ class MogaNet(nn.Module):
             x = getattr(self, f"norm{i}")(x)
             features.append(x)
         return features
+
+    def feature_extractor(self, out_indices: Sequence[int] | None) -> FeatureExtractor:
+        """Stages 0-3 (after ``norm1``-``norm4``) at strides 4, 8, 16 and 32; all four by default."""
+        modules = tuple(f"norm{i}" for i in range(1, len(self.out_channels) + 1))
+        info, picks = stage_features(self, out_indices, modules, (4, 8, 16, 32))
+        return FeatureExtractor(self, info, picks)
+

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from segzoo.features import FeatureExtractor, stage_features
+
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STEM_CHANNELS = 128
 MULTI_GRID = (1, 2, 4)
@@ -138,3 +140,12 @@ class DilatedResNet(nn.Module):
             if index in self.out_indices:
                 outputs.append(x)
         return outputs
+
+    def feature_extractor(self, out_indices: Sequence[int] | None) -> FeatureExtractor:
+        """``layer1``-``layer4`` (stages 0-3), all four by default; only the stages asked for are computed."""
+        reductions = (4, 8, min(16, self.output_stride), self.output_stride)
+        modules = ("layer1", "layer2", "layer3", "layer4")
+        info, picks = stage_features(self, out_indices, modules, reductions)
+        self.out_indices = picks
+        return FeatureExtractor(self, info, range(len(picks)))
+

@@ -28,6 +28,8 @@ from timm.models.resnetv2 import ResNetV2
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from segzoo.features import FeatureExtractor, FeatureInfo
+
 LAYER_NORM_EPS = 1e-6
 STD_CONV_EPS = 1e-8  # timm's ViT-hybrid stems standardize conv weights with this eps
 
@@ -105,6 +107,7 @@ class ViT(nn.Module):
                 _resnetv2_stem(spec.resnet_layers), img_size=spec.patch_size, patch_size=1,
                 embed_dim=spec.embed_dim, output_fmt="NHWC",
             )
+        self.patch_size = spec.patch_size
         self.pos_grid = (img_size[0] // spec.patch_size, img_size[1] // spec.patch_size)
         self.num_prefix_tokens = 2 if distilled else 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, spec.embed_dim))
@@ -166,3 +169,18 @@ class ViT(nn.Module):
             if i in self.out_indices:
                 outs.append(self._token_map(x, grid))
         return outs
+
+    def feature_extractor(self, out_indices: Sequence[int] | None) -> FeatureExtractor:
+        """Token maps of the layers ``out_indices`` (``-1`` the embedded tokens, ``i`` block ``i``; by default the
+        ones the model was built with) at the patch size's stride."""
+        depth = len(self.blocks)
+        indices = tuple(self.out_indices if out_indices is None else out_indices)
+        if not indices or any(not -1 <= i < depth for i in indices) or list(indices) != sorted(set(indices)):
+            raise ValueError(f"out_indices {indices} must be increasing ViT layers in [-1, {depth - 1}] "
+                             "(-1: the embedded tokens, i: block i)")
+        self.out_indices = indices  # the ViT returns exactly these token maps
+        width = self.pos_embed.shape[-1]
+        modules = tuple("patch_embed" if i == -1 else f"blocks.{i}" for i in indices)
+        info = FeatureInfo(indices, (width,) * len(indices), (self.patch_size,) * len(indices), modules)
+        return FeatureExtractor(self, info, range(len(indices)))
+

@@ -1,125 +1,48 @@
-"""Architecture builders by name, one module per paper family.
+"""The paper families: one module per paper declares its :class:`Family` (entries, builders, converters,
+export support) and registers it; :mod:`segzoo.families._registry` holds the record types and the registry.
 
-A zoo entry names its architecture and arguments; :func:`build_architecture`
-turns that into a module. Builders register themselves with
-:func:`register_architecture` when their family module is imported below,
-optionally with a converter from the original checkpoint layout to segzoo's
-(timm's ``checkpoint_filter_fn`` idea), which :func:`convert_state_dict` applies,
-and a converter from the ImageNet classification file the paper's training
-starts from to the backbone's layout, which :func:`convert_imagenet_state_dict`
-applies.
+Adding a family needs no edit here: a new module in this package is found on the first registry query.
 """
-from __future__ import annotations
-
-import functools
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
-
-import torch
-from torch import nn
-
-from segzoo.segmentors import EncoderDecoder
-
-Builder = Callable[..., EncoderDecoder]
-StateDict = Mapping[str, torch.Tensor]
-Converter = Callable[[StateDict], StateDict]
-# (ImageNet classification state dict, the segmentor's backbone) -> a state dict for that backbone
-ImageNetConverter = Callable[[StateDict, nn.Module], StateDict]
-_ARCHITECTURES: dict[str, Builder] = {}
-_CONVERTERS: dict[str, Converter] = {}
-_IMAGENET_CONVERTERS: dict[str, ImageNetConverter] = {}
-
-
-def register_architecture(
-    fn: Builder | None = None, *, convert: Converter | None = None, convert_imagenet: ImageNetConverter | None = None
-) -> Any:
-    """Register a builder under its function name: ``@register_architecture`` or
-    ``@register_architecture(convert=fn, convert_imagenet=fn2)``.
-
-    ``convert`` maps a state dict in the original checkpoint's layout to
-    segzoo's; it must return a segzoo-layout state dict unchanged, since
-    segzoo's own files go through it too. ``convert_imagenet`` maps the
-    ImageNet classification file the paper starts from to the state dict of
-    the built model's ``backbone`` (classifier dropped, names and shapes as
-    the backbone has them).
-    """
-    def register(builder: Builder) -> Builder:
-        if builder.__name__ in _ARCHITECTURES:
-            raise ValueError(f"architecture {builder.__name__!r} is registered twice")
-        _ARCHITECTURES[builder.__name__] = builder
-        if convert is not None:
-            _CONVERTERS[builder.__name__] = convert
-        if convert_imagenet is not None:
-            _IMAGENET_CONVERTERS[builder.__name__] = convert_imagenet
-        return builder
-
-    return register(fn) if fn is not None else register
-
-
-def convert_state_dict(architecture: str, state_dict: StateDict) -> StateDict:
-    """``state_dict`` in segzoo's layout for ``architecture`` (unchanged when it has no converter)."""
-    convert = _CONVERTERS.get(architecture)
-    return convert(state_dict) if convert is not None else state_dict
-
-
-def convert_imagenet_state_dict(architecture: str, state_dict: StateDict, backbone: nn.Module) -> StateDict:
-    """An ImageNet classification state dict in the layout of ``backbone``, the backbone of ``architecture``."""
-    convert = _IMAGENET_CONVERTERS.get(architecture)
-    if convert is None:
-        raise NotImplementedError(f"architecture {architecture!r} has no converter for ImageNet backbone files")
-    return convert(state_dict, backbone)
-
-
-def without_classifier(state_dict: StateDict, classifier_keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """``state_dict`` without the classifier tensors named in ``classifier_keys`` (those present)."""
-    return {key: tensor for key, tensor in state_dict.items() if key not in classifier_keys}
-
-
-_INIT_FUNCTIONS = (
-    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
-    "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+from segzoo.families._registry import (
+    DYNAMIC,
+    EXPORT_FORMATS,
+    EXPORTS_DYNAMICALLY,
+    Architecture,
+    Builder,
+    Converter,
+    ExportFormat,
+    Family,
+    FormatSupport,
+    ImageNetConverter,
+    StateDict,
+    architecture,
+    build_architecture,
+    convert_imagenet_state_dict,
+    convert_state_dict,
+    families,
+    family,
+    register_family,
+    without_classifier,
 )
-_NO_INIT_LOCK = threading.Lock()
 
-
-@contextmanager
-def _no_weight_init() -> Iterator[None]:
-    """In this thread, let ``torch.nn.init`` leave tensors as allocated; other threads are unaffected."""
-    owner = threading.get_ident()
-
-    def skipping(init_fn):
-        @functools.wraps(init_fn)
-        def maybe_init(tensor, *args, **kwargs):
-            return tensor if threading.get_ident() == owner else init_fn(tensor, *args, **kwargs)
-        return maybe_init
-
-    with _NO_INIT_LOCK:
-        originals = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-        for name, init_fn in originals.items():
-            setattr(nn.init, name, skipping(init_fn))
-        try:
-            yield
-        finally:
-            for name, init_fn in originals.items():
-                setattr(nn.init, name, init_fn)
-
-
-def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> EncoderDecoder:
-    """Build the architecture ``name`` with builder arguments ``kwargs``.
-
-    With ``initialize=False`` the weights are allocated but not initialized,
-    for a caller that assigns every tensor from a checkpoint right after.
-    """
-    try:
-        builder = _ARCHITECTURES[name]
-    except KeyError:
-        raise KeyError(f"no architecture named {name!r}; known: {sorted(_ARCHITECTURES)}") from None
-    if initialize:
-        return builder(**kwargs)
-    with _no_weight_init():
-        return builder(**kwargs)
-
-
-from segzoo.families import emanet, eurnet, glore, moganet, regproxy  # noqa: E402,F401  (registers the builders)
+__all__ = [
+    "DYNAMIC",
+    "EXPORTS_DYNAMICALLY",
+    "EXPORT_FORMATS",
+    "Architecture",
+    "Builder",
+    "Converter",
+    "ExportFormat",
+    "Family",
+    "FormatSupport",
+    "ImageNetConverter",
+    "StateDict",
+    "architecture",
+    "build_architecture",
+    "convert_imagenet_state_dict",
+    "convert_state_dict",
+    "families",
+    "family",
+    "register_family",
+    "without_classifier",
+]

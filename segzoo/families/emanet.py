@@ -4,7 +4,8 @@ from __future__ import annotations
 from segzoo.backbones.resnet_dilated import DilatedResNet
 import torch
 
-from segzoo.families import StateDict, register_architecture, without_classifier
+from segzoo.zoo import emanet as zoo
+from segzoo.families import EXPORTS_DYNAMICALLY, Architecture, Family, StateDict, register_family, without_classifier
 from segzoo.heads.ema import EMAHead
 from segzoo.segmentors import EncoderDecoder
 
@@ -53,7 +54,6 @@ def convert_imagenet_resnet(state_dict: StateDict, backbone: object) -> StateDic
     return converted
 
 
-@register_architecture(convert=convert_detectron2, convert_imagenet=convert_imagenet_resnet)
 def emanet(
     depth: int,
     output_stride: int,
@@ -70,3 +70,16 @@ def emanet(
         iterations=iterations, em_momentum=em_momentum, bn_momentum=bn_momentum,
     )
     return EncoderDecoder(backbone, head, align_corners=True)
+
+
+FAMILY = register_family(Family(
+    name="emanet",
+    label="EMANet",
+    colour="#ff7f0e",
+    entries=zoo.ENTRIES,
+    architectures=(
+        Architecture(
+            emanet, convert=convert_detectron2, convert_imagenet=convert_imagenet_resnet, export=EXPORTS_DYNAMICALLY,
+        ),
+    ),
+))

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.backbones.eurnet import EurNet
-from segzoo.families import StateDict, register_architecture, without_classifier
+from segzoo.zoo import eurnet as zoo
+from segzoo.families import Architecture, Family, FormatSupport, StateDict, register_family, without_classifier
 from segzoo.segmentors import EncoderDecoder, upernet
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,32 @@ def _relation_rows(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return grown
 
 
-@register_architecture(convert_imagenet=convert_imagenet_eurnet)
 def eurnet_upernet(arch: str, num_classes: int = 150, drop_path_rate: float = 0.3) -> EncoderDecoder:
     """EurNet + UperNet head (512 channels) + FCN auxiliary head on stage 3 (256 channels)."""
     return upernet(EurNet(arch, drop_path_rate=drop_path_rate), num_classes)
+
+
+_PLAN = (
+    "EurNet's kNN graph is planned in Python from each stage's grid size (its windows, dilation classes and "
+    "the patches completed from ties), so an export holds the plan of the size it was exported at"
+)
+_ONNX = FormatSupport(
+    "fixed",
+    _PLAN + "; and onnxruntime's TopK orders equal distances by index where torch.topk need not, so at "
+    "sizes where some patches are completed from ties (square inputs of 224x224 or less, narrow ones, or a side "
+    "over 1152 pixels) the export's check can fail (measured: 1.4e-3 at 128x160, 6e-7 at the 512x512 crop)",
+)
+
+FAMILY = register_family(Family(
+    name="eurnet",
+    label="EurNet",
+    colour="#9467bd",
+    entries=zoo.ENTRIES,
+    architectures=(
+        Architecture(
+            eurnet_upernet, convert_imagenet=convert_imagenet_eurnet,
+            export={"onnx": _ONNX, "torchscript": FormatSupport("fixed", _PLAN),
+                    "exported-program": FormatSupport("fixed", _PLAN)},
+        ),
+    ),
+))

@@ -7,13 +7,13 @@ entries record the values they assume.
 from __future__ import annotations
 
 from segzoo.backbones.resnet_dilated import DilatedResNet
-from segzoo.families import register_architecture
+from segzoo.zoo import glore as zoo
+from segzoo.families import EXPORTS_DYNAMICALLY, Architecture, Family, register_family
 from segzoo.families.emanet import convert_imagenet_resnet
 from segzoo.heads.glore import GloReFCNHead
 from segzoo.segmentors import EncoderDecoder
 
 
-@register_architecture(convert_imagenet=convert_imagenet_resnet)
 def glore_fcn(
     depth: int,
     num_classes: int = 19,
@@ -29,3 +29,12 @@ def glore_fcn(
         backbone.out_channels[3], channels, num_classes, num_mid, normalize, align_corners=align_corners
     )
     return EncoderDecoder(backbone, head, align_corners=align_corners)
+
+
+FAMILY = register_family(Family(
+    name="glore",
+    label="GloRe",
+    colour="#2ca02c",
+    entries=zoo.ENTRIES,
+    architectures=(Architecture(glore_fcn, convert_imagenet=convert_imagenet_resnet, export=EXPORTS_DYNAMICALLY),),
+))

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from segzoo.backbones.moganet import MogaNet
-from segzoo.families import StateDict, register_architecture, without_classifier
+from segzoo.zoo import moganet as zoo
+from segzoo.families import (
+    EXPORTS_DYNAMICALLY, Architecture, Family, FormatSupport, StateDict, register_family, without_classifier,
+)
 from segzoo.heads import FPNHead, FPNNeck
 from segzoo.segmentors import EncoderDecoder, upernet
 
@@ -20,7 +23,6 @@ def convert_imagenet_moganet(state_dict: StateDict, backbone: object) -> StateDi
     return without_classifier(state_dict, IMAGENET_CLASSIFIER_KEYS)
 
 
-@register_architecture(convert_imagenet=convert_imagenet_moganet)
 def moganet_fpn(arch: str, num_classes: int = 150, drop_path_rate: float = 0.1) -> EncoderDecoder:
     """MogaNet + FPN neck (256 channels) + Semantic-FPN head (128 channels)."""
     backbone = MogaNet(arch, drop_path_rate=drop_path_rate)
@@ -31,7 +33,28 @@ def moganet_fpn(arch: str, num_classes: int = 150, drop_path_rate: float = 0.1) 
     )
 
 
-@register_architecture(convert_imagenet=convert_imagenet_moganet)
 def moganet_upernet(arch: str, num_classes: int = 150, drop_path_rate: float = 0.1) -> EncoderDecoder:
     """MogaNet + UperNet head (512 channels) + FCN auxiliary head on stage 3 (256 channels)."""
     return upernet(MogaNet(arch, drop_path_rate=drop_path_rate), num_classes)
+
+
+# UperNet's pyramid pooling (adaptive average pooling to 1, 2, 3 and 6 bins) exports to ONNX as fixed pools.
+_PPM_ONNX = FormatSupport(
+    "fixed",
+    "UperNet's pyramid pooling (adaptive average pooling to 1, 2, 3 and 6 bins) becomes ONNX average "
+    "pools whose kernels are fixed at the export size, so other sizes would give wrong logits",
+)
+
+FAMILY = register_family(Family(
+    name="moganet",
+    label="MogaNet",
+    colour="#1f77b4",
+    entries=zoo.ENTRIES,
+    architectures=(
+        Architecture(moganet_fpn, convert_imagenet=convert_imagenet_moganet, export=EXPORTS_DYNAMICALLY),
+        Architecture(
+            moganet_upernet, convert_imagenet=convert_imagenet_moganet,
+            export={**EXPORTS_DYNAMICALLY, "onnx": _PPM_ONNX},
+        ),
+    ),
+))

@@ -7,7 +7,10 @@ import math
 
 from torch import nn
 
-from segzoo.families import StateDict, register_architecture, without_classifier
+from segzoo.zoo import regproxy as zoo
+from segzoo.families import (
+    EXPORTS_DYNAMICALLY, Architecture, Family, FormatSupport, StateDict, register_family, without_classifier,
+)
 from segzoo.heads import ProxyHead
 from segzoo.segmentors import EncoderDecoder
 
@@ -101,7 +104,6 @@ def convert_imagenet_vit(state_dict: StateDict, backbone: nn.Module) -> StateDic
     return converted
 
 
-@register_architecture(convert=convert_mmseg_regproxy, convert_imagenet=convert_imagenet_vit)
 def regproxy(
     arch: str,
     img_size: tuple[int, int],
@@ -122,3 +124,24 @@ def regproxy(
     backbone = ViT(arch, img_size, out_indices, distilled=distilled, drop_path_rate=drop_path_rate)
     width = backbone.out_channels[-1]
     return EncoderDecoder(backbone, decode_head=ProxyHead(width, width, num_classes, region_res))
+
+
+_HYBRID_STEM = FormatSupport(
+    "fixed",
+    "the hybrid's ResNet stem pads every convolution TF-'same' from the input size, and torch.export did not "
+    "finish capturing that for symbolic sizes (stopped after 6 minutes on a 64x64 example)",
+)
+_HYBRID_EXPORT = {**EXPORTS_DYNAMICALLY, "onnx": _HYBRID_STEM, "exported-program": _HYBRID_STEM}
+
+FAMILY = register_family(Family(
+    name="regproxy",
+    label="RegionProxy",
+    colour="#d62728",
+    entries=zoo.ENTRIES,
+    architectures=(
+        Architecture(
+            regproxy, convert=convert_mmseg_regproxy, convert_imagenet=convert_imagenet_vit,
+            export=EXPORTS_DYNAMICALLY, export_by_variant={"r26_s32": _HYBRID_EXPORT, "r50_l32": _HYBRID_EXPORT},
+        ),
+    ),
+))
