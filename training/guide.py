@@ -29,7 +29,7 @@ def reproduction_markdown(name: str, heading: str = "###") -> str:
         measure = f"the {info.dataset} test split (the benchmark's evaluation server; {evaluate} measures val)"
     else:
         measure = f"the {info.dataset} {info.metrics_split} split (measure it with {evaluate})"
-    assumed = " The paper publishes no schedule: the recipe's is assumed (see its notes)." if info.family == "glore" \
+    assumed = " The paper publishes no schedule: the recipe's is assumed (see its notes)." if recipe.schedule_assumed \
         else ""
     lines = [
         f"{heading} Reproducing {info.name}",

@@ -219,7 +219,10 @@ def _resume_state(config: TrainConfig) -> tuple[Path | None, dict[str, Any] | No
 
 
 def _check_same_run(state: dict[str, Any], recipe: Recipe, split: BatchSplit, path: Path) -> None:
-    changed = [k for k, v in to_plain(recipe).items() if state["recipe"].get(k) != v]
+    """Warn when the resumed run differs from the one that wrote ``state`` (a recipe field the checkpoint
+    predates is not compared)."""
+    saved_recipe = state["recipe"]
+    changed = [k for k, v in to_plain(recipe).items() if k in saved_recipe and saved_recipe[k] != v]
     if changed:
         warnings.warn(f"resuming {path} with a recipe that differs in {', '.join(changed)}: the run will not "
                       f"reproduce an uninterrupted one", stacklevel=3)
