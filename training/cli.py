@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from segzoo.cli.options import positive_int
 
 if TYPE_CHECKING:
-    from segzoo.training.loop import TrainConfig
+    from segzoo.training.config import TrainConfig
 
 
 def _interval(text: str) -> int:
@@ -26,7 +26,7 @@ def _interval(text: str) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of a training run (see :class:`segzoo.training.loop.TrainConfig`)."""
+    """The options of a training run (see :class:`segzoo.training.config.TrainConfig`)."""
     parser.add_argument("entry", help="registered model name or alias whose recipe to run")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--data-root", dest="data", metavar="DIR", help="the entry's dataset in its standard layout")
@@ -74,7 +74,7 @@ def require_train_extra() -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed options."""
     from segzoo.datasets.folders import CUSTOM_PREFIX
-    from segzoo.training.loop import TrainConfig
+    from segzoo.training.config import TrainConfig
 
     names = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from segzoo.training.loop import resolve_recipe, train
+    from segzoo.training.config import resolve_recipe
     from segzoo.zoo.records import to_plain
 
     config = config_from_args(args)
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(to_plain(resolve_recipe(config)), indent=2))
         return 0
     require_train_extra()
+    from segzoo.training.loop import train  # its data pipeline needs torchvision
+
     path = train(config)
     if not config.quiet and os.environ.get("RANK", "0") == "0":
         print(f"final checkpoint: {path}")
