@@ -1,7 +1,8 @@
-"""Command-line options of a training run, shared by ``segzoo train`` and ``torchrun -m segzoo.training``.
+"""``segzoo train`` and ``torchrun -m segzoo.training``: the options of a training run, and running it.
 
-Only ``argparse`` at import: ``segzoo``'s parser adds these options without
-loading the training code.
+``segzoo`` finds :func:`register` through the ``segzoo.commands`` entry point
+(setup.cfg). Only ``argparse`` at import: ``segzoo``'s parser adds these
+options without loading the training code.
 """
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="custom data: start from the ImageNet backbone, not the entry's published weights")
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``segzoo train``: run an entry's training recipe (one process; ``torchrun -m segzoo.training`` for
+    several)."""
+    p = commands.add_parser("train", help="train an entry with its paper's recipe, or fine-tune it on your data")
+    add_train_arguments(p)
+    p.set_defaults(run=run)
 
 
 def require_train_extra() -> None:
