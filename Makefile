@@ -47,8 +47,10 @@ test-latest:
 	$(LATEST_VENV)/bin/pip install --upgrade --upgrade-strategy eager torch -e ".[dev]"
 	$(LATEST_VENV)/bin/python -m pytest
 
-# Model cards, the README's generated tables and docs/zoo.png (matplotlib comes with the docs extra).
+# Model cards, the README's generated tables and docs/zoo.png (matplotlib comes with the docs extra). The training
+# package's generator goes second: it writes the cards again with their reproduction guides, and the training table.
 docs: $(BIN)/.installed
 	$(BIN)/pip install -e ".[docs]"
 	$(BIN)/python -m segzoo.cards --write
+	$(BIN)/python -m segzoo.training.guide --write
 	$(BIN)/python benchmarks/figures.py

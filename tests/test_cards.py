@@ -8,9 +8,27 @@ from tests.conftest import REPO
 
 
 def test_model_cards_and_readme_table_are_current():
-    stale = [str(p.relative_to(REPO)) for p, text in expected_files(REPO).items()
+    """What both generators write together: the library's cards and tables, then training's reproduction guides."""
+    from segzoo.training.guide import generated_files
+
+    stale = [str(p.relative_to(REPO)) for p, text in generated_files(REPO).items()
              if not p.is_file() or p.read_text() != text]
-    assert not stale, f"run `make docs` (python -m segzoo.cards --write); stale: {stale}"
+    assert not stale, f"run `make docs` (python -m segzoo.cards --write, python -m segzoo.training.guide --write); " \
+                      f"stale: {stale}"
+
+
+def test_the_library_generator_writes_all_but_the_training_sections():
+    """``python -m segzoo.cards`` alone: the README as committed (it leaves the training table), the cards as
+    committed less their reproduction guide."""
+    from segzoo.training.guide import reproduction_markdown
+
+    for path, text in expected_files(REPO).items():
+        committed = path.read_text()
+        if path.parent.name == "model_cards":
+            guide = reproduction_markdown(path.stem, heading="##") + "\n"
+            assert committed.count(guide) == 1 and text == committed.replace(guide, ""), path.name
+        else:
+            assert text == committed, path.name
 
 
 def test_no_orphan_model_cards():

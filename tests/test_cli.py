@@ -195,3 +195,25 @@ def test_predict_fast_path_writes_the_same_labels(tmp_path):
         assert main(argv + flags) == 0
         outputs[tuple(flags)] = np.asarray(Image.open(out))
     assert (outputs[("--fast",)] == outputs[()]).mean() > 0.999
+
+
+def test_train_is_the_training_packages_plugin_command(capsys):
+    from importlib.metadata import entry_points
+
+    plugins = {plugin.name: plugin.value for plugin in entry_points(group="segzoo.commands")}
+    assert plugins["train"] == "segzoo.training.cli:register"
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: segzoo train") and "--print-recipe" in out and "--resume" in out
+
+
+def test_building_the_command_line_loads_no_training_loop_data_or_recipes():
+    """``segzoo --help`` and ``segzoo list`` stay fast: the train plugin adds its options, nothing more."""
+    code = "import sys; from segzoo.cli import build_parser; build_parser(); print(*sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "segzoo.training.cli" in loaded
+    heavy = [m for m in loaded if m in ("segzoo.training.loop", "segzoo.training.data", "segzoo.training.transforms")
+             or m.startswith("segzoo.training.recipes.") and m != "segzoo.training.recipes._registry"]
+    assert not heavy

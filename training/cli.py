@@ -1,7 +1,8 @@
-"""Command-line options of a training run, shared by ``segzoo train`` and ``torchrun -m segzoo.training``.
+"""``segzoo train`` and ``torchrun -m segzoo.training``: the options of a training run, and running it.
 
-Only ``argparse`` at import: ``segzoo``'s parser adds these options without
-loading the training code.
+``segzoo`` finds :func:`register` through the ``segzoo.commands`` entry point
+(setup.cfg). Only ``argparse`` at import: ``segzoo``'s parser adds these
+options without loading the training code.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 from segzoo.cli.options import positive_int
 
 if TYPE_CHECKING:
-    from segzoo.training.loop import TrainConfig
+    from segzoo.training.config import TrainConfig
 
 
 def _interval(text: str) -> int:
@@ -26,7 +27,7 @@ def _interval(text: str) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of a training run (see :class:`segzoo.training.loop.TrainConfig`)."""
+    """The options of a training run (see :class:`segzoo.training.config.TrainConfig`)."""
     parser.add_argument("entry", help="registered model name or alias whose recipe to run")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--data-root", dest="data", metavar="DIR", help="the entry's dataset in its standard layout")
@@ -65,6 +66,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``segzoo train``: run an entry's training recipe (one process; ``torchrun -m segzoo.training`` for
+    several)."""
+    p = commands.add_parser("train", help="train an entry with its paper's recipe, or fine-tune it on your data")
+    add_train_arguments(p)
+    p.set_defaults(run=run)
+
+
 def require_train_extra() -> None:
     """Training needs the ``train`` extra; say how to get it instead of failing on an import deep inside."""
     if importlib.util.find_spec("torchvision") is None:
@@ -74,7 +83,7 @@ def require_train_extra() -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed options."""
     from segzoo.datasets.folders import CUSTOM_PREFIX
-    from segzoo.training.loop import TrainConfig
+    from segzoo.training.config import TrainConfig
 
     names = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -93,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from segzoo.training.loop import resolve_recipe, train
+    from segzoo.training.config import resolve_recipe
     from segzoo.zoo.records import to_plain
 
     config = config_from_args(args)
@@ -101,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(to_plain(resolve_recipe(config)), indent=2))
         return 0
     require_train_extra()
+    from segzoo.training.loop import train  # its data pipeline needs torchvision
+
     path = train(config)
     if not config.quiet and os.environ.get("RANK", "0") == "0":
         print(f"final checkpoint: {path}")

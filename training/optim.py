@@ -83,6 +83,12 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
 
 def _settings(model: nn.Module, recipe: Recipe) -> Iterator[tuple[ParameterSetting, nn.Parameter]]:
+    """Every trainable parameter of ``model`` with the multipliers upstream's rules give it.
+
+    The rules see the upstream name of each parameter (see
+    :func:`~segzoo.training.recipes.upstream_parameter_name`) and the type of
+    the module that owns it; a ``module.`` wrapper is looked through.
+    """
     spec = recipe.optimizer
     for name, module, local, param in _owned_parameters(_unwrapped(model)):
         upstream = upstream_parameter_name(recipe, name)
@@ -91,16 +97,6 @@ def _settings(model: nn.Module, recipe: Recipe) -> Iterator[tuple[ParameterSetti
         else:
             lr_mult, decay_mult, rule = _detectron2_setting(spec, module, local)
         yield ParameterSetting(name, upstream, lr_mult, decay_mult, rule), param
-
-
-def parameter_settings(model: nn.Module, recipe: Recipe) -> list[ParameterSetting]:
-    """Every trainable parameter of ``model`` with the multipliers upstream's rules give it.
-
-    The rules see the upstream name of each parameter (see
-    :func:`~segzoo.training.recipes.upstream_parameter_name`) and the type of
-    the module that owns it; a ``module.`` wrapper is looked through.
-    """
-    return [setting for setting, _ in _settings(model, recipe)]
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:

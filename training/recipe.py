@@ -155,7 +155,8 @@ class Recipe:
     ``gpus`` is the paper's setting (``gpus`` x :attr:`images_per_gpu`);
     ``expected_wall_time`` says how long that setting takes and on what the
     figure rests; ``notes`` every place where the recipe departs from, or
-    guesses at, what upstream ran.
+    guesses at, what upstream ran; ``schedule_assumed`` that upstream published no
+    schedule at all, so the whole recipe is an assumption (the guide says so).
     """
 
     name: str
@@ -174,6 +175,7 @@ class Recipe:
     imagenet_backbone: bool = True
     expected_wall_time: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    schedule_assumed: bool = False
 
     @property
     def images_per_gpu(self) -> int:

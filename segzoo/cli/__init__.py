@@ -2,21 +2,27 @@
 
 One module per group of commands, as users see them: ``models`` (list, info),
 ``predict``, ``evaluate`` (eval, prepare), ``weights`` (download, pin,
-verify, convert, inspect), ``export`` and ``train``. A user error ends with one ``segzoo: error:`` line
-and exit status 1, never a traceback (``--verbose`` adds it, for reports).
+verify, convert, inspect) and ``export``. Other packages add commands through the
+``segzoo.commands`` entry-point group (``segzoo.training`` adds ``train``): each names a
+``register(commands)`` function, as the modules here have. A user error ends with one ``segzoo: error:``
+line and exit status 1, never a traceback (``--verbose`` adds it, for reports).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from importlib.metadata import entry_points
 
-from segzoo.cli import evaluate, export, models, predict, train, weights
+from segzoo.cli import evaluate, export, models, predict, weights
 from segzoo.cli.predict import DEFAULT_MODEL, sample_image_path
 
 __all__ = ["DEFAULT_MODEL", "build_parser", "main", "sample_image_path"]
 
 log = logging.getLogger("segzoo")
+
+# The entry-point group of commands that other installed packages add to ``segzoo``.
+COMMAND_PLUGINS = "segzoo.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log what happens (downloads, cache hits) and show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (models, predict, evaluate, weights, export, train):
+    for group in (models, predict, evaluate, weights, export):
         group.register(commands)
+    for plugin in entry_points(group=COMMAND_PLUGINS):
+        plugin.load()(commands)
     return parser
 
 

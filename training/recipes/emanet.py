@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from segzoo.training.recipe import LossSpec, LossTerm, OptimizerSpec, PipelineSpec, Recipe, ScheduleSpec
-from segzoo.training.recipes import recipe_from_registry, register_recipes
+from segzoo.training.recipes._registry import recipe_from_registry, register_recipes
 from segzoo.zoo.records import ModelInfo
 
 # configs/base.yaml SOLVER (BASE_LR 9e-3, BIAS_LR_FACTOR 2, WEIGHT_DECAY_BIAS 0) over detectron2's defaults

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from segzoo.training.recipe import OptimizerSpec, ParamRule, Recipe
-from segzoo.training.recipes import recipe_from_registry, register_recipes
+from segzoo.training.recipes._registry import recipe_from_registry, register_recipes
 from segzoo.training.recipes.mmseg import POLY_WITH_WARMUP, UPERNET_LOSSES, mmseg_pipeline, wall_time_estimate
 from segzoo.zoo.records import ModelInfo
 

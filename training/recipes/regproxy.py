@@ -4,7 +4,7 @@ from __future__ import annotations
 from segzoo.backbones.vit import VIT_ARCHS
 from segzoo.families.regproxy import mmseg_parameter_name
 from segzoo.training.recipe import OptimizerSpec, ParamRule, Recipe, ScheduleSpec
-from segzoo.training.recipes import recipe_from_registry, register_recipes
+from segzoo.training.recipes._registry import recipe_from_registry, register_recipes
 from segzoo.training.recipes.mmseg import DECODE_LOSS, POLY_WITH_WARMUP, mmseg_pipeline, wall_time_estimate
 from segzoo.zoo.records import ModelInfo
 
