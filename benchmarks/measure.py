@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 
@@ -71,9 +72,10 @@ def peak_memory_mb(device: torch.device | str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_fresh(script: str, *args: str) -> object:
+def run_fresh(script: str, *args: str) -> Any:
     """The JSON that ``script`` run with ``args`` in a new Python process prints last: a process of its own, so
-    that the peak memory it reports is its work's."""
+    that the peak memory it reports is its work's. On Linux the new process's ``ru_maxrss`` starts at this
+    process's peak RSS (it is spawned by vfork and exec): call it before this process has grown."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"{os.path.basename(script)} {' '.join(args)} failed:\n{out.stderr}")

@@ -6,8 +6,8 @@ the same input, alternating run by run, so that load from other processes hits t
 the median images/s of each, their ratio, and the relative L2 difference of the logits.
 
 Configurations: ViT-S/16 ADE20K on one 512x512 window, and ViT-B/16 Cityscapes on a 1024x2048 image by
-RegionProxy's zero-padded slide (768x768 windows, stride 512: 2 x 4 windows), segzoo's ``slide_logits`` on the
-normalized image (no pre- or post-processing). Weights are random: speed does not depend on them.
+RegionProxy's zero-padded slide (768x768 windows, stride 512: 2 x 4 windows): ``segzoo.inference.slide_logits``
+on the input tensor, no pre- or post-processing. Weights are random: speed does not depend on them.
 
     python benchmarks/regproxy_inference.py [--runs 5] [--device cpu] [--skip-cityscapes | --only-cityscapes]
 """
