@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
-import subprocess
-import sys
-import time
+from functools import partial
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from measure import interleaved_seconds, pair_ratios, peak_memory_mb, run_fresh
 
 MODEL = "emanet_r50_cityscapes"
 SIZE = (1024, 2048)
@@ -41,10 +40,10 @@ def _model_and_input(memory_format: torch.memory_format) -> tuple[torch.nn.Modul
 def peak_memory(format_name: str) -> dict:
     """Peak RSS of building the model and running one forward, in this (fresh) process."""
     model, image = _model_and_input(FORMATS[format_name])
-    built_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    built_mb = peak_memory_mb("cpu")
     with torch.inference_mode():
         model(image)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_memory_mb("cpu")
     return {"format": format_name, "peak_mb": peak_mb, "forward_mb": peak_mb - built_mb}
 
 
@@ -53,15 +52,8 @@ def timings(runs: int) -> tuple[float, dict[str, list[float]]]:
     prepared = {name: _model_and_input(fmt) for name, fmt in FORMATS.items()}
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         prepared["NCHW"][0](prepared["NCHW"][1])
-    seconds: dict[str, list[float]] = {name: [] for name in FORMATS}
     with torch.inference_mode():
-        for name, (model, image) in prepared.items():  # warm-up
-            model(image)
-        for _ in range(runs):
-            for name, (model, image) in prepared.items():
-                start = time.perf_counter()
-                model(image)
-                seconds[name].append(time.perf_counter() - start)
+        seconds = interleaved_seconds({name: partial(model, image) for name, (model, image) in prepared.items()}, runs)
     return counter.get_total_flops(), seconds
 
 
@@ -75,15 +67,7 @@ def main() -> None:
     if args.memory:
         print(json.dumps(peak_memory(args.memory)))
         return
-    memory = {}
-    for name in FORMATS:
-        out = subprocess.run(
-            [sys.executable, __file__, "--memory", name, "--threads", str(args.threads)],
-            capture_output=True, text=True,
-        )
-        if out.returncode:
-            sys.exit(f"the memory run for {name} failed:\n{out.stderr}")
-        memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    memory = {name: run_fresh(__file__, "--memory", name, "--threads", str(args.threads)) for name in FORMATS}
     flops, seconds = timings(args.runs)
     print(f"{MODEL} at {SIZE[0]}x{SIZE[1]}, torch {torch.__version__}, CPU ({platform.processor() or platform.machine()}), "
           f"{args.threads} threads, median of {args.runs} interleaved runs after 1 warm-up; "
@@ -94,7 +78,7 @@ def main() -> None:
     for name, median in medians.items():
         print(f"| {name} | {median:.2f} | {1 / median:.3f} | {flops / median / 1e9:.1f} "
               f"| {memory[name]['peak_mb']:.0f} | {memory[name]['forward_mb']:.0f} |")
-    ratios = [a / b for a, b in zip(seconds["NCHW"], seconds["channels_last"])]
+    ratios = pair_ratios(seconds["NCHW"], seconds["channels_last"])
     print(f"channels_last speed-up over NCHW: {statistics.median(ratios):.2f}x "
           f"(per interleaved pair: {', '.join(f'{r:.2f}' for r in ratios)})")
 

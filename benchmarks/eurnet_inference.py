@@ -17,18 +17,17 @@ import json
 import math
 import platform
 import statistics
-import subprocess
-import sys
-import time
 from itertools import product
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 import torch.nn.functional as F
 
+from measure import interleaved_seconds, peak_memory_mb, run_fresh
 from segzoo.backbones.eurnet import EXCLUDED, EurNet, GatedRelationalMessagePassing, relative_position_term
 
 MODEL = "eurnet_t_upernet_ade20k"
+BUILD_ONLY = "build"  # --peak-of: build the model, run nothing
 EPS = 1e-10
 _SPATIAL: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -178,13 +177,7 @@ def _build(size: int):
 
 def peak_memory(name: str | None, size: int, threads: int) -> float:
     """Peak RSS (MB) of a fresh process that builds the model and runs ``name`` once (None: builds only)."""
-    call = f"r[{name!r}]()" if name else "None"
-    code = (
-        f"import resource, sys, torch; sys.path.insert(0, 'benchmarks'); torch.set_num_threads({threads});"
-        f"import eurnet_inference as b; _, _, r = b._build({size}); torch.set_grad_enabled(False); {call};"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    )
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    return run_fresh(__file__, "--peak-of", name or BUILD_ONLY, "--size", str(size), "--threads", str(threads))
 
 
 def main() -> None:
@@ -192,8 +185,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--peak-of", help=argparse.SUPPRESS)  # one memory run (internal)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.peak_of:
+        _, _, runners = _build(args.size)
+        torch.set_grad_enabled(False)
+        if args.peak_of != BUILD_ONLY:
+            runners[args.peak_of]()
+        print(json.dumps(peak_memory_mb("cpu")))
+        return
     torch.set_grad_enabled(False)
     model, images, runners = _build(args.size)
 
@@ -207,14 +208,7 @@ def main() -> None:
         with FlopCounterMode(display=False) as counter:
             runners[f"{part}/segzoo"]()
         flops[part] = counter.get_total_flops()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for name in runners:  # warm-up
-        runners[name]()
-    for _ in range(args.runs):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_seconds(runners, args.runs)
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"input 1x3x{args.size}x{args.size}, median of {args.runs} interleaved runs")
     print(f"peak RSS of a process that only builds the model: {peak_memory(None, args.size, args.threads):.0f} MB")

@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from measure import interleaved_seconds, peak_memory_mb, run_fresh
 
 
 @dataclass(frozen=True)
@@ -73,25 +71,16 @@ def run_one(config: dict) -> dict:
     if options.pop("compile", False):
         model = torch.compile(model)  # attribute access (info, num_classes) falls through to the model
     image = np.random.default_rng(0).integers(0, 255, (case.height, case.width, 3), dtype=np.uint8)
-
-    def once() -> float:
-        start = time.perf_counter()
-        segzoo.predict(model, image, mode=case.mode, **options)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
+    predict = {case.name: lambda: segzoo.predict(model, image, mode=case.mode, **options)}
+    warmup = case.warmup if case.warmup is not None else config["warmup"]
     with FlopCounterMode(display=False) as flops:  # the first run counts what predict computes
-        once()
-    for _ in range((case.warmup if case.warmup is not None else config["warmup"]) - 1):
-        once()
+        interleaved_seconds(predict, runs=0, warmup=1, device=device)
+    interleaved_seconds(predict, runs=0, warmup=max(warmup - 1, 0), device=device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    seconds = statistics.median(once() for _ in range(case.runs or config["runs"]))
-    if device.startswith("cuda"):
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    runs = case.runs or config["runs"]
+    seconds = statistics.median(interleaved_seconds(predict, runs, warmup=0, device=device)[case.name])
+    peak_mb = peak_memory_mb(device)
     return {"images_per_s": 1 / seconds, "peak_mb": peak_mb, "gflops_per_s": flops.get_total_flops() / seconds / 1e9}
 
 
@@ -117,9 +106,7 @@ def main() -> None:
             continue
         for variant in variants:
             config = dict(case=asdict(case), variant=variant, device=args.device, runs=args.runs, warmup=args.warmup)
-            out = subprocess.run([sys.executable, __file__, "--one", json.dumps(config)],
-                                 check=True, capture_output=True, text=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
+            r = run_fresh(__file__, "--one", json.dumps(config))
             options = ", ".join(f"{k}={v}" for k, v in {**case.options, **variant}.items()) or "fp32"
             print(f"| {case.name} | {case.model} | {case.height}x{case.width} | {case.mode or 'as tested'} | {options} "
                   f"| {r['images_per_s']:.3f} | {r['gflops_per_s']:.1f} | {r['peak_mb']:.0f} |", flush=True)

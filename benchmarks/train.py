@@ -15,27 +15,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
-import resource
 import statistics
-import time
+from collections.abc import Iterator
 
 import torch
 
 import segzoo
+from measure import interleaved_seconds, peak_memory_mb
 from segzoo.training import build_optimizer, compute_losses, get_recipe
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Variant:
     """A model, its optimizer and a batch, trained in one precision and memory format."""
 
-    def __init__(self, name: str, model_name: str, batch: int, device: torch.device, amp: bool, channels_last: bool):
-        self.name, self.device, self.amp = name, device, amp
+    def __init__(self, model_name: str, batch: int, device: torch.device, amp: bool, channels_last: bool):
+        self.device, self.amp = device, amp
         self.recipe = get_recipe(model_name)
         self.model = segzoo.create_model(model_name).train().to(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -46,23 +40,22 @@ class Variant:
         self.images = torch.randn(batch, 3, h, w, generator=generator).to(device, memory_format=fmt)
         classes = self.model.num_classes
         self.labels = torch.randint(0, classes, (batch, h, w), generator=generator).to(device)
-        self.times: list[float] = []
         self.peak_mb = 0.0
 
     def step(self) -> None:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        start = time.perf_counter()
         with autocast:
             loss = compute_losses(self.model, self.images, self.labels, self.recipe)["loss"]
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    @contextlib.contextmanager
+    def watch_memory(self) -> Iterator[None]:
+        """Keeps the largest peak memory of one step (on CUDA the peak since the step began)."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.times.append(time.perf_counter() - start)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        yield
         self.peak_mb = max(self.peak_mb, peak_memory_mb(self.device))
 
 
@@ -81,23 +74,19 @@ def main() -> None:
         variants.append(("bf16 + channels_last", True, True))
     else:
         print("no GPU: fp32 eager only (bf16 autocast + channels_last needs a GPU)")
-    runs = [Variant(name, args.model, batch, device, amp, cl) for name, amp, cl in variants]
-    for run in runs:
-        run.step()  # warm-up
-        run.times.clear()
-    for _ in range(args.runs):  # interleaved, so that load on the machine hits every variant alike
-        for run in runs:
-            run.step()
+    runs = {name: Variant(args.model, batch, device, amp, cl) for name, amp, cl in variants}
+    seconds = interleaved_seconds({name: run.step for name, run in runs.items()}, args.runs, device=device,
+                                  around=lambda name: runs[name].watch_memory())
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"{args.model}, crop {recipe.crop_size[0]}x{recipe.crop_size[1]}, batch {batch}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {where}; median of {args.runs} steps after 1 warm-up")
     print("| variant | step (s) | images/s | peak memory (MB) |")
     print("|---|---:|---:|---:|")
-    base = statistics.median(runs[0].times)
-    for run in runs:
-        step = statistics.median(run.times)
-        ratio = "" if run is runs[0] else f" ({base / step:.2f}x)"
-        print(f"| {run.name} | {step:.3f} | {batch / step:.2f}{ratio} | {run.peak_mb:.0f} |")
+    base = statistics.median(seconds["fp32"])
+    for name, run in runs.items():
+        step = statistics.median(seconds[name])
+        ratio = "" if name == "fp32" else f" ({base / step:.2f}x)"
+        print(f"| {name} | {step:.3f} | {batch / step:.2f}{ratio} | {run.peak_mb:.0f} |")
     print("peak memory: " + ("the process's peak RSS" if device.type == "cpu" else "max_memory_allocated per step"))
 
 

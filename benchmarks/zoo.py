@@ -36,16 +36,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import ctypes
-import ctypes.util
 import fnmatch
-import gc
-import os
 import platform
 import statistics
-import threading
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +48,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import segzoo
+from measure import PeakMemory, interleaved_seconds, pair_ratios, synchronize
 from segzoo.cards import BENCHMARK_COLUMNS
 
 COLUMNS = list(BENCHMARK_COLUMNS)  # the layout the model cards read
@@ -63,7 +59,6 @@ PEAK_NAMES = {"sgemm": "fp32 sgemm", "conv": "fp32 3x3 conv", "bf16": "bf16 matm
 # the speed columns of the papers' tables (``ModelInfo.reported_costs``), shown next to the GPU rows
 REPORTED_SPEED = {"FPS": lambda v: f"{v:g} FPS", "inference time (s/im)": lambda v: f"{v:g} s/im"}
 # the typical photo size (H, W) of each dataset, fed to the entry's test pipeline
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 TEST_PHOTOS = {"ADE20K": (512, 683), "Cityscapes": (1024, 2048), "COCO-Stuff54": (480, 640)}
 
 
@@ -79,24 +74,11 @@ def device_name(device: torch.device) -> str:
     return cpu
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measured_peak_gflops(device: torch.device) -> dict[str, float]:
     """GFLOP/s of a large sgemm and of a large dense 3x3 convolution (fp32; best of 3), and on CUDA of a
     large bf16 matrix product."""
     def best(fn: Callable[[], None], flops: float) -> float:
-        fn()
-        times = []
-        for _ in range(3):
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-        return flops / min(times) / 1e9
+        return flops / min(interleaved_seconds({"peak": fn}, runs=3, device=device)["peak"]) / 1e9
 
     n = 4096 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -111,48 +93,6 @@ def measured_peak_gflops(device: torch.device) -> dict[str, float]:
             a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
             peaks["bf16"] = best(lambda: torch.mm(a, b), 2.0 * n**3)
     return peaks
-
-
-class PeakMemory:
-    """Peak memory of the work inside the ``with`` block over what was in use when it started (MB)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mb = 0.0
-
-    @staticmethod
-    def _rss_mb() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        gc.collect()
-        _LIBC.malloc_trim(0)  # hand freed heap memory back, so that the run's growth shows in the resident size
-        self._start = self._rss_mb()
-        self._highest = self._start
-        self._stop = threading.Event()
-
-        def sample() -> None:
-            while not self._stop.wait(0.002):
-                self._highest = max(self._highest, self._rss_mb())
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
-            return
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self._highest, self._rss_mb()) - self._start
 
 
 def cuda_graph_runner(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable:
@@ -247,7 +187,6 @@ def measure(name: str, resolution: str, device: torch.device, modes: list[str], 
     fp32_peak = max(peaks["sgemm"], peaks["conv"])
     runners, notes, make_input = build_runners(name, resolution, device, modes)
     x = make_input()
-    times: dict[str, list[float]] = {m: [] for m in modes}
     memory: dict[str, float] = {}
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
@@ -264,27 +203,19 @@ def measure(name: str, resolution: str, device: torch.device, modes: list[str], 
             except Exception as err:  # a mode that cannot run on this entry is reported, not hidden
                 notes[mode] = failure_note(err)
                 runners[mode] = None
-        for _ in range(runs):
-            for mode in modes:
-                if runners[mode] is None:
-                    continue
-                synchronize(device)
-                start = time.perf_counter()
-                runners[mode](x)
-                synchronize(device)
-                times[mode].append(time.perf_counter() - start)
+        timed = {mode: partial(runner, x) for mode, runner in runners.items() if runner is not None}
+        times = interleaved_seconds(timed, runs, warmup=0, device=device)
     rows = []
     for mode in modes:
         row = {**base, "mode": mode, "note": notes[mode]}
-        if times[mode]:
+        if times.get(mode):
             peak_gflops = peaks["bf16"] if mode.startswith("bf16") else fp32_peak
             latency = statistics.median(times[mode])
-            ratios = [e / t for e, t in zip(times["eager"], times[mode])]
             row.update(
                 images_per_s=f"{1 / latency:.4g}", latency_ms=f"{1000 * latency:.1f}",
                 peak_mem_mb=f"{memory[mode]:.0f}", gflops=f"{gflops:.1f}", gflop_per_s=f"{gflops / latency:.1f}",
                 peak_fraction=f"{gflops / latency / peak_gflops:.3f}",
-                speedup_vs_eager=f"{statistics.median(ratios):.3f}",
+                speedup_vs_eager=f"{statistics.median(pair_ratios(times['eager'], times[mode])):.3f}",
             )
         rows.append(row)
     return rows

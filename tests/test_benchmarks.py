@@ -1,17 +1,44 @@
-"""The zoo benchmark's bookkeeping: which rows a run replaces, and what its markdown table says."""
+"""The benchmarks' shared timing loop, and the zoo benchmark's bookkeeping: which rows a run replaces, and what
+its markdown table says."""
+import contextlib
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_zoo():
-    spec = importlib.util.spec_from_file_location("zoo_benchmark", REPO / "benchmarks" / "zoo.py")
+def load_benchmark(name, monkeypatch):
+    """``benchmarks/<name>.py`` as a module, its folder on the path as when it runs as a script."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def zoo(monkeypatch):
+    return load_benchmark("zoo", monkeypatch)
+
+
+def test_interleaved_runs_take_turns_after_untimed_warmup_rounds(monkeypatch):
+    measure = load_benchmark("measure", monkeypatch)
+    calls = []
+
+    @contextlib.contextmanager
+    def around(name):
+        calls.append(f"enter {name}")
+        yield
+        calls.append(f"exit {name}")
+
+    runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    seconds = measure.interleaved_seconds(runners, runs=2, warmup=1, around=around)
+    assert calls == ["enter a", "a", "exit a", "enter b", "b", "exit b"] * 3
+    assert {name: len(times) for name, times in seconds.items()} == {"a": 2, "b": 2}
+    assert measure.pair_ratios([2.0, 6.0], [1.0, 2.0]) == [2.0, 3.0]
 
 
 def measured(mode, device, images_per_s="10"):
@@ -19,8 +46,7 @@ def measured(mode, device, images_per_s="10"):
                 device_name="NVIDIA H100" if device == "cuda" else "Xeon", images_per_s=images_per_s, note="")
 
 
-def test_a_cpu_run_keeps_measured_gpu_rows_and_marks_the_missing_ones():
-    zoo = load_zoo()
+def test_a_cpu_run_keeps_measured_gpu_rows_and_marks_the_missing_ones(zoo):
     gpu_row = measured("bf16", "cuda")
     rows = [gpu_row, measured("eager", "cpu", "1")]
     placeholders = zoo.placeholder_rows("regproxy_vit_ti16_ade20k", "test", torch.device("cpu"), ["fast+compile"])
@@ -36,8 +62,7 @@ def test_a_cpu_run_keeps_measured_gpu_rows_and_marks_the_missing_ones():
     assert len(rows) == 5
 
 
-def test_the_table_names_each_device_and_sets_the_papers_speed_beside_the_gpu_rows(tmp_path):
-    zoo = load_zoo()
+def test_the_table_names_each_device_and_sets_the_papers_speed_beside_the_gpu_rows(zoo, tmp_path):
     out = tmp_path / "zoo.csv"
     machines = {"cpu": "- cpu: Xeon, 2 CPU threads", "cuda": "- cuda: NVIDIA H100, 16 CPU threads"}
     zoo.write_outputs(out, [measured("eager", "cuda", "50"), measured("eager", "cpu", "1")],
