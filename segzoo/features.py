@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from segzoo.backbones import DilatedResNet
-from segzoo.weights import load_imagenet_backbone
 from segzoo.zoo import ModelInfo
 
 
@@ -128,7 +127,7 @@ def create_backbone(
 
     ``pretrained=True`` loads the encoder's part of the entry's segmentation
     weights, ``"imagenet"`` the ImageNet classification file the paper's
-    training starts from (:func:`segzoo.weights.load_imagenet_backbone`),
+    training starts from (:func:`segzoo.registry.load_imagenet_backbone`),
     ``False`` leaves it randomly initialized. ``out_indices`` picks the
     features (see this module's table: stages 0-3 for the CNNs and EurNet, ViT
     layers for RegionProxy; default as the table says). The result has a
@@ -136,7 +135,7 @@ def create_backbone(
     per returned map, and is in eval mode. Other keyword arguments go to
     :func:`segzoo.create_model` (e.g. ``checkpoint_path``, ``progress``).
     """
-    from segzoo.registry import create_model, model_info
+    from segzoo.registry import create_model, load_imagenet_backbone, model_info
 
     if pretrained not in (True, False, "imagenet"):
         raise ValueError(f"pretrained must be True, False or 'imagenet', got {pretrained!r}")

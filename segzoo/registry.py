@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import json
 import numbers
 import warnings
 from pathlib import Path
 from typing import Any
 
-from segzoo.families import build_architecture, convert_state_dict
+from torch import nn
+
+from segzoo.families import build_architecture, convert_imagenet_state_dict, convert_state_dict
 from segzoo.features import create_backbone  # noqa: F401  (public here, beside create_model)
 from segzoo.optimize import optimize_for_inference
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import (
-    UnsafeCheckpointError, hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict,
+    UnsafeCheckpointError, hf_hub, load_imagenet_weights, load_pretrained, load_state_dict_strict, offline,
+    read_state_dict,
 )
 from segzoo.zoo import ENTRIES, ModelInfo
 from segzoo.zoo.records import HF_HUB_PREFIX, from_plain
@@ -132,7 +136,8 @@ def create_model(
         reinit = _classifiers_to_reinit(model, state_dict, reinit)
         load_state_dict_strict(model, state_dict, str(checkpoint_path), skip=reinit)
     elif pretrained:
-        load_pretrained(model, info, skip=reinit, progress=progress, verify=verify)
+        convert = functools.partial(convert_state_dict, info.architecture)
+        load_pretrained(model, info, convert, skip=reinit, progress=progress, verify=verify)
     if reinit and with_weights:
         warnings.warn(
             f"{info.name}: num_classes={classes} differs from the checkpoint's classifier; "
@@ -154,3 +159,20 @@ def _classifiers_to_reinit(model: EncoderDecoder, state_dict: dict, candidates: 
         name for name in candidates
         if any(k.startswith(f"{name}.") and v.shape != shapes.get(k) for k, v in state_dict.items())
     ]
+
+
+def load_imagenet_backbone(
+    model: nn.Module, name: str, *, progress: bool | None = None, verify: bool | None = None
+) -> None:
+    """Load entry ``name``'s ImageNet classification weights into ``model.backbone``, strictly.
+
+    ``model`` is ``segzoo.create_model(name, pretrained=False)`` (or any model
+    with the entry's backbone as ``.backbone``); the rest of it is left as is.
+    The file is fetched and verified like the segmentation weights, converted
+    by the family's ImageNet converter (classifier dropped, names and shapes
+    adapted, e.g. a ViT's position grid resized to the training crop) and must
+    then fit every backbone tensor (:func:`segzoo.weights.load_imagenet_weights`).
+    """
+    info = model_info(name)
+    convert = functools.partial(convert_imagenet_state_dict, info.architecture)
+    load_imagenet_weights(model, info, convert, progress, verify)

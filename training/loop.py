@@ -162,7 +162,7 @@ def build_model(config: TrainConfig, recipe: Recipe, fresh: bool) -> EncoderDeco
     model = segzoo.create_model(config.entry, pretrained=fresh and pretrained, num_classes=config.num_classes,
                                 progress=False if config.quiet else None, **kwargs)
     if fresh and not pretrained and config.imagenet and recipe.imagenet_backbone:
-        from segzoo.weights import load_imagenet_backbone  # noqa: PLC0415 (lands with the pretrained backbones)
+        from segzoo.registry import load_imagenet_backbone  # noqa: PLC0415 (lands with the pretrained backbones)
 
         load_imagenet_backbone(model, config.entry, progress=False if config.quiet else None)
     return model.train()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,12 +21,9 @@ import torch
 from torch import nn
 
 from segzoo.segmentors import EncoderDecoder
+from segzoo.weights.converters import Converter, ImageNetConverter, StateDict
 
 Builder = Callable[..., EncoderDecoder]
-StateDict = Mapping[str, torch.Tensor]
-Converter = Callable[[StateDict], StateDict]
-# (ImageNet classification state dict, the segmentor's backbone) -> a state dict for that backbone
-ImageNetConverter = Callable[[StateDict, nn.Module], StateDict]
 _ARCHITECTURES: dict[str, Builder] = {}
 _CONVERTERS: dict[str, Converter] = {}
 _IMAGENET_CONVERTERS: dict[str, ImageNetConverter] = {}

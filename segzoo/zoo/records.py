@@ -171,7 +171,7 @@ class ModelInfo:
     columns, e.g. ``{"train time (s/iter)": 0.81, "inference time (s/im)": 0.11}``.
     ``pretrained_backbone`` is the ImageNet classification file the paper's
     segmentation training starts from (``None`` where the paper names none;
-    the notes say why); :func:`segzoo.weights.load_imagenet_backbone` loads it.
+    the notes say why); :func:`segzoo.registry.load_imagenet_backbone` loads it.
     """
 
     name: str
