@@ -11,7 +11,8 @@ import segzoo
 from segzoo.cli import main
 from segzoo.hub import push_to_hub, save_pretrained
 from segzoo.weights import WeightsUnavailableError
-from segzoo.zoo import WeightSource
+from segzoo.zoo import ModelInfo, WeightSource
+from segzoo.zoo.records import from_plain, to_plain
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
 from tests.fake_hub import FakeHub
 
@@ -51,6 +52,14 @@ def test_save_pretrained_writes_the_native_layout(model, tmp_path):
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}
     assert results == {"mIoU": 40.3, "mAcc": 52.4}
     assert 'create_model("hf-hub:org/xt"' in card.text
+
+
+def test_config_json_written_before_the_filename_rename_still_loads():
+    info = segzoo.model_info("emanet_r50_coco")  # a share-page source, whose file name is given
+    plain = to_plain(info)
+    for source in plain["weights"]:
+        source["file_name"] = source.pop("filename")
+    assert from_plain(ModelInfo, plain) == info
 
 
 def test_push_to_hub_then_create_model_from_it(model, hub):

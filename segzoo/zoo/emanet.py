@@ -92,7 +92,7 @@ def _entry(dataset: str, depth: int) -> ModelInfo:
         weights=(
             WeightSource(
                 url=link, format="detectron2", kind="manual", access_code=code,
-                file_name=f"emanet_r{depth}_{dataset}.pth",
+                filename=f"emanet_r{depth}_{dataset}.pth",
             ),
         ),
         license="unknown",

@@ -29,6 +29,10 @@ IMAGENET = {
 SIZE_NAMES = {"xt": ("xtiny", "XT"), "t": ("tiny", "T"), "s": ("small", "S"), "b": ("base", "B"), "l": ("large", "L")}
 DROP_PATH = {"xt": 0.05, "t": 0.1, "s": 0.1, "b": 0.2, "l": 0.3}
 
+# The README's `get_flops.py --shape 2048 512` counts a (1, 3, 2048, 512) tensor: mmseg 0.x's script reads the
+# shape as (height, width) and mmcv's counter builds (1, C, H, W), so height 2048, width 512 (C, H, W below).
+FLOPS_INPUT_SHAPE = (3, 2048, 512)
+
 # size: (table params M, table FLOPs G, mIoU, mAcc, exact upstream parameter count)
 FPN_TABLE = {
     "xt": (6.9, 101.4, 40.3, 52.4, 6_865_872),
@@ -76,7 +80,7 @@ def _entry(head: str, size: str, row: tuple[float, float, float, float, int]) ->
         metrics={"mIoU": miou, "mAcc": macc},
         params_m=params_m,
         flops_g=flops_g,
-        flops_input_shape=(3, 2048, 512),
+        flops_input_shape=FLOPS_INPUT_SHAPE,
         num_params=num_params,
         train_iters=iters,
         train_batch_size=batch,

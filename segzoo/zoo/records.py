@@ -6,7 +6,7 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 import types
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -42,6 +42,8 @@ def to_plain(value: Any) -> Any:
 def from_plain(cls: type[T], data: Mapping[str, Any]) -> T:
     """Rebuild a record written by :func:`to_plain` (e.g. from a ``config.json``)."""
     hints = typing.get_type_hints(cls)
+    renamed = getattr(cls, "RENAMED_FIELDS", {})
+    data = {renamed.get(key, key): value for key, value in data.items()}
     kwargs = {}
     for f in fields(cls):
         if f.name in data:
@@ -75,9 +77,9 @@ class WeightSource:
 
     ``url`` is an http(s) URL, ``hf-hub:ORG/REPO[@REVISION]``, a share page
     (``manual``, with its ``access_code``) or a Google Drive file URL.
-    ``file_name`` is the name the file has in the cache and in mirrors when
-    the URL does not end with it (share pages, Drive). ``sha256``/``size`` are
-    ``None`` until someone has pinned them.
+    ``filename`` is the name the file has in the cache and in mirrors: the
+    URL's last part unless given (share pages and Drive need it given).
+    ``sha256``/``size`` are ``None`` until someone has pinned them.
     """
 
     url: str
@@ -85,22 +87,22 @@ class WeightSource:
     sha256: str | None = None
     size: int | None = None
     kind: SourceKind = "url"
-    file_name: str | None = None
+    filename: str | None = None
     access_code: str | None = None
+    # old key -> field, so that a config.json written before a field was renamed still loads
+    RENAMED_FIELDS: ClassVar[Mapping[str, str]] = MappingProxyType({"file_name": "filename"})
 
     def __post_init__(self) -> None:
         if self.url.startswith(HF_HUB_PREFIX) and self.kind != "hf-hub":
             object.__setattr__(self, "kind", "hf-hub")
-        if self.kind in ("manual", "google-drive") and not self.file_name:
-            raise ValueError(f"a {self.kind} weight source needs a file_name: {self.url}")
+        if self.kind in ("manual", "google-drive") and not self.filename:
+            raise ValueError(f"a {self.kind} weight source needs a filename: {self.url}")
+        if not self.filename:
+            object.__setattr__(self, "filename", self.url.rsplit("/", 1)[-1])
 
     @property
     def is_hf_hub(self) -> bool:
         return self.kind == "hf-hub"
-
-    @property
-    def filename(self) -> str:
-        return self.file_name or self.url.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ class ModelInfo:
     """Everything segzoo knows about one published model; numbers are as the source README reports them.
 
     ``params_m``/``flops_g`` are ``None`` where the table gives none
-    (``num_params`` is always the exact count of the model). ``metrics`` were
+    (``num_params`` is always the exact count of the model);
+    ``flops_input_shape`` is the (C, H, W) of the input the FLOPs were counted on. ``metrics`` were
     measured on the ``metrics_split`` of ``dataset`` (``test``: an evaluation
     server) and ``evaluator`` names the convention that computed them:
     ``mmseg`` (mmsegmentation 0.x), ``detectron2_2019`` (detectron2's

@@ -31,7 +31,7 @@ ENTRY_PREFIX = {
 # distilled at 384 for the Base models, from its release URL.
 TIMM_HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 IMAGENET = {
-    arch: WeightSource(url=TIMM_HF.format(timm_name), format="safetensors", file_name=f"{timm_name}.safetensors")
+    arch: WeightSource(url=TIMM_HF.format(timm_name), format="safetensors", filename=f"{timm_name}.safetensors")
     for arch, timm_name in {
         "ti16": "vit_tiny_patch16_384.augreg_in21k_ft_in1k",
         "s16": "vit_small_patch16_384.augreg_in21k_ft_in1k",
@@ -130,7 +130,7 @@ def _entry(
         weights=(
             WeightSource(
                 url=DRIVE.format(drive_id), format="mmseg", kind="google-drive",
-                file_name=config.rsplit("/", 1)[-1].replace(".py", ".pth"),
+                filename=config.rsplit("/", 1)[-1].replace(".py", ".pth"),
             ),
         ),
         license="MIT",
