@@ -54,11 +54,15 @@ def test_save_pretrained_writes_the_native_layout(model, tmp_path):
     assert 'create_model("hf-hub:org/xt"' in card.text
 
 
-def test_config_json_written_before_the_filename_rename_still_loads():
-    info = segzoo.model_info("emanet_r50_coco")  # a share-page source, whose file name is given
+@pytest.mark.parametrize("name", ["emanet_r50_coco", "eurnet_t_upernet_ade20k", "glore_r50_fcn_cityscapes"])
+def test_config_json_of_earlier_versions_still_loads(name):
+    """Sources once had ``file_name`` (now ``filename``); the numbers were ``metrics``, label -> value."""
+    info = segzoo.model_info(name)
     plain = to_plain(info)
     for source in plain["weights"]:
         source["file_name"] = source.pop("filename")
+    plain["metrics"] = dict(info.metrics)
+    del plain["reported_metrics"]
     assert from_plain(ModelInfo, plain) == info
 
 

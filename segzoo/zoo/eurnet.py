@@ -1,7 +1,9 @@
 """The three EurNet ADE20K UperNet models of the EurNet segmentation README."""
 from __future__ import annotations
 
-from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import (
+    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+)
 
 PAPER = Paper("EurNet: Efficient Multi-Range Relational Modeling of Spatial Multi-Relational Data", "2211.12941",
               "arXiv 2022")
@@ -47,7 +49,9 @@ def _entry(size: str, row: tuple[float, float, float, float, int]) -> ModelInfo:
         normalization=IMAGENET_RGB,
         test_pipeline=ADE20K_TEST,
         align_corners=False,
-        metrics={"mIoU": miou, "mIoU (MS)": miou_ms},
+        reported_metrics=(
+            ReportedMetric("mean_iou", "mIoU", miou), ReportedMetric("mean_iou", "mIoU (MS)", miou_ms, "multi_scale_flip")
+        ),
         params_m=params_m,
         flops_g=flops_g,
         flops_input_shape=(3, 2048, 512),

@@ -1,7 +1,9 @@
 """The ten MogaNet ADE20K models of the MogaNet segmentation README (Semantic FPN and UperNet tables)."""
 from __future__ import annotations
 
-from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import (
+    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+)
 
 PAPER = Paper("Efficient Multi-order Gated Aggregation Network", "2211.03295", "ICLR 2024")
 CITATION = """@inproceedings{iclr2024MogaNet,
@@ -77,7 +79,7 @@ def _entry(head: str, size: str, row: tuple[float, float, float, float, int]) ->
         normalization=IMAGENET_RGB,
         test_pipeline=ADE20K_TEST,
         align_corners=False,
-        metrics={"mIoU": miou, "mAcc": macc},
+        reported_metrics=(ReportedMetric("mean_iou", "mIoU", miou), ReportedMetric("mean_accuracy", "mAcc", macc)),
         params_m=params_m,
         flops_g=flops_g,
         flops_input_shape=FLOPS_INPUT_SHAPE,

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import (
+    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+)
 
 PAPER = Paper("Semantic Segmentation by Early Region Proxy", "2203.14043", "CVPR 2022")
 CITATION = """@article{zhang2022semantic,
@@ -120,7 +122,10 @@ def _entry(
         normalization=IMAGENET_RGB,
         test_pipeline=pipeline,
         align_corners=False,
-        metrics={"mIoU": metrics[0], "mIoU (ms+flip)": metrics[1]},
+        reported_metrics=(
+            ReportedMetric("mean_iou", "mIoU", metrics[0]),
+            ReportedMetric("mean_iou", "mIoU (ms+flip)", metrics[1], "multi_scale_flip"),
+        ),
         params_m=params_m,
         flops_g=flops_g,
         flops_input_shape=flops_input_shape,
