@@ -98,12 +98,6 @@ def _saved_by_hand(info: ModelInfo, model_id: str) -> str | None:
     return info.weights[0].filename
 
 
-# How the hub's model-index names the metrics segzoo records.
-_METRIC_TYPES = {
-    "mIoU": "mean_iou", "mAcc": "mean_accuracy", "aAcc": "accuracy",
-    "PA": "pixel_accuracy", "mean PA": "mean_accuracy", "mean IoU": "mean_iou", "FW IoU": "frequency_weighted_iou",
-    "IoU class": "mean_iou",
-}
 _HF_SPLITS = {"val": "validation", "test": "test"}
 
 
@@ -123,9 +117,7 @@ def _front_matter(info: ModelInfo) -> list[str]:
             "results": [{
                 "task": {"type": "image-segmentation", "name": "Semantic Segmentation"},
                 "dataset": {"type": dataset_id, "name": info.dataset, "split": _HF_SPLITS[info.metrics_split]},
-                "metrics": [
-                    {"type": _METRIC_TYPES.get(k, k), "name": k, "value": v} for k, v in info.metrics.items()
-                ],
+                "metrics": [{"type": m.key, "name": m.label, "value": m.value} for m in info.reported_metrics],
                 "source": {"name": f"{info.upstream.repo} README", "url": f"https://github.com/{info.upstream.repo}"},
             }],
         }]

@@ -22,7 +22,7 @@ def _info_for(model: EncoderDecoder) -> ModelInfo:
     if model.num_classes != info.num_classes:
         note = f"Derived from {info.name} with a new {model.num_classes}-class classifier; metrics are not inherited."
         info = dataclasses.replace(
-            info, num_classes=model.num_classes, metrics={}, weights=(), notes=(*info.notes, note)
+            info, num_classes=model.num_classes, reported_metrics=(), weights=(), notes=(*info.notes, note)
         )
     return info
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from segzoo.families import Family, build_architecture, convert_state_dict, families
+from torch import nn
+
+from segzoo.families import Family, build_architecture, convert_imagenet_state_dict, convert_state_dict, families
 from segzoo.features import FeatureExtractor, feature_extractor
 from segzoo.optimize import optimize_for_inference
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import (
-    UnsafeCheckpointError, hf_hub, load_imagenet_backbone, load_pretrained, load_state_dict_strict, offline,
+    UnsafeCheckpointError, hf_hub, load_imagenet_weights, load_pretrained, load_state_dict_strict, offline,
     read_state_dict,
 )
 from segzoo.zoo import ModelInfo
@@ -155,7 +157,8 @@ def create_model(
         reinit = _classifiers_to_reinit(model, state_dict, reinit)
         load_state_dict_strict(model, state_dict, str(checkpoint_path), skip=reinit)
     elif pretrained:
-        load_pretrained(model, info, skip=reinit, progress=progress, verify=verify)
+        convert = functools.partial(convert_state_dict, info.architecture)
+        load_pretrained(model, info, convert, skip=reinit, progress=progress, verify=verify)
     if reinit and with_weights:
         warnings.warn(
             f"{info.name}: num_classes={classes} differs from the checkpoint's classifier; "
@@ -189,7 +192,7 @@ def create_backbone(
 
     ``pretrained=True`` loads the encoder's part of the entry's segmentation
     weights, ``"imagenet"`` the ImageNet classification file the paper's
-    training starts from (:func:`segzoo.weights.load_imagenet_backbone`),
+    training starts from (:func:`load_imagenet_backbone`),
     ``False`` leaves it randomly initialized. ``out_indices`` picks the
     features (see :mod:`segzoo.features`: stages 0-3 for the CNNs and EurNet,
     ViT layers for RegionProxy; default as its table says). The result has a
@@ -206,3 +209,20 @@ def create_backbone(
     extractor = feature_extractor(model.backbone, out_indices)
     extractor.info = info
     return extractor.eval()
+
+
+def load_imagenet_backbone(
+    model: nn.Module, name: str, *, progress: bool | None = None, verify: bool | None = None
+) -> None:
+    """Load entry ``name``'s ImageNet classification weights into ``model.backbone``, strictly.
+
+    ``model`` is ``segzoo.create_model(name, pretrained=False)`` (or any model
+    with the entry's backbone as ``.backbone``); the rest of it is left as is.
+    The file is fetched and verified like the segmentation weights, converted
+    by the family's ImageNet converter (classifier dropped, names and shapes
+    adapted, e.g. a ViT's position grid resized to the training crop) and must
+    then fit every backbone tensor (:func:`segzoo.weights.load_imagenet_weights`).
+    """
+    info = model_info(name)
+    convert = functools.partial(convert_imagenet_state_dict, info.architecture)
+    load_imagenet_weights(model, info, convert, progress, verify)

@@ -18,7 +18,8 @@ import segzoo
 from segzoo.families.emanet import convert_imagenet_resnet
 from segzoo.families.eurnet import convert_imagenet_eurnet
 from segzoo.families.regproxy import convert_imagenet_vit
-from segzoo.weights import CheckpointError, CheckpointMismatchError, WeightsError, load_imagenet_backbone
+from segzoo.registry import load_imagenet_backbone
+from segzoo.weights import CheckpointError, CheckpointMismatchError, WeightsError
 from segzoo.weights.archive import extracted_checkpoint, safe_members
 from segzoo.weights.checkpoint import load_state_dict_strict
 from segzoo.zoo import WeightSource
@@ -27,7 +28,7 @@ MOGANET, RESNET, VIT = "moganet_xt_fpn_ade20k", "emanet_r50_coco", "regproxy_vit
 EURNET = "eurnet_t_upernet_ade20k"
 
 
-def _serve_as_backbone(monkeypatch, name: str, source: WeightSource) -> None:
+def _serve_as_backbone(monkeypatch, name: str, source: WeightSource | None) -> None:
     from segzoo import registry
 
     info = dataclasses.replace(registry._catalog().by_name[name], pretrained_backbone=source)
@@ -186,8 +187,7 @@ def test_zip_limits_and_streamed_extraction(tmp_path, monkeypatch):
 
 
 def test_entries_without_a_loadable_imagenet_file_say_why(monkeypatch):
-    info = dataclasses.replace(segzoo.model_info("glore_r50_fcn_cityscapes"), pretrained_backbone=None)
-    monkeypatch.setattr("segzoo.weights.imagenet._info", lambda name: info)
+    _serve_as_backbone(monkeypatch, "glore_r50_fcn_cityscapes", None)
     with pytest.raises(WeightsError, match="paper names none"):
         load_imagenet_backbone(torch.nn.Module(), "glore_r50_fcn_cityscapes")
 

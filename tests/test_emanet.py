@@ -184,7 +184,7 @@ def test_entries_record_the_table_and_the_detectron2_pipeline():
         assert info.params_m is None and info.flops_g is None and info.flops_input_shape is None
         (source,) = info.weights
         assert source.kind == "manual" and source.format == "detectron2" and source.access_code
-        assert source.file_name == f"{name}.pth" and source.url.startswith("https://pan.baidu.com/s/")
+        assert source.filename == f"{name}.pth" and source.url.startswith("https://pan.baidu.com/s/")
         assert info.arch_args["output_stride"] == (8 if coco else 16)
         assert (info.train_iters, info.train_batch_size) == (30_000, 16)
     assert any("inconsistent" in note for note in segzoo.model_info("emanet_r152_coco").notes)

@@ -215,7 +215,10 @@ def cityscapes_info(**changes):
     info = segzoo.model_info(NAME)
     return dataclasses.replace(
         info, name="synthetic_cityscapes", dataset="Cityscapes", num_classes=19, evaluator="cityscapes",
-        metrics_split="test", metrics=GLORE_LIKE_REPORTED,
+        metrics_split="test", reported_metrics=tuple(
+            dataclasses.replace(m, value=GLORE_LIKE_REPORTED[m.label])
+            for m in segzoo.model_info("glore_r50_fcn_cityscapes").reported_metrics
+        ),
         test_pipeline=dataclasses.replace(info.test_pipeline, scale=(CITY_W, CITY_H)), **changes,
     )
 

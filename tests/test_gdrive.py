@@ -200,7 +200,7 @@ def drive(monkeypatch):
 
 def _source(drive_id, sha256=PAYLOAD_SHA, form="file/d/{}/view?usp=sharing"):
     url = f"https://drive.google.com/{form.format(drive_id)}"
-    return WeightSource(url=url, format="mmseg", kind="google-drive", file_name=FILE_NAME, sha256=sha256)
+    return WeightSource(url=url, format="mmseg", kind="google-drive", filename=FILE_NAME, sha256=sha256)
 
 
 def _cache_files(cache):
@@ -335,7 +335,7 @@ def test_offline_uses_the_cache_and_never_asks_drive(drive, isolated_cache, monk
     assert len(drive.requests) == count
 
 
-def test_mirror_folder_serves_the_file_name_without_asking_drive(drive, isolated_cache, tmp_path, monkeypatch):
+def test_mirror_folder_serves_the_filename_without_asking_drive(drive, isolated_cache, tmp_path, monkeypatch):
     folder = tmp_path / "mirror"
     folder.mkdir()
     (folder / FILE_NAME).write_bytes(PAYLOAD)

@@ -11,7 +11,8 @@ import segzoo
 from segzoo.cli import main
 from segzoo.hub import push_to_hub, save_pretrained
 from segzoo.weights import WeightsUnavailableError
-from segzoo.zoo import WeightSource
+from segzoo.zoo import ModelInfo, WeightSource
+from segzoo.zoo.records import from_plain, to_plain
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
 from tests.fake_hub import FakeHub
 
@@ -51,6 +52,18 @@ def test_save_pretrained_writes_the_native_layout(model, tmp_path):
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}
     assert results == {"mIoU": 40.3, "mAcc": 52.4}
     assert 'create_model("hf-hub:org/xt"' in card.text
+
+
+@pytest.mark.parametrize("name", ["emanet_r50_coco", "eurnet_t_upernet_ade20k", "glore_r50_fcn_cityscapes"])
+def test_config_json_of_earlier_versions_still_loads(name):
+    """Sources once had ``file_name`` (now ``filename``); the numbers were ``metrics``, label -> value."""
+    info = segzoo.model_info(name)
+    plain = to_plain(info)
+    for source in plain["weights"]:
+        source["file_name"] = source.pop("filename")
+    plain["metrics"] = dict(info.metrics)
+    del plain["reported_metrics"]
+    assert from_plain(ModelInfo, plain) == info
 
 
 def test_push_to_hub_then_create_model_from_it(model, hub):

@@ -30,7 +30,7 @@ def _use_source(monkeypatch, source):
 @pytest.fixture
 def manual(monkeypatch):
     source = WeightSource(url=SHARE_PAGE, format="mmseg", kind="manual", access_code="x2d5",
-                          file_name="moganet_xt_fpn.pth")
+                          filename="moganet_xt_fpn.pth")
     _use_source(monkeypatch, source)
     return source
 

@@ -4,6 +4,7 @@ The toy (a two-stage conv backbone, an FCN head, two entries) registers the way 
 the fixture takes it out of the registry again after each test.
 """
 import importlib.util
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -12,12 +13,16 @@ from torch import nn
 
 import segzoo
 from segzoo.cards import render_model_card
+from segzoo.cli import main
 from segzoo.export import check_supported, support_rows
 from segzoo.families import EXPORTS_DYNAMICALLY, Architecture, Family, _registry, register_family
 from segzoo.features import FeatureExtractor, stage_features
 from segzoo.heads import FCNHead
 from segzoo.segmentors import EncoderDecoder
-from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig
+from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig
+from segzoo.training import recipes
+from segzoo.training.recipe import Recipe
+from segzoo.training.recipes import get_recipe, recipe_from_registry, register_recipes
 from tests.conftest import REPO
 
 
@@ -50,7 +55,7 @@ def _entry(size: str, width: int) -> ModelInfo:
         name=f"toy_{size}_fcn_shapes", family="toy", paper=Paper("A Toy Family", "0000.00000", "nowhere"),
         backbone=f"Toy-{size.upper()}", head="FCN", dataset="Shapes", num_classes=5, crop_size=(64, 64),
         normalization=IMAGENET_RGB, test_pipeline=InferencePipeline(scale=(128, 64), size_divisor=None, mode="whole"),
-        align_corners=False, metrics={"mIoU": 12.5}, params_m=None, flops_g=None, flops_input_shape=None,
+        align_corners=False, reported_metrics=(ReportedMetric("mean_iou", "mIoU", 12.5),), params_m=None, flops_g=None, flops_input_shape=None,
         num_params=0, train_iters=100, train_batch_size=2, weights=(), license="Apache-2.0", citation="@misc{toy}",
         upstream=UpstreamConfig("toy/toy", "configs/toy.py", "0" * 40), architecture="toy_fcn",
         arch_args={"width": width},
@@ -63,11 +68,21 @@ TOY = Family(
 )
 
 
+def toy_recipe(info: ModelInfo) -> Recipe:
+    """The toy trains like a MogaNet Semantic-FPN model, for its own iterations, batch and crop."""
+    like = get_recipe("moganet_xt_fpn_ade20k")
+    return recipe_from_registry(info, optimizer=like.optimizer, schedule=like.schedule, losses=like.losses,
+                                pipeline=like.pipeline, gpus=1)
+
+
 @pytest.fixture
 def toy_family(monkeypatch):
-    segzoo.families.families()  # the real families first, so that the toy registers on top of them
+    segzoo.families.families()  # the real families and recipes first, so that the toy registers on top of them
+    recipes._registry.discover_recipes()
     monkeypatch.setattr(_registry, "_FAMILIES", dict(_registry._FAMILIES))
     monkeypatch.setattr(_registry, "_ARCHITECTURES", dict(_registry._ARCHITECTURES))
+    monkeypatch.setattr(recipes._registry, "RECIPE_BUILDERS", dict(recipes._registry.RECIPE_BUILDERS))
+    register_recipes("toy", toy_recipe)
     return register_family(TOY)
 
 
@@ -108,5 +123,11 @@ def test_toy_entries_get_hubconf_entry_points(toy_family):
     assert hubconf.toy_s_fcn().info.name == "toy_s_fcn_shapes"
 
 
+def test_toy_recipe_prints(toy_family, capsys):
+    assert main(["train", "toy_s_fcn_shapes", "--print-recipe"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["name"] == "toy_s_fcn_shapes" and printed["iters"] == 100 and printed["crop_size"] == [64, 64]
+
+
 def test_the_toy_leaves_the_registry_after_its_tests():
-    assert not segzoo.list_models("toy_*")
+    assert not segzoo.list_models("toy_*") and "toy" not in recipes._registry.RECIPE_BUILDERS

@@ -8,6 +8,7 @@ from torch import nn
 
 import segzoo
 from segzoo.datasets.folders import CUSTOM_PREFIX, SegmentationFolder, open_data
+from segzoo.registry import load_imagenet_backbone
 from segzoo.segmentors import EncoderDecoder
 from segzoo.training.config import TrainConfig
 from segzoo.training.distributed import Processes
@@ -26,8 +27,6 @@ def build_model(config: TrainConfig, recipe: Recipe, fresh: bool) -> EncoderDeco
     model = segzoo.create_model(config.entry, pretrained=fresh and pretrained, num_classes=config.num_classes,
                                 progress=False if config.quiet else None, **kwargs)
     if fresh and not pretrained and config.imagenet and recipe.imagenet_backbone:
-        from segzoo.weights import load_imagenet_backbone
-
         load_imagenet_backbone(model, config.entry, progress=False if config.quiet else None)
     return model.train()
 

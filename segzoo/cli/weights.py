@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segzoo.cli.options import add_checkpoint, add_names_or_all, add_num_classes, add_quiet, load_model, progress
+
+if TYPE_CHECKING:
+    from segzoo.mirror import FileKind
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -19,44 +23,38 @@ def _report_manual(manual: dict[str, str]) -> None:
         print(f"{name}: manual download needed. {instructions}")
 
 
-def _download(args: argparse.Namespace) -> int:
-    if args.imagenet:
-        from segzoo.weights.imagenet import download_imagenet_to_folder
+def _file_kind(args: argparse.Namespace) -> FileKind:
+    from segzoo.mirror import IMAGENET_BACKBONES, SEGMENTATION_WEIGHTS
 
-        manifest, failed = download_imagenet_to_folder(_names(args), Path(args.to), progress=progress(args))
-        _report_manual(failed)
-        print(f"wrote {manifest}")
-        return 1 if failed else 0
+    return IMAGENET_BACKBONES if args.imagenet else SEGMENTATION_WEIGHTS
+
+
+def _download(args: argparse.Namespace) -> int:
     from segzoo.mirror import download_to_folder
 
-    manifest, manual = download_to_folder(_names(args), Path(args.to), progress=progress(args))
-    _report_manual(manual)
+    manifest, skipped = download_to_folder(_names(args), Path(args.to), progress=progress(args), kind=_file_kind(args))
+    _report_manual(skipped)
     print(f"wrote {manifest}")
-    return 0
+    return 1 if skipped and args.imagenet else 0  # share pages are expected among the segmentation weights
 
 
 def _pin(args: argparse.Namespace) -> int:
     from segzoo.mirror import pin
     from segzoo.zoo.pins import PINS_FILE
 
-    from segzoo.weights.imagenet import pin_imagenet
-
     pins_file = Path(args.pins_file or PINS_FILE)
-    if args.imagenet:
-        pinned, failed = pin_imagenet(_names(args), pins_file, progress=progress(args))
-        manual = {}
-    else:
-        (pinned, manual), failed = pin(_names(args), pins_file, progress=progress(args)), {}
+    pinned, skipped = pin(_names(args), pins_file, progress=progress(args), kind=_file_kind(args))
     for name, sha256 in pinned.items():
         print(f"{name}: sha256 {sha256}")
-    _report_manual(manual)
-    for url, why in failed.items():
-        print(f"{url}: not pinned. {why}")
-    manual = manual | failed
-    if manual:
-        print(f"segzoo: error: {len(manual)} entries are not pinned; fetch their files as said above and pin again",
+    if args.imagenet:
+        for url, why in skipped.items():
+            print(f"{url}: not pinned. {why}")
+    else:
+        _report_manual(skipped)
+    if skipped:
+        print(f"segzoo: error: {len(skipped)} entries are not pinned; fetch their files as said above and pin again",
               file=sys.stderr)
-    return 1 if manual else 0
+    return 1 if skipped else 0
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -23,14 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from segzoo.weights.converters import Converter, ImageNetConverter, StateDict
 from segzoo.zoo.records import ModelInfo
 
-StateDict = Mapping[str, torch.Tensor]
 Builder = Callable[..., nn.Module]
-# A state dict in the original checkpoint's layout -> segzoo's (a segzoo-layout one must come back unchanged).
-Converter = Callable[[StateDict], StateDict]
-# (ImageNet classification state dict, the segmentor's backbone) -> a state dict for that backbone.
-ImageNetConverter = Callable[[StateDict, nn.Module], StateDict]
 
 ExportFormat = Literal["onnx", "torchscript", "exported-program"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("onnx", "torchscript", "exported-program")

@@ -11,7 +11,7 @@ from segzoo.weights.errors import (
     WeightsUnavailableError,
 )
 from segzoo.weights.fetch import FetchedFile, fetch_weights, offline
-from segzoo.weights.imagenet import load_imagenet_backbone
+from segzoo.weights.imagenet import load_imagenet_weights
 from segzoo.weights.pretrained import load_pretrained
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "WeightsUnavailableError",
     "cache_dir",
     "fetch_weights",
-    "load_imagenet_backbone",
+    "load_imagenet_weights",
     "load_pretrained",
     "load_state_dict_strict",
     "offline",

@@ -21,7 +21,8 @@ from pathlib import Path
 import requests
 from filelock import FileLock
 
-from segzoo.weights import gdrive, hf_hub
+import segzoo.weights.gdrive as gdrive
+import segzoo.weights.hf_hub as hf_hub
 from segzoo.weights.cache import ChecksumLock, cache_dir, file_sha256
 from segzoo.weights.download import CHUNK_BYTES, DownloadLimits, discard_partial, download, partial_path
 from segzoo.weights.errors import ChecksumMismatchError, WeightsError, WeightsUnavailableError

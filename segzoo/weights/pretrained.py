@@ -11,9 +11,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from segzoo.families import convert_state_dict
 from segzoo.weights.cache import ChecksumLock, cache_dir, file_sha256
 from segzoo.weights.checkpoint import load_state_dict_strict, read_state_dict
+from segzoo.weights.converters import Converter
 from segzoo.weights.errors import CheckpointError, WeightsUnavailableError
 from segzoo.weights.fetch import fetch_weights, verify_always
 from segzoo.zoo.records import ModelInfo, WeightSource
@@ -24,12 +24,15 @@ log = logging.getLogger(__name__)
 def load_pretrained(
     model: nn.Module,
     info: ModelInfo,
+    convert: Converter,
     skip: Iterable[str] = (),
     progress: bool | None = None,
     verify: bool | None = None,
 ) -> WeightSource:
     """Load the first of ``info.weights`` that can be fetched into ``model``; returns the source used.
 
+    ``convert`` (the family's converter) maps an original checkpoint to
+    segzoo's layout; a segzoo-native hub repository is loaded as it is.
     A file with no known checksum that fails the strict load is removed from
     the cache; one that passes has its sha256 recorded (trust on first use).
     A verified ``.pth`` file (or the checkpoint inside a verified archive)
@@ -51,7 +54,7 @@ def load_pretrained(
         try:
             state_dict = read_state_dict(copy or fetched.path)
             if not source.is_hf_hub:
-                state_dict = convert_state_dict(info.architecture, state_dict)
+                state_dict = convert(state_dict)
             load_state_dict_strict(model, state_dict, str(fetched.path), skip=skip)
         except CheckpointError:
             if lock is not None and lock.expected_sha256(source) is None:

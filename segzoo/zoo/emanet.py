@@ -1,7 +1,9 @@
 """The six EMANet models of the leftthomas/EMANet README (detectron2 port): COCO stuff-only and Cityscapes tables."""
 from __future__ import annotations
 
-from segzoo.zoo.records import InferencePipeline, ModelInfo, Normalization, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import (
+    InferencePipeline, ModelInfo, Normalization, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+)
 
 PAPER = Paper("Expectation-Maximization Attention Networks for Semantic Segmentation", "1907.13426", "ICCV 2019")
 CITATION = """@inproceedings{li2019expectation,
@@ -82,7 +84,10 @@ def _entry(dataset: str, depth: int) -> ModelInfo:
             scale=(test_min, test_max), mode="whole", resize="shortest_edge", rescale_align_corners=False
         ),
         align_corners=True,
-        metrics={"PA": pa, "mean PA": mpa, "mean IoU": miou, "FW IoU": fwiou},
+        reported_metrics=(
+            ReportedMetric("pixel_accuracy", "PA", pa), ReportedMetric("mean_accuracy", "mean PA", mpa),
+            ReportedMetric("mean_iou", "mean IoU", miou), ReportedMetric("frequency_weighted_iou", "FW IoU", fwiou),
+        ),
         params_m=None,
         flops_g=None,
         flops_input_shape=None,
@@ -92,7 +97,7 @@ def _entry(dataset: str, depth: int) -> ModelInfo:
         weights=(
             WeightSource(
                 url=link, format="detectron2", kind="manual", access_code=code,
-                file_name=f"emanet_r{depth}_{dataset}.pth",
+                filename=f"emanet_r{depth}_{dataset}.pth",
             ),
         ),
         license="unknown",

@@ -1,7 +1,9 @@
 """The three EurNet ADE20K UperNet models of the EurNet segmentation README."""
 from __future__ import annotations
 
-from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import (
+    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+)
 
 PAPER = Paper("EurNet: Efficient Multi-Range Relational Modeling of Spatial Multi-Relational Data", "2211.12941",
               "arXiv 2022")
@@ -47,10 +49,12 @@ def _entry(size: str, row: tuple[float, float, float, float, int]) -> ModelInfo:
         normalization=IMAGENET_RGB,
         test_pipeline=ADE20K_TEST,
         align_corners=False,
-        metrics={"mIoU": miou, "mIoU (MS)": miou_ms},
+        reported_metrics=(
+            ReportedMetric("mean_iou", "mIoU", miou), ReportedMetric("mean_iou", "mIoU (MS)", miou_ms, "multi_scale_flip")
+        ),
         params_m=params_m,
         flops_g=flops_g,
-        flops_input_shape=(3, 512, 2048),
+        flops_input_shape=(3, 2048, 512),
         num_params=num_params,
         train_iters=160_000,
         train_batch_size=16,
@@ -64,7 +68,10 @@ def _entry(size: str, row: tuple[float, float, float, float, int]) -> ModelInfo:
         architecture="eurnet_upernet",
         arch_args={"arch": size},
         notes=(
-            "FLOPs as reported, for a 512x2048 (height x width) input; they include the kNN distance products.",
+            "FLOPs as reported; they include the kNN distance products. Assumed: counted as the mmsegmentation "
+            "0.x UperNet models it is compared with are, by get_flops.py --shape 2048 512, which counts a "
+            "(1, 3, 2048, 512) tensor (height 2048, width 512; the script reads the shape as height, width); "
+            "the repository ships no FLOPs script of its own.",
             "Where a patch has fewer than 11 kNN candidates in its window and dilation class (square inputs of "
             "224x224 or less, narrow ones, or a side over 1152 pixels), upstream fills its 12 neighbours from "
             "tied distances in torch.topk's order; segzoo ranks the same distance row with torch.topk, so results "

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from segzoo.zoo.emanet import IMAGENET as EMANET_IMAGENET
-from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import (
+    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+)
 
 PAPER = Paper("Graph-Based Global Reasoning Networks", "1811.12814", "CVPR 2019")
 CITATION = """@inproceedings{chen2019graph,
@@ -61,10 +63,12 @@ def _entry(depth: int) -> ModelInfo:
         normalization=IMAGENET_RGB,
         test_pipeline=CITYSCAPES_WHOLE,
         align_corners=False,
-        metrics={
-            "IoU class": iou_class, "iIoU class": iiou_class,
-            "IoU category": iou_category, "iIoU category": iiou_category,
-        },
+        reported_metrics=(
+            ReportedMetric("mean_iou", "IoU class", iou_class),
+            ReportedMetric("mean_instance_iou", "iIoU class", iiou_class),
+            ReportedMetric("category_mean_iou", "IoU category", iou_category),
+            ReportedMetric("category_mean_instance_iou", "iIoU category", iiou_category),
+        ),
         params_m=None,
         flops_g=None,
         flops_input_shape=None,

@@ -1,7 +1,9 @@
 """The ten MogaNet ADE20K models of the MogaNet segmentation README (Semantic FPN and UperNet tables)."""
 from __future__ import annotations
 
-from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import (
+    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+)
 
 PAPER = Paper("Efficient Multi-order Gated Aggregation Network", "2211.03295", "ICLR 2024")
 CITATION = """@inproceedings{iclr2024MogaNet,
@@ -28,6 +30,10 @@ IMAGENET = {
 }
 SIZE_NAMES = {"xt": ("xtiny", "XT"), "t": ("tiny", "T"), "s": ("small", "S"), "b": ("base", "B"), "l": ("large", "L")}
 DROP_PATH = {"xt": 0.05, "t": 0.1, "s": 0.1, "b": 0.2, "l": 0.3}
+
+# The README's `get_flops.py --shape 2048 512` counts a (1, 3, 2048, 512) tensor: mmseg 0.x's script reads the
+# shape as (height, width) and mmcv's counter builds (1, C, H, W), so height 2048, width 512 (C, H, W below).
+FLOPS_INPUT_SHAPE = (3, 2048, 512)
 
 # size: (table params M, table FLOPs G, mIoU, mAcc, exact upstream parameter count)
 FPN_TABLE = {
@@ -73,10 +79,10 @@ def _entry(head: str, size: str, row: tuple[float, float, float, float, int]) ->
         normalization=IMAGENET_RGB,
         test_pipeline=ADE20K_TEST,
         align_corners=False,
-        metrics={"mIoU": miou, "mAcc": macc},
+        reported_metrics=(ReportedMetric("mean_iou", "mIoU", miou), ReportedMetric("mean_accuracy", "mAcc", macc)),
         params_m=params_m,
         flops_g=flops_g,
-        flops_input_shape=(3, 2048, 512),
+        flops_input_shape=FLOPS_INPUT_SHAPE,
         num_params=num_params,
         train_iters=iters,
         train_batch_size=batch,

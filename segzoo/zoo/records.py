@@ -42,6 +42,8 @@ def to_plain(value: Any) -> Any:
 def from_plain(cls: type[T], data: Mapping[str, Any]) -> T:
     """Rebuild a record written by :func:`to_plain` (e.g. from a ``config.json``)."""
     hints = typing.get_type_hints(cls)
+    if hasattr(cls, "upgraded_plain"):
+        data = cls.upgraded_plain(data)
     kwargs = {}
     for f in fields(cls):
         if f.name in data:
@@ -75,9 +77,9 @@ class WeightSource:
 
     ``url`` is an http(s) URL, ``hf-hub:ORG/REPO[@REVISION]``, a share page
     (``manual``, with its ``access_code``) or a Google Drive file URL.
-    ``file_name`` is the name the file has in the cache and in mirrors when
-    the URL does not end with it (share pages, Drive). ``sha256``/``size`` are
-    ``None`` until someone has pinned them.
+    ``filename`` is the name the file has in the cache and in mirrors: the
+    URL's last part unless given (share pages and Drive need it given).
+    ``sha256``/``size`` are ``None`` until someone has pinned them.
     """
 
     url: str
@@ -85,22 +87,58 @@ class WeightSource:
     sha256: str | None = None
     size: int | None = None
     kind: SourceKind = "url"
-    file_name: str | None = None
+    filename: str | None = None
     access_code: str | None = None
 
     def __post_init__(self) -> None:
         if self.url.startswith(HF_HUB_PREFIX) and self.kind != "hf-hub":
             object.__setattr__(self, "kind", "hf-hub")
-        if self.kind in ("manual", "google-drive") and not self.file_name:
-            raise ValueError(f"a {self.kind} weight source needs a file_name: {self.url}")
+        if self.kind in ("manual", "google-drive") and not self.filename:
+            raise ValueError(f"a {self.kind} weight source needs a filename: {self.url}")
+        if not self.filename:
+            object.__setattr__(self, "filename", self.url.rsplit("/", 1)[-1])
+
+    @staticmethod
+    def upgraded_plain(data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``data`` of a config.json written when ``filename`` was called ``file_name``, with today's keys."""
+        return {("filename" if key == "file_name" else key): value for key, value in data.items()}
 
     @property
     def is_hf_hub(self) -> bool:
         return self.kind == "hf-hub"
 
-    @property
-    def filename(self) -> str:
-        return self.file_name or self.url.rsplit("/", 1)[-1]
+
+# What a reported number is, whatever the paper's table calls it: the evaluators' means over classes of IoU and of
+# accuracy, the accuracy over all pixels, the frequency-weighted IoU, and Cityscapes' instance-level (iIoU) and
+# category-level means.
+MetricKey = Literal[
+    "mean_iou", "mean_accuracy", "pixel_accuracy", "frequency_weighted_iou",
+    "mean_instance_iou", "category_mean_iou", "category_mean_instance_iou",
+]
+# How the number was measured: one forward at the test scale, or the multi-scale + flip test (aug-test).
+TestMode = Literal["single_scale", "multi_scale_flip"]
+
+
+@dataclass(frozen=True)
+class ReportedMetric:
+    """One number of the paper's table: what it is (``key`` in ``test_mode``) and the ``label`` the table gives it."""
+
+    key: MetricKey
+    label: str
+    value: float
+    test_mode: TestMode = "single_scale"
+
+
+# label -> (key, test mode) of every number of a config.json written before the metrics carried their keys
+_OLD_METRIC_LABELS: dict[str, tuple[MetricKey, TestMode]] = {
+    "mIoU": ("mean_iou", "single_scale"), "mAcc": ("mean_accuracy", "single_scale"),
+    "aAcc": ("pixel_accuracy", "single_scale"), "PA": ("pixel_accuracy", "single_scale"),
+    "mean PA": ("mean_accuracy", "single_scale"), "mean IoU": ("mean_iou", "single_scale"),
+    "FW IoU": ("frequency_weighted_iou", "single_scale"), "IoU class": ("mean_iou", "single_scale"),
+    "iIoU class": ("mean_instance_iou", "single_scale"), "IoU category": ("category_mean_iou", "single_scale"),
+    "iIoU category": ("category_mean_instance_iou", "single_scale"),
+    "mIoU (MS)": ("mean_iou", "multi_scale_flip"), "mIoU (ms+flip)": ("mean_iou", "multi_scale_flip"),
+}
 
 
 @dataclass(frozen=True)
@@ -162,8 +200,10 @@ class ModelInfo:
     """Everything segzoo knows about one published model; numbers are as the source README reports them.
 
     ``params_m``/``flops_g`` are ``None`` where the table gives none
-    (``num_params`` is always the exact count of the model). ``metrics`` were
-    measured on the ``metrics_split`` of ``dataset`` (``test``: an evaluation
+    (``num_params`` is always the exact count of the model);
+    ``flops_input_shape`` is the (C, H, W) of the input the FLOPs were counted on.
+    ``reported_metrics`` are the numbers of the paper's table, each with its
+    canonical key and test mode beside the table's label; they were measured on the ``metrics_split`` of ``dataset`` (``test``: an evaluation
     server) and ``evaluator`` names the convention that computed them:
     ``mmseg`` (mmsegmentation 0.x), ``detectron2_2019`` (detectron2's
     ``SemSegEvaluator`` as of 2019) or ``cityscapes`` (the official
@@ -171,7 +211,7 @@ class ModelInfo:
     columns, e.g. ``{"train time (s/iter)": 0.81, "inference time (s/im)": 0.11}``.
     ``pretrained_backbone`` is the ImageNet classification file the paper's
     segmentation training starts from (``None`` where the paper names none;
-    the notes say why); :func:`segzoo.weights.load_imagenet_backbone` loads it.
+    the notes say why); :func:`segzoo.registry.load_imagenet_backbone` loads it.
     """
 
     name: str
@@ -185,7 +225,7 @@ class ModelInfo:
     normalization: Normalization
     test_pipeline: InferencePipeline
     align_corners: bool
-    metrics: Mapping[str, float]
+    reported_metrics: tuple[ReportedMetric, ...]
     params_m: float | None
     flops_g: float | None
     flops_input_shape: tuple[int, int, int] | None
@@ -205,7 +245,6 @@ class ModelInfo:
     pretrained_backbone: WeightSource | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "metrics", _freeze(self.metrics))
         object.__setattr__(self, "arch_args", _freeze(self.arch_args))
         object.__setattr__(self, "reported_costs", _freeze(self.reported_costs))
 
@@ -216,6 +255,23 @@ class ModelInfo:
         """Pickled (``torch.save(model)``, worker processes) as its fields, the read-only mappings as dicts."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return _rebuild_record, (type(self), {k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items()})
+
+    @staticmethod
+    def upgraded_plain(data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``data`` of a config.json written when the numbers were ``metrics``, label -> value, with today's keys."""
+        if "metrics" not in data:
+            return data
+        reported = [
+            {"key": _OLD_METRIC_LABELS[label][0], "label": label, "value": value,
+             "test_mode": _OLD_METRIC_LABELS[label][1]}
+            for label, value in data["metrics"].items()
+        ]
+        return {**{k: v for k, v in data.items() if k != "metrics"}, "reported_metrics": reported}
+
+    @property
+    def metrics(self) -> Mapping[str, float]:
+        """The reported numbers under the paper's labels: ``{"mIoU": 47.7, "mAcc": 59.8}``."""
+        return MappingProxyType({metric.label: metric.value for metric in self.reported_metrics})
 
     @property
     def metrics_text(self) -> str:

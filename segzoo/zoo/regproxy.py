@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, UpstreamConfig, WeightSource
+from segzoo.zoo.records import (
+    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+)
 
 PAPER = Paper("Semantic Segmentation by Early Region Proxy", "2203.14043", "CVPR 2022")
 CITATION = """@article{zhang2022semantic,
@@ -31,7 +33,7 @@ ENTRY_PREFIX = {
 # distilled at 384 for the Base models, from its release URL.
 TIMM_HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 IMAGENET = {
-    arch: WeightSource(url=TIMM_HF.format(timm_name), format="safetensors", file_name=f"{timm_name}.safetensors")
+    arch: WeightSource(url=TIMM_HF.format(timm_name), format="safetensors", filename=f"{timm_name}.safetensors")
     for arch, timm_name in {
         "ti16": "vit_tiny_patch16_384.augreg_in21k_ft_in1k",
         "s16": "vit_small_patch16_384.augreg_in21k_ft_in1k",
@@ -120,7 +122,10 @@ def _entry(
         normalization=IMAGENET_RGB,
         test_pipeline=pipeline,
         align_corners=False,
-        metrics={"mIoU": metrics[0], "mIoU (ms+flip)": metrics[1]},
+        reported_metrics=(
+            ReportedMetric("mean_iou", "mIoU", metrics[0]),
+            ReportedMetric("mean_iou", "mIoU (ms+flip)", metrics[1], "multi_scale_flip"),
+        ),
         params_m=params_m,
         flops_g=flops_g,
         flops_input_shape=flops_input_shape,
@@ -130,7 +135,7 @@ def _entry(
         weights=(
             WeightSource(
                 url=DRIVE.format(drive_id), format="mmseg", kind="google-drive",
-                file_name=config.rsplit("/", 1)[-1].replace(".py", ".pth"),
+                filename=config.rsplit("/", 1)[-1].replace(".py", ".pth"),
             ),
         ),
         license="MIT",
