@@ -1,10 +1,16 @@
-"""The inference fast path computes the eager model's function, on every registry entry."""
+"""The inference fast path computes the eager model's function, on every registry entry, and its models pickle."""
+import copy
+import io
+import pickle
+
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import segzoo
-from segzoo.optimize import optimize_for_inference
+from segzoo import optimize
+from segzoo.optimize import EvalOnly, optimize_for_inference
+from tests.conftest import ONE_PER_ARCHITECTURE
 
 # One entry per architecture (and per ViT kind) in the default suite; the whole registry under -m slow.
 PER_ARCHITECTURE = [
@@ -41,10 +47,14 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
+def random_input(name: str) -> torch.Tensor:
+    return torch.randn(1, 3, *input_size(name), generator=torch.Generator().manual_seed(1))
+
+
 def check_fast_path(name: str) -> None:
     model = segzoo.create_model(name)
     randomize_folded_statistics(model)
-    x = torch.randn(1, 3, *input_size(name), generator=torch.Generator().manual_seed(1))
+    x = random_input(name)
     with torch.inference_mode():
         ref = model(x)
         fast = optimize_for_inference(model)
@@ -100,3 +110,50 @@ def test_predict_runs_on_the_fast_path(moganet):
     ref = segzoo.predict(moganet, image, return_scores=True)
     fast = segzoo.predict(optimize_for_inference(moganet), image, return_scores=True)
     assert relative_error(fast.scores, ref.scores) < RTOL
+
+
+def torch_save_round_trip(model: torch.nn.Module) -> torch.nn.Module:
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("name", ONE_PER_ARCHITECTURE)
+def test_fast_model_pickles(name):
+    """torch.save, pickle and deepcopy give back the same fast model: same outputs, still eval-only."""
+    model = segzoo.create_model(name)
+    randomize_folded_statistics(model)
+    x = random_input(name)
+    fast = optimize_for_inference(model)
+    copies = [torch_save_round_trip(fast), pickle.loads(pickle.dumps(fast)), copy.deepcopy(fast)]
+    with torch.inference_mode():
+        out = fast(x)
+        assert relative_error(out, model(x)) < RTOL
+        for again in copies:
+            assert type(again) is type(fast) and torch.equal(again(x), out)
+    for again in copies:
+        with pytest.raises(RuntimeError, match="optimized for inference"):
+            again.train()
+
+
+def test_rewrite_table_runs_in_phase_order():
+    table = optimize.rewrite_table()
+    assert [optimize.PHASES.index(r.phase) for r in table] == sorted(optimize.PHASES.index(r.phase) for r in table)
+    assert len({r.name for r in table}) == len(table), "rewrite names must be unique"
+    central = open(optimize.__file__).read()
+    assert "segzoo.backbones" not in central and "segzoo.heads" not in central, "the central module names a family"
+
+
+def test_a_model_without_fast_class_is_wrapped():
+    extractor = segzoo.create_backbone("moganet_xt_fpn_ade20k", pretrained=False)
+    randomize_folded_statistics(extractor)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    fast = optimize_for_inference(extractor)
+    assert isinstance(fast, EvalOnly) and fast.feature_info == extractor.feature_info
+    reloaded = torch_save_round_trip(fast)
+    with torch.inference_mode():
+        for out, again, ref in zip(fast(x), reloaded(x), extractor(x)):
+            assert relative_error(out, ref) < RTOL and torch.equal(again, out)
+    with pytest.raises(RuntimeError, match="optimized for inference"):
+        reloaded.train()

@@ -10,8 +10,8 @@ from segzoo.backbones.moganet import MogaBlock, MogaNet
 from segzoo.optimize import optimize_for_inference
 from segzoo.optimize import moganet as optimize_moganet
 from segzoo.heads import FPNHead, FPNNeck
-from segzoo.optimize.fpn import FPNHeadForInference, FPNNeckForInference, rewrite_fpn
-from segzoo.optimize.moganet import FoldedMogaBlock, _move_excess_padding
+from segzoo.optimize.fpn import FastFPNHead, FastFPNNeck
+from segzoo.optimize.moganet import FastMogaBlock, _move_excess_padding
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
 
 
@@ -51,7 +51,7 @@ def test_folded_block_equals_block(closing, memory_format):
     with torch.no_grad():
         reference = block(x)
         reference = norm(reference) if closing else reference
-        folded = FoldedMogaBlock(block, norm if closing else None).to(memory_format=memory_format)
+        folded = FastMogaBlock(block, norm if closing else None).to(memory_format=memory_format)
         out = folded(x.contiguous(memory_format=memory_format))
     assert relative_error(out, reference) < RTOL
 
@@ -62,7 +62,7 @@ def test_hidden_map_in_channel_slices(monkeypatch, max_bytes):
     x = torch.randn(1, 8, 11, 14, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         reference = norm(block(x))
-        folded = FoldedMogaBlock(block, norm)
+        folded = FastMogaBlock(block, norm)
         whole = folded(x)
         monkeypatch.setattr(optimize_moganet, "MAX_HIDDEN_BYTES", max_bytes)
         sliced = folded(x)
@@ -80,10 +80,10 @@ def xt_fpn():
 def test_rewrites_applied_to_the_entry(xt_fpn):
     fast = optimize_for_inference(xt_fpn)
     backbone = fast.backbone
-    assert isinstance(backbone, MogaNet) and isinstance(fast.decode_head, FPNHeadForInference)
-    assert isinstance(fast.neck, FPNNeckForInference)
-    blocks = [m for m in backbone.modules() if isinstance(m, MogaBlock | FoldedMogaBlock)]
-    assert blocks and all(isinstance(b, FoldedMogaBlock) for b in blocks)
+    assert isinstance(backbone, MogaNet) and isinstance(fast.decode_head, FastFPNHead)
+    assert isinstance(fast.neck, FastFPNNeck)
+    blocks = [m for m in backbone.modules() if isinstance(m, MogaBlock | FastMogaBlock)]
+    assert blocks and all(isinstance(b, FastMogaBlock) for b in blocks)
     for block in blocks:
         assert block.high_conv.padding == (6, 6) and block.high_padding == (3, 3, 3, 3)
         assert block.fc2_decompose.out_channels == block.channels + 1
@@ -107,9 +107,9 @@ def test_fpn_head_shares_upsampling(size):
     inputs = [torch.randn(2, 8, -(-h // s), -(-w // s), generator=g) for s in (1, 2, 4, 8)]
     with torch.no_grad():
         reference = head(inputs)
-        rewrite_fpn(head)
-        assert isinstance(head, FPNHeadForInference)
-        out = head(inputs)
+        fast = optimize_for_inference(head)
+        assert isinstance(fast, FastFPNHead)
+        out = fast(inputs)
     assert relative_error(out, reference) < RTOL
 
 
@@ -124,9 +124,9 @@ def test_fpn_neck_splits_its_output_convs(size):
         for conv in (m for m in neck.modules() if isinstance(m, nn.Conv2d)):
             conv.bias.normal_(0, 1.0, generator=g)
         reference = neck(inputs)
-        rewrite_fpn(neck)
-        assert isinstance(neck, FPNNeckForInference)
-        outputs = neck(inputs)
+        fast = optimize_for_inference(neck)
+        assert isinstance(fast, FastFPNNeck)
+        outputs = fast(inputs)
     assert len(outputs) == len(reference)
     for out, ref in zip(outputs, reference):
         assert out.shape == ref.shape and relative_error(out, ref) < RTOL

@@ -7,7 +7,7 @@ from torch import nn
 import segzoo
 from segzoo.optimize import optimize_for_inference
 from segzoo.heads.glore import GloReUnit2d
-from segzoo.optimize.resnet import FoldedGloReUnit2d, WinogradConv2d, optimize_dilated_resnets, winograd_applies
+from segzoo.optimize.resnet import FastGloReUnit2d, WinogradConv2d, winograd_applies
 from segzoo.optimize import winograd
 from segzoo.optimize.winograd import transform_weight, winograd_conv3x3
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
@@ -79,12 +79,6 @@ def test_emanet_fast_path_equals_eager(emanet_coco, batch, size):
     assert relative_error(out, ref) < RTOL
 
 
-def test_unfolded_head_is_refused():
-    head = segzoo.create_model("emanet_r50_cityscapes").decode_head
-    with pytest.raises(ValueError, match="fold the BatchNorm of reduced_conv"):
-        optimize_dilated_resnets(head.eval())
-
-
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("shape", [(2, 64, 7, 9), (1, 64, 8, 8)])
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -95,14 +89,14 @@ def test_folded_glore_unit_equals_eager(normalize, shape, channels_last):
     with torch.inference_mode():
         ref = unit(x)
         fast = optimize_for_inference(unit)
-        assert isinstance(fast, FoldedGloReUnit2d)
+        assert isinstance(fast, FastGloReUnit2d)
         out = fast(x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format))
     assert relative_error(out, ref) < RTOL
 
 
 def test_glore_entry_gets_the_folded_unit():
     fast = optimize_for_inference(segzoo.create_model("glore_r50_fcn_cityscapes"))
-    assert isinstance(fast.decode_head.glore, FoldedGloReUnit2d)
+    assert isinstance(fast.decode_head.glore, FastGloReUnit2d)
     assert isinstance(fast.decode_head.convs[0].conv, WinogradConv2d)
 
 

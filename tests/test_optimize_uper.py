@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 import segzoo
 from segzoo.heads import UPerHead
-from segzoo.optimize.folding import fold_conv_bn_pairs
-from segzoo.optimize.uper import UpsampledLevelsConv, UPerHeadForInference, interpolation_matrix, rewrite_uper_heads
+from segzoo.optimize import fold
+from segzoo.optimize.uper import FastUPerHead, UpsampledLevelsConv, interpolation_matrix
 from tests.test_optimize import randomize_folded_statistics, relative_error
 
 
@@ -33,26 +33,17 @@ def test_fused_levels_equal_the_concatenated_convolution(align_corners):
     levels = [torch.randn(2, 16, h, w, generator=g) for h, w in [(33, 47), (17, 24), (9, 12), (5, 6)]]
     with torch.no_grad():
         expected = head.fuse_levels(list(levels))
-        fold_conv_bn_pairs(head)
+        fold(head)
         fused = UpsampledLevelsConv(head.fpn_bottleneck, 16, align_corners)
         assert relative_error(fused(levels), expected) < 1e-6
 
 
 def test_every_upernet_head_is_rewritten():
-    head = small_head(False)
-    model = torch.nn.Sequential(head)
-    with torch.no_grad():
-        fold_conv_bn_pairs(model)
-        rewrite_uper_heads(model)
-    assert type(head) is UPerHeadForInference
-    assert isinstance(head.fpn_bottleneck, UpsampledLevelsConv)
-
-
-def test_rewrite_needs_the_norm_folded():
-    with pytest.raises(ValueError, match="fold"):
-        UpsampledLevelsConv(small_head(False).fpn_bottleneck, 16, False)
+    model = segzoo.optimize_for_inference(torch.nn.Sequential(small_head(False), small_head(True)))
+    assert all(type(head) is FastUPerHead for head in model.module)
+    assert all(isinstance(head.fpn_bottleneck, UpsampledLevelsConv) for head in model.module)
 
 
 def test_fast_upernet_entry_uses_the_rewrite():
     fast = segzoo.optimize_for_inference(segzoo.create_model("moganet_xt_upernet_ade20k"))
-    assert type(fast.decode_head) is UPerHeadForInference
+    assert type(fast.decode_head) is FastUPerHead

@@ -8,7 +8,7 @@ from torch import nn
 import segzoo
 from segzoo.heads import ProxyHead
 from segzoo.optimize import optimize_for_inference
-from segzoo.optimize.vit import BatchedProxyHead, FoldedViTBlock, onednn_linear_available
+from segzoo.optimize.vit import FastProxyHead, FastViTBlock, onednn_linear_available
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
@@ -42,8 +42,8 @@ def test_folded_block_equals_timm_block(onednn, shape):
     x = torch.randn(*shape, 64, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         ref = block(x)
-        folded = FoldedViTBlock(timm_block(), onednn)  # a fresh copy: folding changes the block's layers
-        assert relative_error(folded(x), ref) < RTOL
+        fast = FastViTBlock(timm_block(), onednn)  # a fresh copy: folding changes the block's layers
+        assert relative_error(fast(x), ref) < RTOL
 
 
 def test_onednn_probe_answers():
@@ -60,8 +60,7 @@ def test_batched_proxy_head_equals_proxy_head(batch, grid, channels_last):
     inputs = [torch.randn(batch, 32, *grid, generator=g).contiguous(memory_format=memory_format) for _ in range(2)]
     with torch.inference_mode():
         ref = head(inputs)
-        head.__class__ = BatchedProxyHead
-        out = head(inputs)
+        out = FastProxyHead.from_module(head)(inputs)
     assert out.shape == ref.shape == (batch, 7, grid[0] * 4, grid[1] * 4)
     assert relative_error(out, ref) < RTOL
 
@@ -76,10 +75,10 @@ def vit_ti():
 
 def test_rewrites_are_applied(vit_ti):
     fast = optimize_for_inference(vit_ti)
-    assert all(isinstance(block, FoldedViTBlock) for block in fast.backbone.blocks)
+    assert all(isinstance(block, FastViTBlock) for block in fast.backbone.blocks)
     assert len(fast.backbone.blocks) == len(vit_ti.backbone.blocks)
-    assert type(fast.decode_head) is BatchedProxyHead
-    assert not any(isinstance(block, FoldedViTBlock) for block in vit_ti.backbone.modules()), "eager changed"
+    assert type(fast.decode_head) is FastProxyHead
+    assert not any(isinstance(block, FastViTBlock) for block in vit_ti.backbone.modules()), "eager changed"
 
 
 @pytest.mark.parametrize("size", [(2, 64, 96), (1, 70, 45)])  # batch 2; a size the patches do not divide

@@ -1,91 +1,218 @@
 """The inference fast path: the same function as the eager model, with less work per image.
 
-:func:`optimize_for_inference` turns a model into an eval-only one that
+:func:`optimize_for_inference` turns a model into an eval-only one by one ordered table of rewrites. Each
+architecture module of this package declares its rewrites as data (a module-level ``REWRITES`` tuple of
+:class:`Rewrite`) and the parts that run faster channels-last (``CHANNELS_LAST``); this module collects them
+from every public submodule and runs them phase by phase, in the order of :data:`PHASES`:
 
-- folds every BatchNorm into the convolution beside it: after a conv (conv-BN: ResNet, the heads'
-  conv-norm-act units, MogaNet's embeddings, the GloRe unit's blocker), and before a 1x1 conv (MogaNet's
-  pre-norm blocks), where a BN's shift cannot leak into zero padding;
-- folds MogaNet's elementwise tails: the layer scales, the FFN's channel aggregation (a per-channel scale on
-  the wide hidden map becomes part of ``fc2``, the subtracted single-channel map a rank-one correction on the
-  narrow output), the residual of the gated aggregation and each stage's closing BatchNorm; runs ``fc2`` and
-  ``decompose`` as one conv, the wide FFN hidden maps in channel slices and pre-pads the dilated depth-wise
-  conv so that oneDNN's fast kernel takes it (:mod:`segzoo.optimize.moganet`);
-- runs the dilated ResNets' wide 3x3 convolutions by Winograd F(2x2, 3x3) on the CPU and the GloRe unit's
-  1x1 projections on the node side of its graph products (:mod:`segzoo.optimize.resnet`);
-- splits the Semantic-FPN neck's output convs into a conv of the narrow input and a stride-2 transposed conv
-  of the coarser sum, and lets the FPN head's coarse levels share their last upsampling
-  (:mod:`segzoo.optimize.fpn`);
-- runs UperNet's 3x3 fusion convolution on the coarse FPN levels before upsampling them
-  (:mod:`segzoo.optimize.uper`: the convolution's channel mix commutes with the bilinear resize);
-- precomputes the standardized weights of the hybrid ViTs' ResNetV2 stems, runs ViT attention fused
-  (``scaled_dot_product_attention``), folds the ViT LayerNorms into the linear layers after them and runs
-  those through oneDNN's fused linear where torch has it (GELU and residual adds fused;
-  :mod:`segzoo.optimize.vit`), batches the RegionProxy head's mixing and caches the resized position
-  embedding;
-- picks the memory format per part (``channels_last`` where it is faster on the device);
-- optionally wraps the result in ``torch.compile``.
+1. ``fold norms``: every BatchNorm folded into the convolution before it (conv-BN: ResNet, the heads'
+   conv-norm-act units, MogaNet's embeddings, the GloRe unit's blocker; :mod:`segzoo.optimize.folding` and
+   the architecture modules declare the pairs), and the hybrid ViTs' weight-standardized convolutions
+   frozen into plain ones holding the standardized weights;
+2. ``fold tails``: MogaNet's blocks rewritten with their pre-norms folded into the 1x1 convolutions after
+   them (where a BN's shift cannot leak into zero padding), the layer scales, the FFN's channel aggregation
+   (a per-channel scale on the wide hidden map becomes part of ``fc2``, the subtracted single-channel map a
+   rank-one correction on the narrow output), the residual of the gated aggregation and each stage's
+   closing BatchNorm folded; ``fc2`` and ``decompose`` run as one conv, the wide FFN hidden maps in channel
+   slices, and the dilated depth-wise conv is pre-padded so that oneDNN's fast kernel takes it
+   (:mod:`segzoo.optimize.moganet`);
+3. ``rewrite blocks``, on folded weights: the dilated ResNets' wide 3x3 convolutions by Winograd F(2x2, 3x3)
+   on the CPU and the GloRe unit's 1x1 projections on the node side of its graph products
+   (:mod:`segzoo.optimize.resnet`); the Semantic-FPN neck's output convs split into a conv of the narrow
+   input and a stride-2 transposed conv of the coarser sum, and the FPN head's coarse levels sharing their
+   last upsampling (:mod:`segzoo.optimize.fpn`); UperNet's 3x3 fusion convolution on the coarse levels
+   before upsampling them (:mod:`segzoo.optimize.uper`: the convolution's channel mix commutes with the
+   bilinear resize); the ViT blocks with their LayerNorm affines folded into the linear layers after them,
+   fused attention (``scaled_dot_product_attention``) and oneDNN's fused linear where torch has it, the
+   resized position embedding cached, the RegionProxy head's mixing batched (:mod:`segzoo.optimize.vit`);
+   the segmentor itself made eval-only (:mod:`segzoo.optimize.segmentors`).
 
-GELU, SiLU, softmax and every nonlinearity stay as they are. Outputs equal the eager model's to float32
-rounding (within 1e-5 relative on every registry entry, tested); folding changes the order of float
-operations, so they are not bitwise equal.
+Within a phase the rewrites commute (each changes only modules of its own types, which no other rewrite of
+the phase reads), so the table's order inside a phase is irrelevant. Then the memory format is picked per
+part (``channels_last`` where it is faster on the device) and, optionally, the result is wrapped in
+``torch.compile``.
+
+Every rewrite replaces a module by an instance of an importable class of this package (``Fast<Original>``
+for the fast form of a class, a name of its own for a module computing another algorithm, such as
+:class:`~segzoo.optimize.resnet.WinogradConv2d`) or folds in place, so fast models pickle, deep-copy and
+save with ``torch.save``. GELU, SiLU, softmax and every nonlinearity stay as they are. Outputs equal the
+eager model's to float32 rounding (within 1e-5 relative on every registry entry, tested); folding changes
+the order of float operations, so they are not bitwise equal.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
 
-from segzoo.backbones.moganet import MogaNet
-from segzoo.backbones.resnet_dilated import DilatedResNet
-from segzoo.heads import FPNHead, FPNNeck
-from segzoo.optimize.folding import fold_conv_bn_pairs, freeze_standardized_convs
-from segzoo.optimize.fpn import rewrite_fpn
-from segzoo.optimize.moganet import fold_moganet
-from segzoo.optimize.resnet import WinogradConv2d, optimize_dilated_resnets
-from segzoo.optimize.uper import rewrite_uper_heads
-from segzoo.optimize.vit import optimize_vits
 from segzoo.segmentors import EncoderDecoder
 
 __all__ = ["EvalOnly", "fold", "optimize_for_inference"]
 
 ChannelsLast = Literal["auto"] | bool
-_CPU_CHANNELS_LAST = (MogaNet, DilatedResNet, FPNNeck, FPNHead)
+FastT = TypeVar("FastT", bound="EvalOnly")
+
+PHASES = ("fold norms", "fold tails", "rewrite blocks")
+"""The phases of the rewrite table, in the order they run; :func:`fold` runs the first two."""
+_FOLD_PHASES = PHASES[:2]
 
 
-def _uses_timm(model: nn.Module) -> bool:
-    return any(type(m).__module__.startswith("timm.") for m in model.modules())
+@dataclass(frozen=True)
+class Rewrite:
+    """One fast-path rewrite: ``apply`` takes a module whose class is one of ``targets`` (exactly, not a
+    subclass) and returns the module that takes its place (the module itself when it folds in place).
+
+    A target is a class or its ``"module.QualName"``: a name matches only once its module is imported, so
+    that declaring a rewrite for a timm-based class imports nothing. ``devices``: the device types the
+    rewrite applies on (``None``: all).
+    """
+
+    name: str
+    phase: str
+    targets: tuple[type | str, ...]
+    apply: Callable[[nn.Module], nn.Module]
+    devices: tuple[str, ...] | None = None
+
+    def target_names(self) -> frozenset[str]:
+        return frozenset(t if isinstance(t, str) else _qualified_name(t) for t in self.targets)
 
 
-def fold(model: nn.Module) -> nn.Module:
-    """Fold every BatchNorm and elementwise tail that :mod:`segzoo.optimize` knows, in place; returns ``model``."""
-    for module in list(model.modules()):
-        if isinstance(module, MogaNet):
-            fold_moganet(module)
-    fold_conv_bn_pairs(model)
-    if _uses_timm(model):
-        freeze_standardized_convs(model)
-        for module in model.modules():
-            if hasattr(module, "fused_attn"):
-                module.fused_attn = True
+@dataclass(frozen=True)
+class PrefersChannelsLast:
+    """A part of a segmentor (backbone, neck, head) that is, or holds, a module of one of ``types`` runs faster
+    channels-last on the device types ``devices`` (measured: ``benchmarks/RESULTS.md``)."""
+
+    types: tuple[type, ...]
+    devices: tuple[str, ...]
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@functools.cache
+def _architecture_modules() -> tuple:
+    """The public submodules of this package, each imported once (a leading underscore marks a helper)."""
+    return tuple(
+        importlib.import_module(f"{__name__}.{info.name}")
+        for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
+    )
+
+
+@functools.cache
+def rewrite_table() -> tuple[Rewrite, ...]:
+    """Every declared rewrite, in the order of :data:`PHASES`."""
+    rewrites = [rewrite for module in _architecture_modules() for rewrite in getattr(module, "REWRITES", ())]
+    for rewrite in rewrites:
+        if rewrite.phase not in PHASES:
+            raise ValueError(f"rewrite {rewrite.name!r} names the unknown phase {rewrite.phase!r}; phases: {PHASES}")
+    return tuple(sorted(rewrites, key=lambda rewrite: PHASES.index(rewrite.phase)))
+
+
+@functools.cache
+def _channels_last_preferences() -> tuple[PrefersChannelsLast, ...]:
+    return tuple(fact for module in _architecture_modules() for fact in getattr(module, "CHANNELS_LAST", ()))
+
+
+def _apply_rewrites(model: nn.Module, phases: tuple[str, ...]) -> nn.Module:
+    """``model`` after the table's rewrites of ``phases``; submodules are replaced in place, the root returned."""
+    parameter = next(model.parameters(), None)
+    device_type = parameter.device.type if parameter is not None else "cpu"
+    for rewrite in rewrite_table():
+        if rewrite.phase not in phases or (rewrite.devices is not None and device_type not in rewrite.devices):
+            continue
+        names = rewrite.target_names()
+        for path, module in list(model.named_modules()):
+            if _qualified_name(type(module)) not in names:
+                continue
+            fast = rewrite.apply(module)
+            if fast is module:
+                continue
+            if path:
+                model.set_submodule(path, fast)
+            else:
+                model = fast
     return model
 
 
-def _convert_inputs(memory_format: torch.memory_format) -> Callable:
-    """A forward pre-hook that puts the 4-D tensor inputs (or lists of them) in ``memory_format``."""
-    def convert(value):
+def fold(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm and elementwise tail that :mod:`segzoo.optimize` knows (the table's fold phases)
+    in place; returns ``model``, or what replaces it when the model itself is rewritten."""
+    return _apply_rewrites(model, _FOLD_PHASES)
+
+
+class EvalOnly:
+    """Mixin of fast-path modules: they compute the eval-mode function only, so train mode is refused."""
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(
+                "this model was optimized for inference (BatchNorm folded into convolutions) and cannot be "
+                "trained; train the model from segzoo.create_model(..., fuse=False) instead"
+            )
+        return super().train(False)
+
+    @classmethod
+    def from_module(cls: type[FastT], module: nn.Module) -> FastT:
+        """An instance of ``cls`` holding ``module``'s parameters, buffers, submodules, hooks and attributes,
+        for a fast class that subclasses ``type(module)`` and only overrides methods."""
+        if not issubclass(cls, type(module)):
+            raise TypeError(f"{cls.__name__} is no fast form of {type(module).__name__}")
+        fast = cls.__new__(cls)
+        fast.__dict__.update({
+            name: copy.copy(value) if isinstance(value, dict) else value for name, value in vars(module).items()
+        })
+        return fast
+
+
+class FastModule(EvalOnly, nn.Module):
+    """The fast form of a model whose class has no fast subclass: holds it as ``module``, runs it, and answers
+    attribute look-ups from it (as ``torch.compile``'s wrapper does)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":  # not set yet (unpickling): no delegation
+                raise
+            return getattr(self.module, name)
+
+
+@dataclass(frozen=True)
+class ConvertInputs:
+    """A forward pre-hook that puts the 4-D tensor inputs (or lists of them) channels-last or contiguous.
+
+    It holds a bool, not the ``torch.memory_format``, which ``torch.save`` cannot pickle."""
+
+    channels_last: bool
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return tuple(self._convert(a) for a in args)
+
+    def _convert(self, value):
         if torch.is_tensor(value) and value.ndim == 4:
-            return value.contiguous(memory_format=memory_format)
+            return value.contiguous(memory_format=_memory_format(self.channels_last))
         if isinstance(value, (list, tuple)):
-            return type(value)(convert(v) for v in value)
+            return type(value)(self._convert(v) for v in value)
         return value
 
-    def hook(module: nn.Module, args: tuple) -> tuple:
-        return tuple(convert(a) for a in args)
 
-    return hook
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _parts(model: nn.Module) -> Iterator[nn.Module]:
@@ -99,15 +226,9 @@ def _parts(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _prefers_channels_last(part: nn.Module, device: torch.device) -> bool:
-    """Whether ``part`` runs faster channels-last on ``device`` (measured, ``benchmarks/RESULTS.md``). On a GPU
-    only the dilated ResNets (1.02-1.09x on an H100; MogaNet's depth-wise convolutions ran 0.78-0.86x
-    channels-last, the heads and ViT stems no faster). On the CPU MogaNet's depthwise-heavy backbone and the FPN
-    neck and head beside it, the dilated ResNets, and the heads whose 3x3 convolutions run by Winograd (EMA,
-    GloRe FCN: channels-last transforms, 1.1x), but not mkldnn's dense 3x3 convolutions of the UperNet head
-    (0.75-0.95x) nor the token-based ViT and EurNet backbones."""
-    if device.type == "cuda":
-        return isinstance(part, DilatedResNet)
-    return isinstance(part, _CPU_CHANNELS_LAST) or any(isinstance(m, WinogradConv2d) for m in part.modules())
+    """Whether ``part`` runs faster channels-last on ``device``, as the architecture modules declare."""
+    types = tuple(t for fact in _channels_last_preferences() if device.type in fact.devices for t in fact.types)
+    return any(isinstance(module, types) for module in part.modules())
 
 
 def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast) -> None:
@@ -116,36 +237,8 @@ def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast) -> None:
         wanted = (
             _prefers_channels_last(part, device) if channels_last == "auto" else bool(channels_last)
         )
-        memory_format = torch.channels_last if wanted else torch.contiguous_format
-        part.to(memory_format=memory_format)
-        part.register_forward_pre_hook(_convert_inputs(memory_format))
-
-
-class EvalOnly:
-    """Mixin of fast-path models: they compute the eval-mode function only, so train mode is refused."""
-
-    def train(self, mode: bool = True):
-        if mode:
-            raise RuntimeError(
-                "this model was optimized for inference (BatchNorm folded into convolutions) and cannot be "
-                "trained; train the model from segzoo.create_model(..., fuse=False) instead"
-            )
-        return super().train(False)
-
-
-class EncoderDecoderForInference(EvalOnly, EncoderDecoder):
-    """An :class:`~segzoo.segmentors.EncoderDecoder` after :func:`optimize_for_inference`."""
-
-
-_EVAL_ONLY_CLASSES: dict[type, type] = {EncoderDecoder: EncoderDecoderForInference}
-
-
-def _eval_only_class(cls: type) -> type:
-    if issubclass(cls, EvalOnly):
-        return cls
-    if cls not in _EVAL_ONLY_CLASSES:
-        _EVAL_ONLY_CLASSES[cls] = type(f"{cls.__name__}ForInference", (EvalOnly, cls), {})
-    return _EVAL_ONLY_CLASSES[cls]
+        part.to(memory_format=_memory_format(wanted))
+        part.register_forward_pre_hook(ConvertInputs(wanted))
 
 
 def optimize_for_inference(
@@ -174,12 +267,7 @@ def optimize_for_inference(
 def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)  # shares the immutable ``model.info``
-    fold(model.eval())
-    optimize_dilated_resnets(model)
-    rewrite_fpn(model)
-    rewrite_uper_heads(model)
-    optimize_vits(model)
+    model = _apply_rewrites(model.eval(), PHASES)
     model.requires_grad_(False)
     _set_memory_formats(model, channels_last)
-    model.__class__ = _eval_only_class(type(model))
-    return model
+    return model if isinstance(model, EvalOnly) else FastModule(model)

@@ -1,6 +1,10 @@
-"""Folding: BatchNorms into the convolutions beside them, MogaNet's elementwise tails into its 1x1 convs, and the
-hybrid ViTs' weight standardization into plain convs. Each rewrite keeps the eval-mode function."""
+"""Folding: the arithmetic that folds BatchNorms into the convolutions beside them, the rewrites that fold the
+conv-BN pairs (of the shared conv-norm-act unit and of ``nn.Sequential`` runs here, of other module types
+where :func:`conv_bn_rewrite` declares them) and freeze the hybrid ViTs' weight standardization into plain
+convs. Each rewrite keeps the eval-mode function."""
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -8,21 +12,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from segzoo.backbones.moganet import DownsampleEmbed
-from segzoo.backbones.resnet_dilated import Bottleneck, DilatedResNet
-from segzoo.heads.ema import ConvNorm
-from segzoo.heads.glore import GloReUnit2d
 from segzoo.layers import ConvNormAct
-
-# (conv, norm) submodule paths of the conv-BN pairs inside each module type; "" is the module itself.
-_CONV_BN_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
-    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-    DilatedResNet: (("conv1.6", "bn1"),),
-    ConvNormAct: (("conv", "bn"),),
-    ConvNorm: (("", "norm"),),
-    DownsampleEmbed: (("projection", "norm"),),
-    GloReUnit2d: (("conv_extend", "blocker"),),
-}
+from segzoo.optimize import Rewrite
 
 
 def bn_affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,39 +63,56 @@ def fold_bn_before(bn: _BatchNorm, conv: nn.Conv2d) -> None:
     set_conv(conv, weight * scale.view(1, -1, 1, 1), bias + weight[:, :, 0, 0] @ shift)
 
 
-def fold_conv_bn_pairs(model: nn.Module) -> None:
-    """Fold the conv-BN pairs of the known module types and of ``nn.Sequential`` runs."""
-    for module in list(model.modules()):
-        pairs = list(_CONV_BN_PAIRS.get(type(module), ()))
-        if isinstance(module, nn.Sequential):
-            children = list(module.named_children())
-            pairs += [
-                (name, next_name) for (name, child), (next_name, next_child) in zip(children, children[1:])
-                if type(child) is nn.Conv2d and isinstance(next_child, _BatchNorm)
-            ]
-        for conv_path, bn_path in pairs:
-            bn = getattr(module, bn_path) if "." not in bn_path else module.get_submodule(bn_path)
-            if isinstance(bn, _BatchNorm):  # None where the unit was built without a norm
-                fold_bn_after(module.get_submodule(conv_path), bn)
-                module.set_submodule(bn_path, nn.Identity())
+def rewrite_conv_bn_pairs(module: nn.Module, pairs: tuple[tuple[str, str], ...]) -> nn.Module:
+    """Fold the BatchNorms at the ``(conv path, norm path)`` pairs of ``module`` into their convs, in place."""
+    for conv_path, bn_path in pairs:
+        bn = getattr(module, bn_path) if "." not in bn_path else module.get_submodule(bn_path)
+        if isinstance(bn, _BatchNorm):  # None where the unit was built without a norm
+            fold_bn_after(module.get_submodule(conv_path), bn)
+            module.set_submodule(bn_path, nn.Identity())
+    return module
 
 
-def freeze_standardized_convs(model: nn.Module) -> None:
-    """Replace timm's weight-standardized convs by plain ones holding the standardized weights."""
-    from timm.layers import Conv2dSame, StdConv2d, StdConv2dSame
+def conv_bn_rewrite(target: type, *pairs: tuple[str, str]) -> Rewrite:
+    """The rewrite folding the conv-BN pairs of ``target`` modules: ``(conv path, norm path)``, ``""`` for the
+    module itself."""
+    return Rewrite(
+        f"{target.__name__} conv-BN pairs", "fold norms", (target,), partial(rewrite_conv_bn_pairs, pairs=pairs)
+    )
 
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, (StdConv2d, StdConv2dSame)):
-            continue
-        same_pad = getattr(module, "same_pad", False)
-        conv = (Conv2dSame if same_pad else nn.Conv2d)(
-            module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-            padding=0 if same_pad else module.padding, dilation=module.dilation, groups=module.groups,
-            bias=module.bias is not None, device=module.weight.device, dtype=module.weight.dtype,
-        )
-        with torch.no_grad():
-            weight = module.weight.reshape(1, module.out_channels, -1)
-            conv.weight.copy_(F.batch_norm(weight, None, None, training=True, eps=module.eps).view_as(conv.weight))
-            if module.bias is not None:
-                conv.bias.copy_(module.bias)
-        model.set_submodule(name, conv)
+
+def rewrite_sequential_conv_bn(sequential: nn.Sequential) -> nn.Sequential:
+    """Fold every BatchNorm that directly follows a plain conv in ``sequential``, in place."""
+    children = list(sequential.named_children())
+    return rewrite_conv_bn_pairs(sequential, tuple(
+        (name, next_name) for (name, child), (next_name, next_child) in zip(children, children[1:])
+        if type(child) is nn.Conv2d and isinstance(next_child, _BatchNorm)
+    ))
+
+
+def rewrite_standardized_conv(module: nn.Module) -> nn.Module:
+    """A plain conv holding the standardized weights of timm's weight-standardized ``module``."""
+    from timm.layers import Conv2dSame
+
+    same_pad = getattr(module, "same_pad", False)
+    conv = (Conv2dSame if same_pad else nn.Conv2d)(
+        module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+        padding=0 if same_pad else module.padding, dilation=module.dilation, groups=module.groups,
+        bias=module.bias is not None, device=module.weight.device, dtype=module.weight.dtype,
+    )
+    with torch.no_grad():
+        weight = module.weight.reshape(1, module.out_channels, -1)
+        conv.weight.copy_(F.batch_norm(weight, None, None, training=True, eps=module.eps).view_as(conv.weight))
+        if module.bias is not None:
+            conv.bias.copy_(module.bias)
+    return conv
+
+
+REWRITES = (
+    conv_bn_rewrite(ConvNormAct, ("conv", "bn")),
+    Rewrite("nn.Sequential conv-BN runs", "fold norms", (nn.Sequential,), rewrite_sequential_conv_bn),
+    Rewrite(
+        "timm's weight-standardized convs", "fold norms",
+        ("timm.layers.std_conv.StdConv2d", "timm.layers.std_conv.StdConv2dSame"), rewrite_standardized_conv,
+    ),
+)

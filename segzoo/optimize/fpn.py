@@ -5,7 +5,7 @@
   on the narrow input) plus ``A up`` on ``t``, and a 3x3 conv of a nearest 2x upsampling is a stride-2 transposed
   4x4 conv at the coarse level: 2x2 coarse taps per fine pixel instead of 9. Exact where the fine size is twice
   the coarse size; elsewhere the neck runs as before.
-- Head: the coarse levels share their last bilinear 2x upsampling (see :class:`FPNHeadForInference`).
+- Head: the coarse levels share their last bilinear 2x upsampling (see :class:`FastFPNHead`).
 """
 from __future__ import annotations
 
@@ -17,14 +17,21 @@ from torch import nn
 
 from segzoo.heads import FPNHead, FPNNeck
 from segzoo.heads.fpn import Upsample2x
+from segzoo.optimize import EvalOnly, PrefersChannelsLast, Rewrite
 from segzoo.optimize.folding import conv_params
 
 
-class FPNNeckForInference(FPNNeck):
+class FastFPNNeck(EvalOnly, FPNNeck):
     """An :class:`~segzoo.heads.FPNNeck` whose outputs below the top level are computed from the narrow input
-    and the coarser level's sum (see the module docstring); built by :func:`rewrite_fpn`."""
+    and the coarser level's sum (see the module docstring)."""
 
-    def prepare(self) -> None:
+    @classmethod
+    def from_module(cls, neck: FPNNeck) -> FastFPNNeck:
+        fast = super().from_module(neck)
+        fast._precompute_level_convs()
+        return fast
+
+    def _precompute_level_convs(self) -> None:
         """Precompute each level's ``A L`` and transposed conv from its weights (in float64)."""
         for i, (lateral, output) in enumerate(zip(self.lateral_convs[:-1], self.fpn_convs[:-1])):
             weight, bias = conv_params(output.conv)
@@ -69,7 +76,7 @@ def _upsampled_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     return collapse(collapse(weight, 2), 3).transpose(0, 1)
 
 
-class FPNHeadForInference(FPNHead):
+class FastFPNHead(EvalOnly, FPNHead):
     """An :class:`~segzoo.heads.FPNHead` whose coarse levels share their last 2x upsampling.
 
     Every level but the finest ends in a bilinear 2x upsampling to (about) the finest level's size, after which
@@ -102,12 +109,9 @@ class FPNHeadForInference(FPNHead):
         out.add_(level)
 
 
-def rewrite_fpn(model: nn.Module) -> None:
-    """Turn every :class:`~segzoo.heads.FPNNeck` and :class:`~segzoo.heads.FPNHead` in ``model`` into its
-    inference form, in place."""
-    for module in model.modules():
-        if type(module) is FPNNeck:
-            module.__class__ = FPNNeckForInference
-            module.prepare()
-        elif type(module) is FPNHead:
-            module.__class__ = FPNHeadForInference
+REWRITES = (
+    Rewrite("Semantic-FPN neck", "rewrite blocks", (FPNNeck,), FastFPNNeck.from_module),
+    Rewrite("Semantic-FPN head", "rewrite blocks", (FPNHead,), FastFPNHead.from_module),
+)
+# On the CPU both run faster channels-last, beside MogaNet's channels-last features.
+CHANNELS_LAST = (PrefersChannelsLast((FPNNeck, FPNHead), ("cpu",)),)

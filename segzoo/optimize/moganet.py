@@ -1,4 +1,5 @@
-"""MogaNet's blocks with their norms, layer scales and element scales folded into the 1x1 convolutions."""
+"""MogaNet's fast path: its blocks with their norms, layer scales and element scales folded into the 1x1
+convolutions, and its embeddings' conv-BN pairs."""
 from __future__ import annotations
 
 import torch
@@ -6,12 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from segzoo.backbones.moganet import MogaBlock, MogaNet
-from segzoo.optimize.folding import bn_affine, conv_params, fold_bn_before, scale_outputs, set_conv
+from segzoo.backbones.moganet import DownsampleEmbed, MogaBlock, MogaNet
+from segzoo.optimize import EvalOnly, PrefersChannelsLast, Rewrite
+from segzoo.optimize.folding import bn_affine, conv_params, fold_bn_before, conv_bn_rewrite, scale_outputs, set_conv
 
 
 MAX_HIDDEN_BYTES = 1 << 24
-"""The largest wide FFN hidden map :class:`FoldedMogaBlock` computes at once. Larger ones (stage 1 of MogaNet-S,
+"""The largest wide FFN hidden map :class:`FastMogaBlock` computes at once. Larger ones (stage 1 of MogaNet-S,
 -B and -L: 512 channels at a quarter of the input size, 32 MiB at 512x512) are computed in channel slices:
 a map past the C library allocator's 32 MiB ceiling gets fresh pages from the system on every allocation,
 whose page faults cost as much as the GELU on it; slices below it reuse freed memory."""
@@ -22,7 +24,7 @@ def _even_slices(total: int, pieces: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-class FoldedMogaBlock(nn.Module):
+class FastMogaBlock(EvalOnly, nn.Module):
     """A :class:`~segzoo.backbones.moganet.MogaBlock` with its norms, layer scales and element scales folded,
     optionally followed by the stage's closing BatchNorm (folded too).
 
@@ -130,13 +132,24 @@ def _move_excess_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     return (excess_w, excess_w, excess_h, excess_h)
 
 
-def fold_moganet(backbone: MogaNet) -> None:
-    """Fold every block; each stage's closing norm goes into its last block (the embeddings' conv-BN pairs are
-    folded with every other pair)."""
+def rewrite_moganet(backbone: MogaNet) -> MogaNet:
+    """Rewrite every block as a :class:`FastMogaBlock`, in place; each stage's closing norm goes into its last
+    block. A stage already rewritten is left as it is."""
     for i in range(1, len(backbone.out_channels) + 1):
         blocks: nn.ModuleList = getattr(backbone, f"blocks{i}")
         closing = getattr(backbone, f"norm{i}")
+        if not isinstance(blocks[-1], MogaBlock):
+            continue
         last = len(blocks) - 1
         for j, block in enumerate(blocks):
-            blocks[j] = FoldedMogaBlock(block, closing if j == last else None)
+            blocks[j] = FastMogaBlock(block, closing if j == last else None)
         setattr(backbone, f"norm{i}", nn.Identity())
+    return backbone
+
+
+REWRITES = (
+    conv_bn_rewrite(DownsampleEmbed, ("projection", "norm")),
+    Rewrite("MogaNet blocks", "fold tails", (MogaNet,), rewrite_moganet),
+)
+# Its depth-wise convolutions run faster channels-last on the CPU only (oneDNN); on a GPU, slower.
+CHANNELS_LAST = (PrefersChannelsLast((MogaNet,), ("cpu",)),)

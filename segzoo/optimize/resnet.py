@@ -1,5 +1,6 @@
-"""The dilated ResNets' fast path (EMANet, GloRe): dense 3x3 convolutions by Winograd's F(2x2, 3x3), and the GloRe
-unit's 1x1 projections commuted with its graph products.
+"""The dilated ResNets' fast path (EMANet, GloRe): their conv-BN pairs and those of the EMA and GloRe heads folded,
+dense 3x3 convolutions by Winograd's F(2x2, 3x3), and the GloRe unit's 1x1 projections commuted with its graph
+products.
 
 Which convolutions: every stride-1, ungrouped 3x3 convolution (dilated or not, padding equal to its dilation)
 with at least :data:`MIN_WINOGRAD_CHANNELS` input and output channels, in the backbone and in the heads. Below
@@ -16,15 +17,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segzoo.backbones.resnet_dilated import DilatedResNet
+from segzoo.backbones.resnet_dilated import Bottleneck, DilatedResNet
 from segzoo.heads.ema import ConvNorm, EMAHead
 from segzoo.heads.glore import GloReFCNHead, GloReUnit2d
+from segzoo.optimize import EvalOnly, PrefersChannelsLast, Rewrite
+from segzoo.optimize.folding import conv_bn_rewrite
 from segzoo.optimize.winograd import transform_weight, winograd_conv3x3
 
 MIN_WINOGRAD_CHANNELS = 128
 
 
-class WinogradConv2d(nn.Module):
+class WinogradConv2d(EvalOnly, nn.Module):
     """A folded 3x3 stride-1 convolution (optionally followed by ReLU) computed by Winograd F(2x2, 3x3)."""
 
     def __init__(self, conv: nn.Conv2d, relu: bool = False) -> None:
@@ -56,7 +59,7 @@ def winograd_applies(conv: nn.Module) -> bool:
     )
 
 
-class FoldedGloReUnit2d(GloReUnit2d):
+class FastGloReUnit2d(EvalOnly, GloReUnit2d):
     """The GloRe unit with its state and extension 1x1 convs moved onto the ``(C, nodes)`` side of the graph.
 
     ``conv_state`` (``W_s x + b_s``) only enters through ``state @ proj^T``, which equals
@@ -83,29 +86,30 @@ class FoldedGloReUnit2d(GloReUnit2d):
         return out.view(n, height, width, channels).permute(0, 3, 1, 2)
 
 
-def optimize_dilated_resnets(model: nn.Module) -> nn.Module:
-    """Replace the wide 3x3 convolutions of the dilated ResNets and the EMA / GloRe FCN heads, and fold the GloRe
-    unit's projections (:class:`FoldedGloReUnit2d`), in place.
+def rewrite_winograd_convs(part: nn.Module) -> nn.Module:
+    """Replace the wide 3x3 convolutions of ``part`` (BatchNorms folded) by :class:`WinogradConv2d`, in place."""
+    for name, module in list(part.named_modules()):
+        if isinstance(module, ConvNorm) and winograd_applies(module):
+            part.set_submodule(name, WinogradConv2d(module, relu=module.relu))
+        elif type(module) is nn.Conv2d and winograd_applies(module):
+            part.set_submodule(name, WinogradConv2d(module))
+    return part
 
-    Run after BatchNorm folding: a :class:`~segzoo.heads.ema.ConvNorm` must hold its norm as ``nn.Identity``.
-    """
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        return model
-    for module in model.modules():
-        if type(module) is GloReUnit2d:
-            if not isinstance(module.blocker, nn.Identity):
-                raise ValueError("fold the GloRe unit's blocker BatchNorm before optimize_dilated_resnets")
-            module.__class__ = FoldedGloReUnit2d
-    for part in list(model.modules()):
-        if not isinstance(part, (DilatedResNet, EMAHead, GloReFCNHead)):
-            continue
-        for name, module in list(part.named_modules()):
-            if not winograd_applies(module):
-                continue
-            if isinstance(module, ConvNorm):
-                if not isinstance(module.norm, nn.Identity):
-                    raise ValueError(f"fold the BatchNorm of {name} before optimize_dilated_resnets")
-                part.set_submodule(name, WinogradConv2d(module, relu=module.relu))
-            elif type(module) is nn.Conv2d:
-                part.set_submodule(name, WinogradConv2d(module))
-    return model
+
+REWRITES = (
+    conv_bn_rewrite(Bottleneck, ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    conv_bn_rewrite(DilatedResNet, ("conv1.6", "bn1")),
+    conv_bn_rewrite(ConvNorm, ("", "norm")),
+    conv_bn_rewrite(GloReUnit2d, ("conv_extend", "blocker")),
+    Rewrite("GloRe unit", "rewrite blocks", (GloReUnit2d,), FastGloReUnit2d.from_module, devices=("cpu",)),
+    Rewrite(
+        "Winograd 3x3 convs", "rewrite blocks", (DilatedResNet, EMAHead, GloReFCNHead), rewrite_winograd_convs,
+        devices=("cpu",),
+    ),
+)
+# Channels-last: the dilated ResNets on the CPU and the GPU, and on the CPU every part whose 3x3 convolutions run
+# by Winograd (its transforms read whole channel vectors).
+CHANNELS_LAST = (
+    PrefersChannelsLast((DilatedResNet,), ("cpu", "cuda")),
+    PrefersChannelsLast((WinogradConv2d,), ("cpu",)),
+)

@@ -22,6 +22,7 @@ from torch import nn
 
 from segzoo.heads.uper import UPerHead
 from segzoo.layers import ConvNormAct
+from segzoo.optimize import EvalOnly, Rewrite
 
 
 def interpolation_matrix(size_in: int, size_out: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
@@ -43,17 +44,16 @@ def shifted_rows(matrix: torch.Tensor, offset: int) -> torch.Tensor:
     return result
 
 
-class UpsampledLevelsConv(nn.Module):
+class UpsampledLevelsConv(EvalOnly, nn.Module):
     """The ``fpn_bottleneck`` unit (3x3 conv with its BN folded, then ReLU) applied to the finest level and the
-    coarser levels resized to it, taking the levels themselves rather than their concatenation."""
+    coarser levels resized to it, taking the levels themselves rather than their concatenation. The rewrite
+    table folds the BN in an earlier phase."""
 
     def __init__(self, bottleneck: ConvNormAct, level_channels: int, align_corners: bool) -> None:
         super().__init__()
         conv = bottleneck.conv
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.dilation != (1, 1):
             raise ValueError(f"expected UperNet's 3x3 stride-1 padding-1 fpn_bottleneck, got {conv}")
-        if not isinstance(bottleneck.bn, nn.Identity | type(None)):
-            raise ValueError("fold the fpn_bottleneck's BatchNorm before rewriting it")
         self.align_corners = align_corners
         self.act = bottleneck.act
         weight = conv.weight.detach()
@@ -90,18 +90,19 @@ class UpsampledLevelsConv(nn.Module):
         return self.act(out) if self.act is not None else out
 
 
-class UPerHeadForInference(UPerHead):
+class FastUPerHead(EvalOnly, UPerHead):
     """A :class:`~segzoo.heads.UPerHead` whose ``fpn_bottleneck`` is an :class:`UpsampledLevelsConv`."""
+
+    @classmethod
+    def from_module(cls, head: UPerHead) -> FastUPerHead:
+        fast = super().from_module(head)
+        fast.fpn_bottleneck = UpsampledLevelsConv(
+            head.fpn_bottleneck, head.fpn_convs[0].conv.out_channels, head.align_corners
+        )
+        return fast
 
     def fuse_levels(self, levels: list[torch.Tensor]) -> torch.Tensor:
         return self.fpn_bottleneck(levels)
 
 
-def rewrite_uper_heads(model: nn.Module) -> None:
-    """Give every UperNet head of ``model`` (BatchNorms folded) the level fusion above, in place."""
-    for head in list(model.modules()):
-        if type(head) is UPerHead:
-            head.fpn_bottleneck = UpsampledLevelsConv(
-                head.fpn_bottleneck, head.fpn_convs[0].conv.out_channels, head.align_corners
-            )
-            head.__class__ = UPerHeadForInference
+REWRITES = (Rewrite("UperNet level fusion", "rewrite blocks", (UPerHead,), FastUPerHead.from_module),)

@@ -1,7 +1,7 @@
 """RegionProxy's ViTs on the fast path: folded pre-norm blocks on oneDNN's fused linear kernels, and the proxy
 head's pixel mixing as one batched matmul.
 
-- Each timm :class:`~timm.models.vision_transformer.Block` becomes a :class:`FoldedViTBlock`: the affine part
+- Each timm :class:`~timm.models.vision_transformer.Block` becomes a :class:`FastViTBlock`: the affine part
   of ``norm1`` and ``norm2`` is folded into ``qkv`` and ``fc1`` (``W (g * n + b) + c = (W g) n + (W b + c)``),
   so the norms only normalize; on the CPU in float32 the linear layers run through oneDNN with the GELU after
   ``fc1`` and the residual adds after ``proj`` and ``fc2`` fused into them, for ViTs up to
@@ -10,7 +10,8 @@ head's pixel mixing as one batched matmul.
   ``scaled_dot_product_attention``: with explicit matmuls and softmax instead, a block runs 1.4-1.8x slower at
   1025 tokens (head width 64).
 - A ViT whose input gives another token count than its training crop (the Cityscapes models at 512x512)
-  resizes its position embedding once per token grid instead of once per forward.
+  resizes its position embedding once per token grid instead of once per forward
+  (:class:`~segzoo.optimize._vit_backbone.FastViT`); the blocks not rewritten run fused attention.
 - The :class:`~segzoo.heads.ProxyHead` mixes its neighbours' logits with one ``bmm`` on contiguous operands
   (the ``einsum`` of the eager head copies every token's operands separately).
 
@@ -21,7 +22,6 @@ folded blocks run plain ``F.linear``.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Sequence
 
 import torch
@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.heads.proxy import NEIGHBOURS, ProxyHead
+from segzoo.optimize import EvalOnly, Rewrite
 
 ONEDNN_MAX_WIDTH = 768
-_VIT_MODULE = "segzoo.backbones.vit"  # imports timm; a model holds a ViT only once it has been imported
+_VIT = "segzoo.backbones.vit.ViT"  # named, not imported: its module imports timm, which this one must not
 
 
 @functools.cache
@@ -81,7 +82,7 @@ def _is_plain_block(block: nn.Module) -> bool:
     )
 
 
-class FoldedViTBlock(nn.Module):
+class FastViTBlock(EvalOnly, nn.Module):
     """A timm pre-norm ViT block with its norms' affine folded into ``qkv`` and ``fc1`` (eval-mode function);
     takes over the block's linear layers (changed in place).
 
@@ -126,7 +127,7 @@ class FoldedViTBlock(nn.Module):
         return self._linear(hidden, self.fc2, residual=x)
 
 
-class BatchedProxyHead(ProxyHead):
+class FastProxyHead(EvalOnly, ProxyHead):
     """A :class:`~segzoo.heads.ProxyHead` whose neighbour mixing is one ``bmm`` over tokens on contiguous
     operands; returns the same channels-last logits."""
 
@@ -144,37 +145,21 @@ class BatchedProxyHead(ProxyHead):
         return pixels.transpose(2, 3).reshape(n, h * rh, w * rw, -1).permute(0, 3, 1, 2)
 
 
-@functools.cache
-def _pos_embed_caching(vit_class: type) -> type:
-    """``vit_class`` remembering its position embedding resized to the last token grid (weights are frozen)."""
+def rewrite_vit(vit: nn.Module) -> nn.Module:
+    """The :class:`~segzoo.optimize._vit_backbone.FastViT` of a segzoo ViT: plain blocks folded, fused attention
+    in the others, the resized position embedding cached."""
+    from segzoo.optimize._vit_backbone import FastViT  # imports timm, which a model holding a ViT has imported
 
-    def _add_pos_embed(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        if tokens.shape[1] == self.pos_embed.shape[1]:
-            return tokens + self.pos_embed
-        key = (grid, tokens.shape[1], self.pos_embed.device, self.pos_embed.dtype)
-        if self.resized_pos_embed[0] != key:  # zeros plus the resized embedding: the resized embedding, exactly
-            zeros = self.pos_embed.new_zeros(1, tokens.shape[1], self.pos_embed.shape[2])
-            self.resized_pos_embed = (key, vit_class._add_pos_embed(self, zeros, grid))
-        return tokens + self.resized_pos_embed[1]
-
-    return type(f"{vit_class.__name__}ForInference", (vit_class,),
-                {"_add_pos_embed": _add_pos_embed, "resized_pos_embed": (None, None)})
+    fast = FastViT.from_module(vit)
+    fast.set_fused_attn(True)
+    onednn = vit.out_channels[0] <= ONEDNN_MAX_WIDTH and onednn_linear_available()
+    fast.blocks = nn.Sequential(*(
+        FastViTBlock(block, onednn) if _is_plain_block(block) else block for block in fast.blocks
+    ))
+    return fast
 
 
-def optimize_vits(model: nn.Module) -> None:
-    """Fold the blocks of every segzoo :class:`~segzoo.backbones.vit.ViT` in ``model`` and batch every proxy
-    head's mixing, in place (eval-mode function; see the module docstring)."""
-    vit_module = sys.modules.get(_VIT_MODULE)
-    onednn = None
-    for module in list(model.modules()):
-        if vit_module is not None and isinstance(module, vit_module.ViT):
-            if onednn is None:
-                onednn = onednn_linear_available()
-            fused_linear = onednn and module.out_channels[0] <= ONEDNN_MAX_WIDTH
-            module.blocks = nn.Sequential(*(
-                FoldedViTBlock(block, fused_linear) if _is_plain_block(block) else block for block in module.blocks
-            ))
-            if not hasattr(module, "resized_pos_embed"):  # not optimized before
-                module.__class__ = _pos_embed_caching(type(module))
-        elif type(module) is ProxyHead:
-            module.__class__ = BatchedProxyHead
+REWRITES = (
+    Rewrite("ViT blocks", "rewrite blocks", (_VIT,), rewrite_vit),
+    Rewrite("RegionProxy head", "rewrite blocks", (ProxyHead,), FastProxyHead.from_module),
+)
