@@ -7,7 +7,8 @@ from torch import nn
 import segzoo
 from segzoo.optimize import optimize_for_inference
 from segzoo.heads.glore import GloReUnit2d
-from segzoo.optimize.resnet import FastGloReUnit2d, WinogradConv2d, winograd_applies
+from segzoo.optimize.glore import FastGloReUnit2d
+from segzoo.optimize.resnet import WinogradConv2d, winograd_applies
 from segzoo.optimize import winograd
 from segzoo.optimize.winograd import transform_weight, winograd_conv3x3
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error

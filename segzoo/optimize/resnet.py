@@ -1,6 +1,5 @@
-"""The dilated ResNets' fast path (EMANet, GloRe): their conv-BN pairs and those of the EMA and GloRe heads folded,
-dense 3x3 convolutions by Winograd's F(2x2, 3x3), and the GloRe unit's 1x1 projections commuted with its graph
-products.
+"""The dilated ResNets' fast path: their conv-BN pairs folded and their dense 3x3 convolutions run by Winograd's
+F(2x2, 3x3); the heads on them apply the same convolution (:mod:`segzoo.optimize.emanet`, :mod:`.glore`).
 
 Which convolutions: every stride-1, ungrouped 3x3 convolution (dilated or not, padding equal to its dilation)
 with at least :data:`MIN_WINOGRAD_CHANNELS` input and output channels, in the backbone and in the heads. Below
@@ -18,8 +17,7 @@ import torch
 from torch import nn
 
 from segzoo.backbones.resnet_dilated import Bottleneck, DilatedResNet
-from segzoo.heads.ema import ConvNorm, EMAHead
-from segzoo.heads.glore import GloReFCNHead, GloReUnit2d
+from segzoo.heads.ema import ConvNorm
 from segzoo.optimize import EvalOnly, PrefersChannelsLast, Rewrite
 from segzoo.optimize.folding import conv_bn_rewrite
 from segzoo.optimize.winograd import transform_weight, winograd_conv3x3
@@ -59,33 +57,6 @@ def winograd_applies(conv: nn.Module) -> bool:
     )
 
 
-class FastGloReUnit2d(EvalOnly, GloReUnit2d):
-    """The GloRe unit with its state and extension 1x1 convs moved onto the ``(C, nodes)`` side of the graph.
-
-    ``conv_state`` (``W_s x + b_s``) only enters through ``state @ proj^T``, which equals
-    ``W_s (x proj^T) + b_s (proj 1)^T``; ``conv_extend`` (``W_e``, the folded blocker's shift ``b_e``) only through
-    ``W_e (nodes proj) + b_e = (W_e nodes) proj + b_e``. Both products then run on ``(C, nodes)`` matrices
-    instead of ``(C, pixels)`` maps: at 1/8 of 512x512 (4096 pixels, 512 nodes, 2048 channels) 15 instead of 26
-    GMACs, and the residual sum is the accumulator of the last product. Computed channels-last.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, channels, height, width = x.shape
-        pixels = x.permute(0, 2, 3, 1).reshape(n, height * width, channels)  # a view when x is channels-last
-        projection = self.conv_proj(x).permute(0, 2, 3, 1).reshape(n, height * width, self.num_node)
-        state_weight = self.conv_state.weight[:, :, 0, 0]
-        pooled = torch.bmm(pixels.transpose(1, 2), projection)  # (n, C, N)
-        node_sums = projection.sum(dim=1, keepdim=True)  # (n, 1, N)
-        nodes = torch.baddbmm(
-            self.conv_state.bias.view(1, -1, 1) * node_sums, state_weight.expand(n, -1, -1), pooled
-        )
-        if self.normalize:
-            nodes = nodes * (1.0 / pixels.shape[1])
-        extended = torch.matmul(self.conv_extend.weight[:, :, 0, 0], self.gcn(nodes))  # (n, C, N)
-        out = torch.baddbmm(pixels, projection, extended.transpose(1, 2)).add_(self.conv_extend.bias)
-        return out.view(n, height, width, channels).permute(0, 3, 1, 2)
-
-
 def rewrite_winograd_convs(part: nn.Module) -> nn.Module:
     """Replace the wide 3x3 convolutions of ``part`` (BatchNorms folded) by :class:`WinogradConv2d`, in place."""
     for name, module in list(part.named_modules()):
@@ -99,13 +70,7 @@ def rewrite_winograd_convs(part: nn.Module) -> nn.Module:
 REWRITES = (
     conv_bn_rewrite(Bottleneck, ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
     conv_bn_rewrite(DilatedResNet, ("conv1.6", "bn1")),
-    conv_bn_rewrite(ConvNorm, ("", "norm")),
-    conv_bn_rewrite(GloReUnit2d, ("conv_extend", "blocker")),
-    Rewrite("GloRe unit", "rewrite blocks", (GloReUnit2d,), FastGloReUnit2d.from_module, devices=("cpu",)),
-    Rewrite(
-        "Winograd 3x3 convs", "rewrite blocks", (DilatedResNet, EMAHead, GloReFCNHead), rewrite_winograd_convs,
-        devices=("cpu",),
-    ),
+    Rewrite("Winograd 3x3 convs", "rewrite blocks", (DilatedResNet,), rewrite_winograd_convs, devices=("cpu",)),
 )
 # Channels-last: the dilated ResNets on the CPU and the GPU, and on the CPU every part whose 3x3 convolutions run
 # by Winograd (its transforms read whole channel vectors).
