@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from segzoo.families import EXPORT_FORMATS, ExportFormat, FormatSupport, architecture, families
+from segzoo.registry import create_model, model_info
 
 if TYPE_CHECKING:
     from segzoo.segmentors import EncoderDecoder
@@ -133,9 +134,10 @@ def second_check_size(height: int, width: int) -> tuple[int, int]:
 
 def _require_onnx():
     try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
-        import onnxruntime
-        import onnxscript  # noqa: F401
+        # the optional export extra, imported when an ONNX export runs; torch.onnx.export needs onnx and onnxscript
+        import onnx  # noqa: F401, PLC0415
+        import onnxruntime  # noqa: PLC0415
+        import onnxscript  # noqa: F401, PLC0415
     except ImportError as err:
         raise ImportError(
             f"ONNX export needs onnx, onnxscript and onnxruntime ({err.name} is missing): "
@@ -146,8 +148,6 @@ def _require_onnx():
 
 def _load(model_or_name: EncoderDecoder | str, checkpoint_path: str | Path | None) -> EncoderDecoder:
     if isinstance(model_or_name, str):
-        from segzoo.registry import create_model
-
         return create_model(model_or_name, pretrained=checkpoint_path is None, checkpoint_path=checkpoint_path)
     if checkpoint_path is not None:
         raise ValueError("checkpoint_path is for a model given by name; load your checkpoint into the model instead")
@@ -172,7 +172,7 @@ def _dynamic_shapes(dynamic: bool) -> dict | None:
 
 def _name_dynamic_axes(graph) -> None:
     """Call the ONNX graph's symbolic input and output sides ``height`` and ``width``."""
-    import onnx_ir as ir
+    import onnx_ir as ir  # noqa: PLC0415 (comes with the optional export extra)
 
     height, width = (str(d) for d in graph.inputs[0].shape[2:])
     names = {height: "height", width: "width"}
@@ -255,8 +255,6 @@ def export_model(
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if isinstance(model_or_name, str):
-        from segzoo.registry import model_info
-
         check_supported(model_info(model_or_name), format, dynamic)  # before any download
     model = _load(model_or_name, checkpoint_path).eval()
     info = model.info

@@ -29,7 +29,7 @@ def _info_for(model: EncoderDecoder) -> ModelInfo:
 
 def save_pretrained(model: EncoderDecoder, folder: str | Path, repo_id: str | None = None) -> Path:
     """Write ``model`` in segzoo's native layout, the same as a Hugging Face repository's files."""
-    from segzoo.cards import render_model_card  # not at import: `python -m segzoo.cards` must run it first
+    from segzoo.cards import render_model_card  # noqa: PLC0415 (not at import: `python -m segzoo.cards` runs it first)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ def push_to_hub(
     token: str | None = None,
 ) -> str:
     """Upload ``model`` (native layout and model card) to ``repo_id``; returns the commit URL."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # noqa: PLC0415 (huggingface_hub loads only when a model is pushed)
 
     api = HfApi(endpoint=hf_hub.endpoint(), token=token, library_name="segzoo", library_version=__version__)
     api.create_repo(repo_id, private=private, exist_ok=True)

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import segzoo
+from segzoo.evaluation.runner import evaluate as evaluate_model
 from segzoo.training import checkpoint as ckpt
 from segzoo.training.batch import split_batch
 from segzoo.training.build import build_model, build_val_dataset, wrap_model
@@ -163,10 +164,8 @@ class _Run:
         return last_path
 
     def evaluate(self, iteration: int) -> None:
-        from segzoo.evaluation.runner import evaluate
-
         self.model.eval()
-        result = evaluate(self.model, self.val_dataset, progress=False)
+        result = evaluate_model(self.model, self.val_dataset, progress=False)
         self.model.train()
         self.log.write({"iter": iteration, "eval": result.scalars})
         if self.processes.is_main:

@@ -89,7 +89,7 @@ def prepare_coco_stuff54(root: str | Path, progress: bool | None = None) -> int:
 def _cityscapes_train_ids() -> np.ndarray:
     """A 256-entry lookup table from Cityscapes label id to train id (255 = ignored)."""
     try:
-        from cityscapesscripts.helpers.labels import labels
+        from cityscapesscripts.helpers.labels import labels  # noqa: PLC0415 (the optional cityscapes extra: imported when used)
     except ImportError as e:
         raise ImportError(
             'preparing Cityscapes uses the official label table of cityscapesscripts: '

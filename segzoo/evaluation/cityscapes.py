@@ -40,7 +40,7 @@ _INSTANCE_FIELDS = ("tp", "tpWeighted", "fn", "fnWeighted")
 def _official() -> ModuleType:
     """cityscapesScripts' pixel-level evaluation module, with a clear error when the extra is missing."""
     try:
-        import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as official
+        import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as official  # noqa: PLC0415 (the optional cityscapes extra: imported when used)
     except ImportError as e:
         raise ImportError(
             'the "cityscapes" evaluator runs the official cityscapesScripts evaluation: '

@@ -20,7 +20,6 @@ from segzoo.families._registry import (
     convert_imagenet_state_dict,
     convert_state_dict,
     families,
-    family,
     register_family,
     without_classifier,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "convert_imagenet_state_dict",
     "convert_state_dict",
     "families",
-    "family",
     "register_family",
     "without_classifier",
 ]

@@ -142,15 +142,6 @@ def families() -> tuple[Family, ...]:
         return tuple(_FAMILIES[name] for name in sorted(_FAMILIES))
 
 
-def family(name: str) -> Family:
-    """The registered family called ``name``."""
-    _discover()
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise KeyError(f"no family named {name!r}; known: {sorted(_FAMILIES)}") from None
-
-
 def architecture(name: str) -> Architecture:
     """The registered architecture called ``name`` (``ModelInfo.architecture``)."""
     _discover()

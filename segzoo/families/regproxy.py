@@ -89,7 +89,7 @@ def convert_imagenet_vit(state_dict: StateDict, backbone: nn.Module) -> StateDic
     antialiasing, keeping the class (and distillation) token rows: what upstream's ``init_weights`` does
     through mmseg's ``resize`` before its load. Other names are timm's on both sides.
     """
-    from timm.layers import resample_abs_pos_embed  # timm is imported only when a RegionProxy model is used
+    from timm.layers import resample_abs_pos_embed  # noqa: PLC0415 (timm loads only when a RegionProxy model is used)
 
     converted = without_classifier(state_dict, IMAGENET_CLASSIFIER_KEYS)
     pos_embed = converted.get("pos_embed")
@@ -119,7 +119,7 @@ def regproxy(
     the first block), the classifier the second (the last block); ``img_size`` is the training crop that
     sizes the position embedding; ``distilled`` adds DeiT's distillation token (the Base models).
     """
-    from segzoo.backbones.vit import ViT  # imports timm: only when a RegionProxy model is built
+    from segzoo.backbones.vit import ViT  # noqa: PLC0415 (imports timm: only when a RegionProxy model is built)
 
     backbone = ViT(arch, img_size, out_indices, distilled=distilled, drop_path_rate=drop_path_rate)
     width = backbone.out_channels[-1]

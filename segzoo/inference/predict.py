@@ -15,6 +15,7 @@ from segzoo.inference.modes import slide_logits
 from segzoo.inference.pipeline import load_image, preprocess
 from segzoo.inference.rescale import View, rescaled_labels, rescaled_scores
 from segzoo.optimize import EvalOnly
+from segzoo.registry import create_model
 from segzoo.segmentors import EncoderDecoder
 from segzoo.zoo.records import InferencePipeline
 
@@ -198,8 +199,6 @@ def predict(
     there (default: where it is).
     """
     if isinstance(model_or_name, str):
-        from segzoo.registry import create_model
-
         model_or_name = create_model(model_or_name, pretrained=True)
     model = model_or_name.eval()
     if device is not None:

@@ -92,7 +92,7 @@ def rewrite_sequential_conv_bn(sequential: nn.Sequential) -> nn.Sequential:
 
 def rewrite_standardized_conv(module: nn.Module) -> nn.Module:
     """A plain conv holding the standardized weights of timm's weight-standardized ``module``."""
-    from timm.layers import Conv2dSame
+    from timm.layers import Conv2dSame  # noqa: PLC0415 (timm is loaded only by models that hold its layers)
 
     same_pad = getattr(module, "same_pad", False)
     conv = (Conv2dSame if same_pad else nn.Conv2d)(

@@ -65,8 +65,8 @@ def _fold_norm_affine(norm: nn.LayerNorm, linear: nn.Linear) -> None:
 
 def _is_plain_block(block: nn.Module) -> bool:
     """A timm pre-norm block this module can fold: LayerNorms, no layer scale, no q/k norm or gate, GELU MLP."""
-    from timm.layers import Mlp
-    from timm.models.vision_transformer import Block
+    from timm.layers import Mlp  # noqa: PLC0415 (timm is loaded only by models that hold a ViT)
+    from timm.models.vision_transformer import Block  # noqa: PLC0415
 
     attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
     return (
@@ -148,7 +148,7 @@ class FastProxyHead(EvalOnly, ProxyHead):
 def rewrite_vit(vit: nn.Module) -> nn.Module:
     """The :class:`~segzoo.optimize._vit_backbone.FastViT` of a segzoo ViT: plain blocks folded, fused attention
     in the others, the resized position embedding cached."""
-    from segzoo.optimize._vit_backbone import FastViT  # imports timm, which a model holding a ViT has imported
+    from segzoo.optimize._vit_backbone import FastViT  # noqa: PLC0415 (imports timm: only once a ViT is rewritten)
 
     fast = FastViT.from_module(vit)
     fast.set_fused_attn(True)

@@ -31,8 +31,8 @@ def endpoint() -> str | None:
 
 def download_file(spec: str, filename: str, local_only: bool = False) -> Path:
     """Path of ``filename`` of the repository ``spec`` in the Hugging Face cache, downloading it if needed."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub import hf_hub_download  # noqa: PLC0415 (huggingface_hub loads only for hf-hub: sources)
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError  # noqa: PLC0415
 
     repo_id, revision = parse_spec(spec)
     try:
@@ -43,7 +43,7 @@ def download_file(spec: str, filename: str, local_only: bool = False) -> Path:
     except LocalEntryNotFoundError as err:
         if not local_only:
             raise WeightsUnavailableError(f"{filename} of {spec} could not be downloaded: {err}") from err
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # noqa: PLC0415
 
         raise WeightsUnavailableError(
             f"segzoo is offline (SEGZOO_OFFLINE / HF_HUB_OFFLINE) and {filename} of {spec} is not in the Hugging "
