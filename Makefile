@@ -26,9 +26,12 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
-# import-linter's layer contracts (pyproject.toml) over the package as installed: training/ as segzoo.training.
+# ruff (lint and format check) and import-linter's layer contracts (pyproject.toml), the latter over the package
+# as installed: training/ as segzoo.training.
 IMPORT_GRAPH := build/import-graph
 lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	rm -rf $(IMPORT_GRAPH) && mkdir -p $(IMPORT_GRAPH)
 	cp -r segzoo $(IMPORT_GRAPH)/segzoo && cp -r training $(IMPORT_GRAPH)/segzoo/training
 	cd $(IMPORT_GRAPH) && $(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml

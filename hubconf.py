@@ -1,13 +1,25 @@
 """torch.hub entry points: one per registered segzoo model and alias, generated from the registry.
 
-    torch.hub.load("<owner>/segzoo", "moganet_s_fpn", pretrained=True)
+torch.hub.load("<owner>/segzoo", "moganet_s_fpn", pretrained=True)
 """
+
 from segzoo import create_model as _create_model
 from segzoo import list_aliases as _list_aliases
 from segzoo import list_models as _list_models
 from segzoo import model_info as _model_info
 
-dependencies = ["torch", "timm", "numpy", "cv2", "PIL", "requests", "safetensors", "tqdm", "filelock", "huggingface_hub"]
+dependencies = [
+    "torch",
+    "timm",
+    "numpy",
+    "cv2",
+    "PIL",
+    "requests",
+    "safetensors",
+    "tqdm",
+    "filelock",
+    "huggingface_hub",
+]
 
 
 def _entry_point(name: str):

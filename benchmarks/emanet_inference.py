@@ -10,6 +10,7 @@ are random: speed does not depend on them.
 
     PYTHONPATH=. python benchmarks/emanet_inference.py [--runs 3] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,8 @@ import statistics
 from functools import partial
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from measure import interleaved_seconds, pair_ratios, peak_memory_mb, run_fresh
+from torch.utils.flop_counter import FlopCounterMode
 
 MODEL = "emanet_r50_cityscapes"
 SIZE = (1024, 2048)
@@ -69,18 +69,25 @@ def main() -> None:
         return
     memory = {name: run_fresh(__file__, "--memory", name, "--threads", str(args.threads)) for name in FORMATS}
     flops, seconds = timings(args.runs)
-    print(f"{MODEL} at {SIZE[0]}x{SIZE[1]}, torch {torch.__version__}, CPU ({platform.processor() or platform.machine()}), "
-          f"{args.threads} threads, median of {args.runs} interleaved runs after 1 warm-up; "
-          f"{flops / 1e9:.1f} GFLOP per forward")
+    print(
+        f"{MODEL} at {SIZE[0]}x{SIZE[1]}, torch {torch.__version__}, "
+        f"CPU ({platform.processor() or platform.machine()}), "
+        f"{args.threads} threads, median of {args.runs} interleaved runs after 1 warm-up; "
+        f"{flops / 1e9:.1f} GFLOP per forward"
+    )
     print("| memory format | s/image | images/s | GFLOP/s | peak RSS (MB) | forward peak over model (MB) |")
     print("|---|---:|---:|---:|---:|---:|")
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     for name, median in medians.items():
-        print(f"| {name} | {median:.2f} | {1 / median:.3f} | {flops / median / 1e9:.1f} "
-              f"| {memory[name]['peak_mb']:.0f} | {memory[name]['forward_mb']:.0f} |")
+        print(
+            f"| {name} | {median:.2f} | {1 / median:.3f} | {flops / median / 1e9:.1f} "
+            f"| {memory[name]['peak_mb']:.0f} | {memory[name]['forward_mb']:.0f} |"
+        )
     ratios = pair_ratios(seconds["NCHW"], seconds["channels_last"])
-    print(f"channels_last speed-up over NCHW: {statistics.median(ratios):.2f}x "
-          f"(per interleaved pair: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(
+        f"channels_last speed-up over NCHW: {statistics.median(ratios):.2f}x "
+        f"(per interleaved pair: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
 
 
 if __name__ == "__main__":

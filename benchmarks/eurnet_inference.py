@@ -10,6 +10,7 @@ segzoo's forward divided by the time. Weights are random: speed does not depend 
 
     python benchmarks/eurnet_inference.py [--runs 5] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,10 @@ import statistics
 from itertools import product
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 import torch.nn.functional as F
-
 from measure import interleaved_seconds, peak_memory_mb, run_fresh
+from torch.utils.flop_counter import FlopCounterMode
+
 from segzoo.backbones.eurnet import EXCLUDED, EurNet, GatedRelationalMessagePassing, relative_position_term
 
 MODEL = "eurnet_t_upernet_ade20k"
@@ -62,11 +63,13 @@ def baseline_knn(x: torch.Tensor, h: int, w: int, k: int, window_length: int, di
         rows, cols = len(range(r0 + dr, r1, dilation)), len(range(c0 + dc, c1, dilation))
         if rows <= 0 or cols <= 0:
             continue
-        feats = grid[:, r0 + dr:r1:dilation, c0 + dc:c1:dilation].flatten(1, 2)
+        feats = grid[:, r0 + dr : r1 : dilation, c0 + dc : c1 : dilation].flatten(1, 2)
         sq = (feats**2).sum(-1)
         pairwise = sq[:, :, None] + sq[:, None, :] - 2.0 * (feats @ feats.transpose(1, 2))
         block = (r0 + dr, r1, c0 + dc, c1)
-        view = inner[:, block[0]:r1:dilation, block[2]:c1:dilation, block[0]:r1:dilation, block[2]:c1:dilation]
+        view = inner[
+            :, block[0] : r1 : dilation, block[2] : c1 : dilation, block[0] : r1 : dilation, block[2] : c1 : dilation
+        ]
         view.zero_()
         view += pairwise.view(b, rows, cols, rows, cols)
         view += relative_position_term(c, rows, cols, dilation, x.device).view(1, rows, cols, rows, cols)
@@ -89,8 +92,11 @@ def baseline_edges(b: int, h: int, w: int, knn: torch.Tensor | None) -> tuple[to
         src.select(dim, -1 if shift == 1 else 0).fill_(-1)
         src = torch.roll(src, shift, dim)
         keep = src.flatten() >= 0
-        edges.append(torch.stack([src.flatten()[keep], patches.flatten()[keep],
-                                  torch.full((int(keep.sum()),), relation)], dim=-1))
+        edges.append(
+            torch.stack(
+                [src.flatten()[keep], patches.flatten()[keep], torch.full((int(keep.sum()),), relation)], dim=-1
+            )
+        )
     relation = 4
     if knn is not None:
         src = knn + index[:, :1, None]
@@ -104,8 +110,9 @@ def baseline_edges(b: int, h: int, w: int, knn: torch.Tensor | None) -> tuple[to
     return edge_list[order], relation + 1
 
 
-def baseline_grmp(layer: GatedRelationalMessagePassing, x: torch.Tensor, h: int, w: int,
-                  edge_list: torch.Tensor) -> torch.Tensor:
+def baseline_grmp(
+    layer: GatedRelationalMessagePassing, x: torch.Tensor, h: int, w: int, edge_list: torch.Tensor
+) -> torch.Tensor:
     """Gather per edge, ``index_add_`` per (node, relation), grouped Conv1d, concatenations and stacks."""
     b, length, c = x.shape
     r = layer.num_relation
@@ -132,7 +139,9 @@ def baseline_grmp(layer: GatedRelationalMessagePassing, x: torch.Tensor, h: int,
 def baseline_backbone(model: EurNet, images: torch.Tensor) -> list[torch.Tensor]:
     """The backbone's function computed the upstream way, with the same parameters."""
     embed = model.patch_embed
-    x = embed.norm(embed.proj(F.pad(images, (0, -images.shape[3] % 4, 0, -images.shape[2] % 4))).flatten(2).transpose(1, 2))
+    x = embed.norm(
+        embed.proj(F.pad(images, (0, -images.shape[3] % 4, 0, -images.shape[2] % 4))).flatten(2).transpose(1, 2)
+    )
     b, _, c = x.shape
     h, w = math.ceil(images.shape[2] / 4), math.ceil(images.shape[3] / 4)
     pos = F.interpolate(model.absolute_pos_embed, size=(h, w), mode="bicubic")
@@ -168,8 +177,9 @@ def _build(size: int):
     runners = {
         "backbone/baseline": lambda: baseline_backbone(model.backbone, images),
         "backbone/segzoo": lambda: model.backbone(images),
-        "model/baseline": lambda: model._to_input_size(model.decode_head(baseline_backbone(model.backbone, images)),
-                                                       images),
+        "model/baseline": lambda: model._to_input_size(
+            model.decode_head(baseline_backbone(model.backbone, images)), images
+        ),
         "model/segzoo": lambda: model(images),
     }
     return model, images, runners
@@ -209,8 +219,10 @@ def main() -> None:
             runners[f"{part}/segzoo"]()
         flops[part] = counter.get_total_flops()
     times = interleaved_seconds(runners, args.runs)
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"input 1x3x{args.size}x{args.size}, median of {args.runs} interleaved runs")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+        f"input 1x3x{args.size}x{args.size}, median of {args.runs} interleaved runs"
+    )
     print(f"peak RSS of a process that only builds the model: {peak_memory(None, args.size, args.threads):.0f} MB")
     print("| part | implementation | time (s) | speed-up | GFLOP/s | peak RSS, build + one run (MB) |")
     print("|---|---|---:|---:|---:|---:|")

@@ -9,6 +9,7 @@ One marker per entry, coloured by paper, shaped by dataset, from the registry an
 The PNG is byte-stable for one matplotlib version: Agg backend, matplotlib's bundled DejaVu Sans,
 no software or date metadata.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def cpu_latency_ms(rows: Sequence[BenchmarkRow]) -> float | None:
     """The entry's CPU latency at ``LATENCY_RESOLUTION`` in the first of ``LATENCY_MODES`` measured."""
     for mode in LATENCY_MODES:
         for row in rows:
-            if (row["device"], row["resolution"], row["mode"]) == ("cpu", LATENCY_RESOLUTION, mode) \
-                    and row["latency_ms"]:
+            if (row["device"], row["resolution"], row["mode"]) == ("cpu", LATENCY_RESOLUTION, mode) and row[
+                "latency_ms"
+            ]:
                 return float(row["latency_ms"])
     return None
 
@@ -72,18 +74,27 @@ def draw_zoo_figure(benchmark: Mapping[str, Sequence[BenchmarkRow]], out: Path) 
         by_latency.set(xscale="log", xlabel=f"measured CPU latency, ms ({LATENCY_RESOLUTION}, batch 1)")
         if not by_latency.collections:
             by_latency.set_xscale("linear")
-            by_latency.text(0.5, 0.5, "not yet measured\n(python benchmarks/zoo.py)", ha="center", va="center",
-                            transform=by_latency.transAxes, color="grey")
+            by_latency.text(
+                0.5,
+                0.5,
+                "not yet measured\n(python benchmarks/zoo.py)",
+                ha="center",
+                va="center",
+                transform=by_latency.transAxes,
+                color="grey",
+            )
         unreported = [f.label for f in registered if all(info.flops_g is None for info in f.entries)]
-        by_flops.set_title("reported FLOPs" + (f" ({' and '.join(unreported)} report none)" if unreported else ""),
-                           fontsize=9)
+        by_flops.set_title(
+            "reported FLOPs" + (f" ({' and '.join(unreported)} report none)" if unreported else ""), fontsize=9
+        )
         by_latency.set_title("measured latency (benchmarks/zoo.csv)", fontsize=9)
         for ax in (by_flops, by_latency):
             ax.grid(True, which="major", alpha=0.3)
             ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        handles = [plt.Line2D([], [], ls="", marker="o", color=family.colour, label=family.label)
-                   for family in registered]
+        handles = [
+            plt.Line2D([], [], ls="", marker="o", color=family.colour, label=family.label) for family in registered
+        ]
         handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=d) for d, m in DATASET_MARKERS.items()]
         fig.legend(handles=handles, loc="outside right center", frameon=False)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ baseline in one process (EMANet memory formats, RegionProxy attention, EurNet's 
 
     python benchmarks/inference.py [--device cuda] [--runs 3] [--case NAME ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from measure import interleaved_seconds, peak_memory_mb, run_fresh
+from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,10 @@ CASES = [
     Case("eurnet-t-512", "eurnet_t_upernet_ade20k", 512, 512),
 ]
 GPU_VARIANTS = [
-    dict(amp="bf16"), dict(channels_last=True), dict(amp="bf16", channels_last=True), dict(compile=True),
+    dict(amp="bf16"),
+    dict(channels_last=True),
+    dict(amp="bf16", channels_last=True),
+    dict(compile=True),
 ]
 
 
@@ -96,9 +99,13 @@ def main() -> None:
         print(json.dumps(run_one(json.loads(args.one))))
         return
     variants = [{}] + (GPU_VARIANTS if args.device.startswith("cuda") else [])
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, {args.device} ({name}), {torch.get_num_threads()} CPU threads, "
-          f"median of {args.runs} runs after {args.warmup} warm-up unless the case says otherwise")
+    name = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    )
+    print(
+        f"torch {torch.__version__}, {args.device} ({name}), {torch.get_num_threads()} CPU threads, "
+        f"median of {args.runs} runs after {args.warmup} warm-up unless the case says otherwise"
+    )
     print("| case | model | input | mode | options | images/s | GFLOP/s | peak memory (MB) |")
     print("|---|---|---|---|---|---:|---:|---:|")
     for case in CASES:
@@ -108,8 +115,11 @@ def main() -> None:
             config = dict(case=asdict(case), variant=variant, device=args.device, runs=args.runs, warmup=args.warmup)
             r = run_fresh(__file__, "--one", json.dumps(config))
             options = ", ".join(f"{k}={v}" for k, v in {**case.options, **variant}.items()) or "fp32"
-            print(f"| {case.name} | {case.model} | {case.height}x{case.width} | {case.mode or 'as tested'} | {options} "
-                  f"| {r['images_per_s']:.3f} | {r['gflops_per_s']:.1f} | {r['peak_mb']:.0f} |", flush=True)
+            print(
+                f"| {case.name} | {case.model} | {case.height}x{case.width} | {case.mode or 'as tested'} | {options} "
+                f"| {r['images_per_s']:.3f} | {r['gflops_per_s']:.1f} | {r['peak_mb']:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ number of interleaved runs in one process.
 
     python benchmarks/load_time.py [--runs 7] [--models moganet_xt_fpn_ade20k moganet_l_upernet_ade20k]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,17 +52,21 @@ def main() -> None:
         mirror, cache = Path(tmp, "mirror"), Path(tmp, "cache")
         mirror.mkdir()
         os.environ.update(SEGZOO_MIRROR=str(mirror), SEGZOO_CACHE=str(cache))
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-        print(f"| model | params | file (MB) | random init (s) | pretrained from cache (s) | speed-up |")
-        print(f"|---|---:|---:|---:|---:|---:|")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+        )
+        print("| model | params | file (MB) | random init (s) | pretrained from cache (s) | speed-up |")
+        print("|---|---:|---:|---:|---:|---:|")
         for name in args.models:
             path = synthetic_checkpoint(name, mirror)
             segzoo.create_model(name, pretrained=True, progress=False)  # warm the cache
             random_init = median_seconds(lambda: segzoo.create_model(name), args.runs)
             pretrained = median_seconds(lambda: segzoo.create_model(name, pretrained=True, progress=False), args.runs)
             params = segzoo.model_info(name).num_params
-            print(f"| {name} | {params / 1e6:.1f}M | {path.stat().st_size / 1e6:.0f} | {random_init:.3f} "
-                  f"| {pretrained:.3f} | {random_init / pretrained:.1f}x |")
+            print(
+                f"| {name} | {params / 1e6:.1f}M | {path.stat().st_size / 1e6:.0f} | {random_init:.3f} "
+                f"| {pretrained:.3f} | {random_init / pretrained:.1f}x |"
+            )
 
 
 if __name__ == "__main__":

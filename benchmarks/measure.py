@@ -8,6 +8,7 @@ synchronized before and after each run.
 Peak memory: :func:`peak_memory_mb` is the peak so far of the whole process (run the work in a fresh process
 with :func:`run_fresh` to make it the work's own); :class:`PeakMemory` is the growth during one block.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -11,6 +11,7 @@ on the input tensor, no pre- or post-processing. Weights are random: speed does 
 
     python benchmarks/regproxy_inference.py [--runs 5] [--device cpu] [--skip-cityscapes | --only-cityscapes]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ from collections.abc import Iterator
 from functools import partial
 
 import torch
+from measure import interleaved_seconds
 
 import segzoo
-from measure import interleaved_seconds
 from segzoo.inference import slide_logits
 
 CONFIGS = {
@@ -60,8 +61,10 @@ def compare(name: str, shape: tuple[int, int], runs: int, device: str) -> str:
     math_ips, fused_ips = (1 / statistics.median(seconds[v]) for v in VARIANTS)
     rel = ((outputs["fused"] - outputs["math"]).norm() / outputs["math"].norm()).item()
     mode = "whole" if shape == tuple(model.info.test_pipeline.crop_size) else "slide (pad)"
-    return (f"| {name} | {shape[0]}x{shape[1]} | {mode} | {math_ips:.3g} | {fused_ips:.3g} | "
-            f"{fused_ips / math_ips:.2f}x | {rel:.1e} |")
+    return (
+        f"| {name} | {shape[0]}x{shape[1]} | {mode} | {math_ips:.3g} | {fused_ips:.3g} | "
+        f"{fused_ips / math_ips:.2f}x | {rel:.1e} |"
+    )
 
 
 def main() -> None:
@@ -73,8 +76,10 @@ def main() -> None:
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
     where = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, {args.device} ({where}), {torch.get_num_threads()} threads, "
-          f"median of {args.runs} interleaved runs after a warm-up round, fp32")
+    print(
+        f"torch {torch.__version__}, {args.device} ({where}), {torch.get_num_threads()} threads, "
+        f"median of {args.runs} interleaved runs after a warm-up round, fp32"
+    )
     print("| model | input | mode | math attention (images/s) | fused attention (images/s) | speed-up | rel. L2 diff |")
     print("|---|---|---|---:|---:|---:|---:|")
     for name, shape in CONFIGS.items():

@@ -10,6 +10,7 @@ interleaved in one process, and prints their ratio.
 
     python benchmarks/train.py [--model moganet_s_fpn_ade20k] [--batch N] [--runs 3] [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,9 @@ import statistics
 from collections.abc import Iterator
 
 import torch
+from measure import interleaved_seconds, peak_memory_mb
 
 import segzoo
-from measure import interleaved_seconds, peak_memory_mb
 from segzoo.training import build_optimizer, compute_losses, get_recipe
 
 
@@ -75,11 +76,17 @@ def main() -> None:
     else:
         print("no GPU: fp32 eager only (bf16 autocast + channels_last needs a GPU)")
     runs = {name: Variant(args.model, batch, device, amp, cl) for name, amp, cl in variants}
-    seconds = interleaved_seconds({name: run.step for name, run in runs.items()}, args.runs, device=device,
-                                  around=lambda name: runs[name].watch_memory())
+    seconds = interleaved_seconds(
+        {name: run.step for name, run in runs.items()},
+        args.runs,
+        device=device,
+        around=lambda name: runs[name].watch_memory(),
+    )
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"{args.model}, crop {recipe.crop_size[0]}x{recipe.crop_size[1]}, batch {batch}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {where}; median of {args.runs} steps after 1 warm-up")
+    print(
+        f"{args.model}, crop {recipe.crop_size[0]}x{recipe.crop_size[1]}, batch {batch}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {where}; median of {args.runs} steps after 1 warm-up"
+    )
     print("| variant | step (s) | images/s | peak memory (MB) |")
     print("|---|---:|---:|---:|")
     base = statistics.median(seconds["fp32"])

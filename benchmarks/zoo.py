@@ -31,6 +31,7 @@ FPS, EMANet's inference time per image) next to the test-resolution rows measure
 Rows measured now replace the rows with the same name, resolution, mode and device in ``--out``; the others
 are kept, so a long sweep can run in parts. The markdown table of all rows goes next to it (``.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from measure import PeakMemory, interleaved_seconds, pair_ratios, synchronize
 from torch.utils.flop_counter import FlopCounterMode
 
 import segzoo
-from measure import PeakMemory, interleaved_seconds, pair_ratios, synchronize
 from segzoo.cards import BENCHMARK_COLUMNS
 
 COLUMNS = list(BENCHMARK_COLUMNS)  # the layout the model cards read
@@ -77,6 +78,7 @@ def device_name(device: torch.device) -> str:
 def measured_peak_gflops(device: torch.device) -> dict[str, float]:
     """GFLOP/s of a large sgemm and of a large dense 3x3 convolution (fp32; best of 3), and on CUDA of a
     large bf16 matrix product."""
+
     def best(fn: Callable[[], None], flops: float) -> float:
         return flops / min(interleaved_seconds({"peak": fn}, runs=3, device=device)["peak"]) / 1e9
 
@@ -120,8 +122,9 @@ def failure_note(err: Exception) -> str:
     return f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
 
 
-def build_runners(name: str, resolution: str, device: torch.device,
-                  modes: list[str]) -> tuple[dict, dict[str, str], Callable]:
+def build_runners(
+    name: str, resolution: str, device: torch.device, modes: list[str]
+) -> tuple[dict, dict[str, str], Callable]:
     """One callable per mode (taking the input; ``None`` where the mode cannot run, with a note saying why)
     and a factory of the input, for ``name`` at ``resolution``."""
     info = segzoo.model_info(name)
@@ -137,6 +140,7 @@ def build_runners(name: str, resolution: str, device: torch.device,
     if "bf16+compile" in modes:
         models["bf16+compile"] = torch.compile(models["bf16"])
     if resolution == "512x512":
+
         def make_input() -> torch.Tensor:
             return torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)).to(device)
 
@@ -153,7 +157,7 @@ def build_runners(name: str, resolution: str, device: torch.device,
             return segzoo.predict(model, x, amp="bf16" if amp else None)
 
     runners: dict[str, Callable | None] = {}
-    notes = {mode: "" for mode in modes}
+    notes = dict.fromkeys(modes, "")
     for mode in modes:
         if mode in ("eager", "fast", "fast+compile"):
             runners[mode] = lambda x, m=models[mode]: call(m, x)
@@ -179,11 +183,18 @@ def resolution_label(name: str, resolution: str) -> str:
     return "x".join(map(str, TEST_PHOTOS[segzoo.model_info(name).dataset]))
 
 
-def measure(name: str, resolution: str, device: torch.device, modes: list[str], runs: int,
-            peaks: dict[str, float], threads: int) -> list[dict]:
+def measure(
+    name: str, resolution: str, device: torch.device, modes: list[str], runs: int, peaks: dict[str, float], threads: int
+) -> list[dict]:
     """The rows of ``name`` at ``resolution`` for ``modes``, timed interleaved in this process."""
-    base = dict(name=name, family=name.split("_", 1)[0], resolution=resolution_label(name, resolution),
-                device=device.type, device_name=device_name(device), threads=threads)
+    base = dict(
+        name=name,
+        family=name.split("_", 1)[0],
+        resolution=resolution_label(name, resolution),
+        device=device.type,
+        device_name=device_name(device),
+        threads=threads,
+    )
     fp32_peak = max(peaks["sgemm"], peaks["conv"])
     runners, notes, make_input = build_runners(name, resolution, device, modes)
     x = make_input()
@@ -212,8 +223,11 @@ def measure(name: str, resolution: str, device: torch.device, modes: list[str], 
             peak_gflops = peaks["bf16"] if mode.startswith("bf16") else fp32_peak
             latency = statistics.median(times[mode])
             row.update(
-                images_per_s=f"{1 / latency:.4g}", latency_ms=f"{1000 * latency:.1f}",
-                peak_mem_mb=f"{memory[mode]:.0f}", gflops=f"{gflops:.1f}", gflop_per_s=f"{gflops / latency:.1f}",
+                images_per_s=f"{1 / latency:.4g}",
+                latency_ms=f"{1000 * latency:.1f}",
+                peak_mem_mb=f"{memory[mode]:.0f}",
+                gflops=f"{gflops:.1f}",
+                gflop_per_s=f"{gflops / latency:.1f}",
                 peak_fraction=f"{gflops / latency / peak_gflops:.3f}",
                 speedup_vs_eager=f"{statistics.median(pair_ratios(times['eager'], times[mode])):.3f}",
             )
@@ -271,8 +285,10 @@ def reported_speed_table(rows: list[dict]) -> list[str]:
     lines = [
         "The papers' speed columns next to the test-resolution rows on a GPU (images/s, and seconds per image). "
         "The source tables do not name the GPU behind their numbers. Modes of one entry measured in different "
-        "runs differ also by the run: at batch 1 the GPU mostly waits on the host.", "",
-        "| name | reported | measured on | " + " | ".join(modes) + " |", "|" + "---|" * (3 + len(modes)),
+        "runs differ also by the run: at batch 1 the GPU mostly waits on the host.",
+        "",
+        "| name | reported | measured on | " + " | ".join(modes) + " |",
+        "|" + "---|" * (3 + len(modes)),
     ]
     for name in segzoo.list_models():
         costs = segzoo.model_info(name).reported_costs
@@ -294,8 +310,9 @@ def machine_header(machines: dict[str, str]) -> str:
 
 
 def write_outputs(path: Path, rows: list[dict], header: str) -> None:
-    rows = sorted(rows, key=lambda r: (r["name"], r["resolution"], r["device"],
-                                       (CPU_MODES + GPU_MODES).index(r["mode"])))
+    rows = sorted(
+        rows, key=lambda r: (r["name"], r["resolution"], r["device"], (CPU_MODES + GPU_MODES).index(r["mode"]))
+    )
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
@@ -312,8 +329,7 @@ def main() -> None:
     parser.add_argument("--entries", default="*", help="fnmatch pattern of registry names (default: all)")
     parser.add_argument("--resolution", choices=["test", "512", "both"], default="both")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per mode, after one warm-up")
-    parser.add_argument("--no-compile", action="store_true",
-                        help="skip the compiled rows (fast+compile, bf16+compile)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows (fast+compile, bf16+compile)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("zoo.csv"))
@@ -337,7 +353,8 @@ def main() -> None:
     machines[device.type] = (
         f"- {device.type}: {device_name(device)}, torch {torch.__version__}, {threads} CPU threads; measured peak "
         + ", ".join(f"{value:.0f} GFLOP/s {PEAK_NAMES[key]}" for key, value in peaks.items())
-        + f"; median of {args.runs} interleaved runs after one warm-up")
+        + f"; median of {args.runs} interleaved runs after one warm-up"
+    )
     print(machines[device.type], flush=True)
     rows = read_rows(args.out)
     for name in names:
@@ -347,6 +364,7 @@ def main() -> None:
             for r in new:
                 print(",".join(str(r.get(c, "")) for c in COLUMNS), flush=True)
             write_outputs(args.out, rows, machine_header(machines))
+
 
 if __name__ == "__main__":
     main()

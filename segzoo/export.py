@@ -16,6 +16,7 @@ size limits, and it translates ops through onnxscript. TorchScript uses ``torch.
 would need every module, timm's included, to be written in TorchScript's Python subset, while tracing
 records the eval forward as it runs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,12 +83,16 @@ def check_supported(info: ModelInfo, export_format: ExportFormat, dynamic: bool)
     if support.level == "fixed":
         what = " with dynamic height/width"
         options = ([f"--format {' or '.join(dynamic_formats)} for dynamic sizes"] if dynamic_formats else []) + [
-            "a fixed size (leave out --dynamic; set it with --height/--width)"]
+            "a fixed size (leave out --dynamic; set it with --height/--width)"
+        ]
         advice = f"Use {'; or '.join(options)}."
     else:
         what = ""
-        advice = (f"Use --format {' or '.join(fixed_formats)}." if fixed_formats
-                  else "No format exports it yet: run it in PyTorch (segzoo.create_model).")
+        advice = (
+            f"Use --format {' or '.join(fixed_formats)}."
+            if fixed_formats
+            else "No format exports it yet: run it in PyTorch (segzoo.create_model)."
+        )
     raise ExportNotSupported(
         f"{info.name} cannot be exported to {FORMAT_NAMES[export_format]}{what}: {support.reason}. {advice}"
     )
@@ -122,8 +127,10 @@ class ExportReport:
             lines.append("not checked")
         else:
             sizes = ", ".join(f"{h}x{w}" for h, w in self.checked_sizes)
-            lines.append(f"checked with {self.runtime} at {sizes}: max abs diff {self.max_abs_diff:.3g}, "
-                         f"max rel diff {self.max_rel_diff:.3g} vs PyTorch")
+            lines.append(
+                f"checked with {self.runtime} at {sizes}: max abs diff {self.max_abs_diff:.3g}, "
+                f"max rel diff {self.max_rel_diff:.3g} vs PyTorch"
+            )
         return "\n".join(lines)
 
 
@@ -140,8 +147,7 @@ def _require_onnx():
         import onnxscript  # noqa: F401, PLC0415
     except ImportError as err:
         raise ImportError(
-            f"ONNX export needs onnx, onnxscript and onnxruntime ({err.name} is missing): "
-            'pip install "segzoo[export]"'
+            f'ONNX export needs onnx, onnxscript and onnxruntime ({err.name} is missing): pip install "segzoo[export]"'
         ) from err
     return onnxruntime
 
@@ -183,9 +189,12 @@ def _name_dynamic_axes(graph) -> None:
 def _onnx_metadata(info: ModelInfo) -> dict[str, str]:
     norm = info.normalization
     return {
-        "segzoo.model": info.name, "segzoo.num_classes": str(info.num_classes),
-        "segzoo.channel_order": norm.channel_order, "segzoo.mean": repr(tuple(norm.mean)),
-        "segzoo.std": repr(tuple(norm.std)), "segzoo.input": "normalized images (N, 3, H, W), pixels in [0, 255]",
+        "segzoo.model": info.name,
+        "segzoo.num_classes": str(info.num_classes),
+        "segzoo.channel_order": norm.channel_order,
+        "segzoo.mean": repr(tuple(norm.mean)),
+        "segzoo.std": repr(tuple(norm.std)),
+        "segzoo.input": "normalized images (N, 3, H, W), pixels in [0, 255]",
         "segzoo.output": "logits (N, num_classes, H, W)",
     }
 
@@ -195,8 +204,13 @@ def _export_onnx(model, example, out: Path, dynamic: bool):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (example,), dynamo=True, dynamic_shapes=_dynamic_shapes(dynamic),
-            input_names=["images"], output_names=["logits"], verbose=False,
+            model,
+            (example,),
+            dynamo=True,
+            dynamic_shapes=_dynamic_shapes(dynamic),
+            input_names=["images"],
+            output_names=["logits"],
+            verbose=False,
         )
     if dynamic:
         _name_dynamic_axes(program.model.graph)
@@ -261,8 +275,10 @@ def export_model(
     check_supported(info, format, dynamic)
     height, width = input_size or info.crop_size
     if dynamic and min(height, width) < MIN_DYNAMIC_SIDE:
-        raise ValueError(f"a dynamic export needs an example input of at least {MIN_DYNAMIC_SIDE}x"
-                         f"{MIN_DYNAMIC_SIDE}, got {height}x{width}")
+        raise ValueError(
+            f"a dynamic export needs an example input of at least {MIN_DYNAMIC_SIDE}x"
+            f"{MIN_DYNAMIC_SIDE}, got {height}x{width}"
+        )
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise ValueError(f"export runs on the CPU; move the model there first (it is on {device})")
@@ -285,11 +301,15 @@ def export_model(
             abs_diffs.append(diff)
             rel_diffs.append(_relative(diff, reference))
     report = ExportReport(
-        path=out, format=format, input_shape=(1, 3, height, width),
+        path=out,
+        format=format,
+        input_shape=(1, 3, height, width),
         dynamic_axes={2: "height", 3: "width"} if dynamic else {},
         checked_sizes=tuple(sizes) if check else (),
-        max_abs_diff=max(abs_diffs) if check else None, max_rel_diff=max(rel_diffs) if check else None,
-        runtime=runtime, extra_files=extra,
+        max_abs_diff=max(abs_diffs) if check else None,
+        max_rel_diff=max(rel_diffs) if check else None,
+        runtime=runtime,
+        extra_files=extra,
     )
     if check and report.max_rel_diff > RELATIVE_TOLERANCE:
         raise ExportCheckFailed(

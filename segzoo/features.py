@@ -1,15 +1,10 @@
 """An entry's encoder as a multi-scale feature extractor, the way timm's ``features_only`` models are.
 
-Each backbone says which features it returns with a ``feature_extractor(out_indices)`` method (timm's
-``feature_info`` idea); :func:`segzoo.create_backbone` calls it. What they return:
-
-| family | features (``out_indices``) | channels | reduction | default |
-|---|---|---|---|---|
-| MogaNet (``moganet_*``) | stages 0-3 (``norm1``-``norm4``) | XT 32/64/96/192, T 32/64/128/256, S 64/128/320/512, B 64/160/320/512, L 64/160/320/640 | 4, 8, 16, 32 | all four |
-| EurNet (``eurnet_*``) | stages 0-3 | T 96/192/384/768, S 96/192/384/768, B 128/256/512/1024 | 4, 8, 16, 32 | all four |
-| EMANet (``emanet_*``), GloRe (``glore_*``) | dilated ResNet ``layer1``-``layer4`` (0-3) | 256, 512, 1024, 2048 | 4, 8, 8, 8 (output stride 8) or 4, 8, 16, 16 (output stride 16: EMANet Cityscapes) | all four |
-| RegionProxy (``regproxy_*``) | ViT token maps: ``-1`` the embedded tokens, ``i`` block ``i`` (the last block after the final norm) | the width (Ti 192, S 384, B 768, L 1024) | the patch size (16, or 32 for the hybrids) | the two maps the entry's head reads |
+Each backbone says which features it returns, and what they are (stages, channels, reductions, the default
+``out_indices``), with a ``feature_extractor(out_indices)`` method (timm's ``feature_info`` idea);
+:func:`segzoo.create_backbone` calls it. The README's "Backbones for your own head" lists them by family.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,7 +51,10 @@ class FeatureExtractor(nn.Module):
 
 
 def stage_features(
-    backbone: nn.Module, out_indices: Sequence[int] | None, modules: Sequence[str], reductions: Sequence[int],
+    backbone: nn.Module,
+    out_indices: Sequence[int] | None,
+    modules: Sequence[str],
+    reductions: Sequence[int],
 ) -> tuple[FeatureInfo, tuple[int, ...]]:
     """Features of a backbone with one output per stage: what ``out_indices`` (stage numbers; default all)
     picks, and the positions of those stages in the backbone's output list."""
@@ -66,7 +64,9 @@ def stage_features(
         raise ValueError(f"out_indices {indices} must be stage numbers in [0, {count - 1}]")
     channels = list(backbone.out_channels)
     info = FeatureInfo(
-        indices, tuple(channels[i] for i in indices), tuple(reductions[i] for i in indices),
+        indices,
+        tuple(channels[i] for i in indices),
+        tuple(reductions[i] for i in indices),
         tuple(modules[i] for i in indices),
     )
     return info, indices
@@ -77,6 +77,8 @@ def feature_extractor(backbone: nn.Module, out_indices: Sequence[int] | None) ->
     method says which those are (see this module's table)."""
     make = getattr(backbone, "feature_extractor", None)
     if make is None:
-        raise ValueError(f"the backbone {type(backbone).__name__} does not say which features it returns "
-                         "(it has no feature_extractor method)")
+        raise ValueError(
+            f"the backbone {type(backbone).__name__} does not say which features it returns "
+            "(it has no feature_extractor method)"
+        )
     return make(out_indices)

@@ -1,4 +1,5 @@
 """segzoo's native layout (``config.json`` + ``model.safetensors`` + model card) and the Hugging Face hub."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,7 +59,5 @@ def push_to_hub(
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp, repo_id=repo_id)
-        commit = api.upload_folder(
-            repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision
-        )
+        commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision)
     return commit.commit_url

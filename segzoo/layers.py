@@ -1,4 +1,5 @@
 """Small building blocks shared by backbones and heads."""
+
 from __future__ import annotations
 
 import torch
@@ -23,9 +24,7 @@ class ConvNormAct(nn.Module):
         act: bool = True,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=not norm
-        )
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=not norm)
         self.bn = nn.BatchNorm2d(out_channels) if norm else None
         self.act = nn.ReLU(inplace=True) if act else None
 

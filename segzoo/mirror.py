@@ -4,6 +4,7 @@ Both handle one file per entry, either its segmentation weights or the ImageNet
 file its training starts from (:data:`SEGMENTATION_WEIGHTS`, :data:`IMAGENET_BACKBONES`):
 each is fetched and proven to load strictly before it is copied or pinned.
 """
+
 from __future__ import annotations
 
 import functools
@@ -112,8 +113,10 @@ def download_to_folder(
         copy = folder / file.source.filename
         shutil.copyfile(fetched.path, copy)
         manifest[file.manifest_key] = {
-            "file": file.source.filename, "url": file.source.url,
-            "sha256": file_sha256(copy), "size": copy.stat().st_size,
+            "file": file.source.filename,
+            "url": file.source.url,
+            "sha256": file_sha256(copy),
+            "size": copy.stat().st_size,
         }
         log.info("%s -> %s", file.key, copy)
     manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")

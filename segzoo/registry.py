@@ -1,4 +1,5 @@
 """Find, describe and build zoo models by name."""
+
 from __future__ import annotations
 
 import difflib
@@ -19,7 +20,12 @@ from segzoo.features import FeatureExtractor, feature_extractor
 from segzoo.optimize import optimize_for_inference
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import (
-    UnsafeCheckpointError, hf_hub, load_imagenet_weights, load_pretrained, load_state_dict_strict, offline,
+    UnsafeCheckpointError,
+    hf_hub,
+    load_imagenet_weights,
+    load_pretrained,
+    load_state_dict_strict,
+    offline,
     read_state_dict,
 )
 from segzoo.zoo import ModelInfo
@@ -68,7 +74,8 @@ class UnknownModelError(LookupError):
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     """Sorted registered names matching the fnmatch ``pattern``; with ``pretrained``, only those with weights."""
     return sorted(
-        name for name, info in _catalog().by_name.items()
+        name
+        for name, info in _catalog().by_name.items()
         if fnmatch.fnmatchcase(name, pattern) and (info.weights or not pretrained)
     )
 
@@ -177,7 +184,8 @@ def _classifiers_to_reinit(model: EncoderDecoder, state_dict: dict, candidates: 
     """
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     return [
-        name for name in candidates
+        name
+        for name in candidates
         if any(k.startswith(f"{name}.") and v.shape != shapes.get(k) for k, v in state_dict.items())
     ]
 

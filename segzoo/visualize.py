@@ -60,8 +60,7 @@ def render_overlay(
     rgb = image.convert("RGB")
     labels = np.asarray(labels)
     if labels.shape != (rgb.height, rgb.width):
-        raise ValueError(f"labels shape {labels.shape} does not match image size "
-                         f"{(rgb.height, rgb.width)} (H, W)")
+        raise ValueError(f"labels shape {labels.shape} does not match image size {(rgb.height, rgb.width)} (H, W)")
 
     base = np.asarray(rgb, dtype=np.float32)
     colors = colorize(labels, palette).astype(np.float32)
@@ -80,9 +79,7 @@ def render_overlay(
     return _append_legend(overlay, rows)
 
 
-def _append_legend(
-    overlay: Image.Image, rows: list[tuple[tuple[int, int, int] | None, str, float]]
-) -> Image.Image:
+def _append_legend(overlay: Image.Image, rows: list[tuple[tuple[int, int, int] | None, str, float]]) -> Image.Image:
     """Place `overlay` on a white canvas with a legend (swatch, name, percentage) on its right."""
     font = ImageFont.load_default()
     percents = [f"{100 * share:.1f}%" for _, _, share in rows]

@@ -1,4 +1,5 @@
 """Shared fixtures: upstream key manifests, synthetic mmseg checkpoints, a local HTTP file server."""
+
 from __future__ import annotations
 
 import gzip
@@ -23,8 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 # The smallest entry of each architecture, and RegionProxy's smallest hybrid ResNet + ViT.
 ONE_PER_ARCHITECTURE = [
-    "emanet_r50_coco", "eurnet_t_upernet_ade20k", "glore_r50_fcn_cityscapes", "moganet_xt_fpn_ade20k",
-    "moganet_xt_upernet_ade20k", "regproxy_r26_vit_s32_ade20k", "regproxy_vit_ti16_ade20k",
+    "emanet_r50_coco",
+    "eurnet_t_upernet_ade20k",
+    "glore_r50_fcn_cityscapes",
+    "moganet_xt_fpn_ade20k",
+    "moganet_xt_upernet_ade20k",
+    "regproxy_r26_vit_s32_ade20k",
+    "regproxy_vit_ti16_ade20k",
 ]
 
 

@@ -4,6 +4,7 @@ Covers what ``hf_hub_download``, ``HfApi.create_repo`` and ``HfApi.upload_folder
 use: resolving files by revision, creating a repository, and committing
 files uploaded inline (the "regular" upload mode, no LFS).
 """
+
 from __future__ import annotations
 
 import base64
@@ -71,7 +72,7 @@ class FakeHub:
                 try:
                     meta = yaml.safe_load(content.split("---")[1])
                     assert isinstance(meta, dict) and "license" in meta and "library_name" in meta
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:
                     return self._json(400, {"error": f"invalid model card metadata: {err}"})
                 hub.cards.append(meta)
                 return self._json(200, {"errors": [], "warnings": []})
@@ -92,7 +93,9 @@ class FakeHub:
                     req = json.loads(body)
                     repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
                     if repo_id in hub.repos:
-                        return self._json(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"})
+                        return self._json(
+                            409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"}
+                        )
                     hub.repos[repo_id] = {"commits": [], "private": bool(req.get("private"))}
                     return self._json(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
                 if path == "/api/validate-yaml":
@@ -103,9 +106,10 @@ class FakeHub:
                 repo_id, action, _revision = m.groups()
                 if action == "preupload":
                     files = json.loads(body)["files"]
-                    return self._json(200, {"files": [
-                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
-                    ]})
+                    return self._json(
+                        200,
+                        {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    )
                 commits = hub.repos[repo_id]["commits"]
                 files = dict(commits[-1][1]) if commits else {}
                 for line in body.decode().splitlines():

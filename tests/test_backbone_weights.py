@@ -1,4 +1,5 @@
 """ImageNet backbone files: registry records, fetch through a local server, zip safety, per-family strict loads."""
+
 from __future__ import annotations
 
 import copy
@@ -37,7 +38,9 @@ def _serve_as_backbone(monkeypatch, name: str, source: WeightSource | None) -> N
 
 def _random_like(state_dict: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: (torch.rand(v.shape, generator=g) if v.is_floating_point() else v.clone()) for k, v in state_dict.items()}
+    return {
+        k: (torch.rand(v.shape, generator=g) if v.is_floating_point() else v.clone()) for k, v in state_dict.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +56,10 @@ def test_every_entry_records_its_imagenet_file_or_says_why_not():
     sources = {segzoo.model_info(n).pretrained_backbone for n in segzoo.list_models()} - {None}
     assert len(sources) == 5 + 3 + 3 + 6  # MogaNet sizes, EurNet sizes, ResNet depths, ViTs
     # entries sharing a backbone share one source object's file
-    assert segzoo.model_info("moganet_s_fpn_ade20k").pretrained_backbone == segzoo.model_info(
-        "moganet_s_upernet_ade20k").pretrained_backbone
+    assert (
+        segzoo.model_info("moganet_s_fpn_ade20k").pretrained_backbone
+        == segzoo.model_info("moganet_s_upernet_ade20k").pretrained_backbone
+    )
 
 
 def test_moganet_release_loads_strictly_without_its_classifier(models, file_server, monkeypatch):
@@ -62,8 +67,16 @@ def test_moganet_release_loads_strictly_without_its_classifier(models, file_serv
     weights = _random_like(backbone.state_dict())
     classifier = {"head.weight": torch.randn(1000, 192), "head.bias": torch.randn(1000)}
     # the timm training checkpoint as extract_ckpt.py leaves it (plain data only)
-    torch.save({"state_dict": {**weights, **classifier}, "state_dict_ema": weights, "arch": "moganet_xtiny",
-                "metric": 76.5, "author": "MogaNet"}, file_server.root / "moganet_xtiny.pth.tar")
+    torch.save(
+        {
+            "state_dict": {**weights, **classifier},
+            "state_dict_ema": weights,
+            "arch": "moganet_xtiny",
+            "metric": 76.5,
+            "author": "MogaNet",
+        },
+        file_server.root / "moganet_xtiny.pth.tar",
+    )
     _serve_as_backbone(monkeypatch, MOGANET, WeightSource(f"{file_server.url}/moganet_xtiny.pth.tar", "pytorch"))
     model = segzoo.create_model(MOGANET)
     head_before = {k: v.clone() for k, v in model.decode_head.state_dict().items()}
@@ -89,8 +102,9 @@ def test_encoding_resnet_zip_loads_strictly(models, file_server, monkeypatch):
     weights = {k: v for k, v in _random_like(backbone.state_dict()).items() if "num_batches_tracked" not in k}
     upstream = {**weights, "fc.weight": torch.randn(1000, 2048), "fc.bias": torch.randn(1000)}
     _encoding_zip(file_server.root / "resnet50-25c4b509.zip", upstream)
-    _serve_as_backbone(monkeypatch, RESNET, WeightSource(
-        f"{file_server.url}/resnet50-25c4b509.zip", "pytorch", kind="archive"))
+    _serve_as_backbone(
+        monkeypatch, RESNET, WeightSource(f"{file_server.url}/resnet50-25c4b509.zip", "pytorch", kind="archive")
+    )
     model = segzoo.create_model(RESNET)
     load_imagenet_backbone(model, RESNET, progress=False)
     loaded = model.backbone.state_dict()
@@ -99,8 +113,15 @@ def test_encoding_resnet_zip_loads_strictly(models, file_server, monkeypatch):
 
 
 def test_resnet_converter_drops_exactly_the_classifier():
-    converted = convert_imagenet_resnet({"fc.weight": torch.ones(2, 2), "fc.bias": torch.ones(2),
-                                         "bn1.running_mean": torch.ones(2), "extra.w": torch.ones(1)}, None)
+    converted = convert_imagenet_resnet(
+        {
+            "fc.weight": torch.ones(2, 2),
+            "fc.bias": torch.ones(2),
+            "bn1.running_mean": torch.ones(2),
+            "extra.w": torch.ones(1),
+        },
+        None,
+    )
     assert set(converted) == {"bn1.running_mean", "bn1.num_batches_tracked", "extra.w"}
 
 
@@ -126,8 +147,12 @@ def test_deit_distilled_keeps_both_prefix_tokens_and_drops_both_heads():
     backbone = ViT("ti16", (512, 512), (4, 11), distilled=True)
     deit = {k: v.clone() for k, v in backbone.state_dict().items()}
     deit["pos_embed"] = torch.randn(1, 2 + 24 * 24, 192)
-    deit |= {"head.weight": torch.ones(1000, 192), "head.bias": torch.ones(1000),
-             "head_dist.weight": torch.ones(1000, 192), "head_dist.bias": torch.ones(1000)}
+    deit |= {
+        "head.weight": torch.ones(1000, 192),
+        "head.bias": torch.ones(1000),
+        "head_dist.weight": torch.ones(1000, 192),
+        "head_dist.bias": torch.ones(1000),
+    }
     converted = convert_imagenet_vit(deit, backbone)
     assert not any(k.startswith("head") for k in converted)
     assert converted["pos_embed"].shape == backbone.pos_embed.shape
@@ -136,8 +161,10 @@ def test_deit_distilled_keeps_both_prefix_tokens_and_drops_both_heads():
 
 
 def test_a_file_of_another_model_is_named_and_removed(models, file_server, monkeypatch, isolated_cache):
-    torch.save({"state_dict": {"head.weight": torch.ones(3), "stem.conv.weight": torch.ones(3)}},
-               file_server.root / "other.pth")
+    torch.save(
+        {"state_dict": {"head.weight": torch.ones(3), "stem.conv.weight": torch.ones(3)}},
+        file_server.root / "other.pth",
+    )
     _serve_as_backbone(monkeypatch, MOGANET, WeightSource(f"{file_server.url}/other.pth", "pytorch"))
     with pytest.raises(CheckpointMismatchError, match=r"other\.pth \(ImageNet backbone of moganet_xt_fpn_ade20k\)"):
         load_imagenet_backbone(segzoo.create_model(MOGANET), MOGANET, progress=False)
@@ -165,7 +192,7 @@ def test_zip_symlink_is_refused(tmp_path):
     path = tmp_path / "resnet.zip"
     with zipfile.ZipFile(path, "w") as zf:
         link = zipfile.ZipInfo("resnet.pth")
-        link.external_attr = (0o120777 << 16)
+        link.external_attr = 0o120777 << 16
         zf.writestr(link, "/etc/passwd")
     with pytest.raises(CheckpointError, match="link"):
         safe_members(path)
@@ -226,17 +253,30 @@ def _eurnet_imagenet_file(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
         out[key] = torch.rand(shape, generator=g)
     for stage, side in ((1, 28), (2, 14), (3, 7)):
         out[f"stages.{stage}.graph_construction_model.edge_layers.1.relative_pos"] = torch.rand(1, side**2, side**2)
-    classifier = {"norm.weight": torch.rand(768), "norm.bias": torch.rand(768),
-                  "head.weight": torch.rand(1000, 768), "head.bias": torch.rand(1000)}
+    classifier = {
+        "norm.weight": torch.rand(768),
+        "norm.bias": torch.rand(768),
+        "head.weight": torch.rand(1000, 768),
+        "head.bias": torch.rand(1000),
+    }
     return {**out, **classifier}
 
 
 def test_eurnet_imagenet_file_loads_strictly_as_upstream_adapts_it(eurnet_backbone, file_server, monkeypatch, caplog):
     upstream = _eurnet_imagenet_file(eurnet_backbone)
     # the classification runner's checkpoint: the weights under "model", with its training state
-    torch.save({"model": upstream, "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {"last_epoch": 300},
-                "loss_scaler": {"scale": 65536.0}, "epoch": 300, "args": {"arch": "eurnet"}, "max_accuracy": 82.3},
-               file_server.root / "td_eurnet_tiny_1k_pretrain.pth")
+    torch.save(
+        {
+            "model": upstream,
+            "optimizer": {"state": {}, "param_groups": []},
+            "lr_scheduler": {"last_epoch": 300},
+            "loss_scaler": {"scale": 65536.0},
+            "epoch": 300,
+            "args": {"arch": "eurnet"},
+            "max_accuracy": 82.3,
+        },
+        file_server.root / "td_eurnet_tiny_1k_pretrain.pth",
+    )
     source = WeightSource(f"{file_server.url}/td_eurnet_tiny_1k_pretrain.pth", "pytorch")
     _serve_as_backbone(monkeypatch, EURNET, source)
     model = torch.nn.Module()
@@ -272,20 +312,36 @@ def test_eurnet_converter_drops_the_classifier_and_relative_positions(eurnet_bac
     converted = convert_imagenet_eurnet(upstream, eurnet_backbone)
     assert converted.keys() == eurnet_backbone.state_dict().keys()
     dropped = sorted(upstream.keys() - converted.keys())
-    assert dropped == ["head.bias", "head.weight", "norm.bias", "norm.weight",
-                       *(f"stages.{i}.graph_construction_model.edge_layers.1.relative_pos" for i in (1, 2, 3))]
+    assert dropped == [
+        "head.bias",
+        "head.weight",
+        "norm.bias",
+        "norm.weight",
+        *(f"stages.{i}.graph_construction_model.edge_layers.1.relative_pos" for i in (1, 2, 3)),
+    ]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda sd: sd.__setitem__("stages.0.blocks.0.graph_conv.extra.weight", torch.ones(1)),
-     "1 unexpected: stages.0.blocks.0.graph_conv.extra.weight"),
-    (lambda sd: sd.pop("patch_embed.proj.weight"), "1 missing: patch_embed.proj.weight"),
-    (lambda sd: sd.pop("stages.1.blocks.0.graph_conv.context_layers.0.0.weight"),
-     "1 missing: stages.1.blocks.0.graph_conv.context_layers.0.0.weight"),
-    (lambda sd: sd.__setitem__("stages.0.blocks.0.graph_conv.context_layers.0.0.weight", torch.ones(96, 1, 8, 8)),
-     "1 wrong shape: stages.0.blocks.0.graph_conv.context_layers.0.0.weight: checkpoint (96, 1, 8, 8), "
-     "model (96, 1, 9, 9)"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda sd: sd.__setitem__("stages.0.blocks.0.graph_conv.extra.weight", torch.ones(1)),
+            "1 unexpected: stages.0.blocks.0.graph_conv.extra.weight",
+        ),
+        (lambda sd: sd.pop("patch_embed.proj.weight"), "1 missing: patch_embed.proj.weight"),
+        (
+            lambda sd: sd.pop("stages.1.blocks.0.graph_conv.context_layers.0.0.weight"),
+            "1 missing: stages.1.blocks.0.graph_conv.context_layers.0.0.weight",
+        ),
+        (
+            lambda sd: sd.__setitem__(
+                "stages.0.blocks.0.graph_conv.context_layers.0.0.weight", torch.ones(96, 1, 8, 8)
+            ),
+            "1 wrong shape: stages.0.blocks.0.graph_conv.context_layers.0.0.weight: checkpoint (96, 1, 8, 8), "
+            "model (96, 1, 9, 9)",
+        ),
+    ],
+)
 def test_eurnet_file_of_another_layout_still_fails_strictly(eurnet_backbone, edit, message):
     upstream = _eurnet_imagenet_file(eurnet_backbone)
     edit(upstream)
@@ -297,8 +353,10 @@ def test_imagenet_files_fill_a_mirror_and_get_pinned(models, file_server, monkey
     from segzoo.cli import main
 
     weights = _random_like(models[MOGANET].backbone.state_dict())
-    torch.save({"state_dict": {**weights, "head.weight": torch.ones(2, 192), "head.bias": torch.ones(2)}},
-               file_server.root / "moganet_xtiny.pth.tar")
+    torch.save(
+        {"state_dict": {**weights, "head.weight": torch.ones(2, 192), "head.bias": torch.ones(2)}},
+        file_server.root / "moganet_xtiny.pth.tar",
+    )
     source = WeightSource(f"{file_server.url}/moganet_xtiny.pth.tar", "pytorch")
     _serve_as_backbone(monkeypatch, MOGANET, source)
     assert main(["download", MOGANET, "--imagenet", "--to", str(tmp_path / "mirror"), "--quiet"]) == 0
@@ -307,7 +365,8 @@ def test_imagenet_files_fill_a_mirror_and_get_pinned(models, file_server, monkey
     sha256 = hashlib.sha256((file_server.root / "moganet_xtiny.pth.tar").read_bytes()).hexdigest()
     assert entry["url"] == source.url and entry["sha256"] == sha256
     assert (tmp_path / "mirror" / "moganet_xtiny.pth.tar").read_bytes() == (
-        file_server.root / "moganet_xtiny.pth.tar").read_bytes()
+        file_server.root / "moganet_xtiny.pth.tar"
+    ).read_bytes()
 
     pins = tmp_path / "pins.json"
     pins.write_text("{}")

@@ -1,5 +1,6 @@
 """The benchmarks' shared timing loop, and the zoo benchmark's bookkeeping: which rows a run replaces, and what
 its markdown table says."""
+
 import contextlib
 import importlib.util
 from pathlib import Path
@@ -42,8 +43,16 @@ def test_interleaved_runs_take_turns_after_untimed_warmup_rounds(monkeypatch):
 
 
 def measured(mode, device, images_per_s="10"):
-    return dict(name="regproxy_vit_ti16_ade20k", family="regproxy", resolution="512x683", mode=mode, device=device,
-                device_name="NVIDIA H100" if device == "cuda" else "Xeon", images_per_s=images_per_s, note="")
+    return dict(
+        name="regproxy_vit_ti16_ade20k",
+        family="regproxy",
+        resolution="512x683",
+        mode=mode,
+        device=device,
+        device_name="NVIDIA H100" if device == "cuda" else "Xeon",
+        images_per_s=images_per_s,
+        note="",
+    )
 
 
 def test_a_cpu_run_keeps_measured_gpu_rows_and_marks_the_missing_ones(zoo):
@@ -52,7 +61,9 @@ def test_a_cpu_run_keeps_measured_gpu_rows_and_marks_the_missing_ones(zoo):
     placeholders = zoo.placeholder_rows("regproxy_vit_ti16_ade20k", "test", torch.device("cpu"), ["fast+compile"])
     assert {(r["mode"], r["device"], r["note"]) for r in placeholders} == {
         ("fast+compile", "cpu", "not measured (--no-compile)"),
-        ("bf16", "cuda", "needs GPU"), ("bf16+compile", "cuda", "needs GPU"), ("bf16+cuda-graphs", "cuda", "needs GPU"),
+        ("bf16", "cuda", "needs GPU"),
+        ("bf16+compile", "cuda", "needs GPU"),
+        ("bf16+cuda-graphs", "cuda", "needs GPU"),
     }
     rows, added = zoo.merge_rows(rows, [measured("eager", "cpu", "2")], placeholders)
     assert gpu_row in rows and gpu_row not in added
@@ -65,8 +76,9 @@ def test_a_cpu_run_keeps_measured_gpu_rows_and_marks_the_missing_ones(zoo):
 def test_the_table_names_each_device_and_sets_the_papers_speed_beside_the_gpu_rows(zoo, tmp_path):
     out = tmp_path / "zoo.csv"
     machines = {"cpu": "- cpu: Xeon, 2 CPU threads", "cuda": "- cuda: NVIDIA H100, 16 CPU threads"}
-    zoo.write_outputs(out, [measured("eager", "cuda", "50"), measured("eager", "cpu", "1")],
-                      zoo.machine_header(machines))
+    zoo.write_outputs(
+        out, [measured("eager", "cuda", "50"), measured("eager", "cpu", "1")], zoo.machine_header(machines)
+    )
     table = out.with_suffix(".md").read_text()
     assert zoo.machine_lines(out.with_suffix(".md")) == machines
     assert "| regproxy_vit_ti16_ade20k | 38.9 FPS | NVIDIA H100 | 50 (0.02 s/im) | needs GPU |" in table

@@ -1,4 +1,5 @@
 """Generated documentation stays in step with the registry and the zoo benchmark."""
+
 import importlib.util
 
 import pytest
@@ -11,10 +12,14 @@ def test_model_cards_and_readme_table_are_current():
     """What both generators write together: the library's cards and tables, then training's reproduction guides."""
     from segzoo.training.guide import generated_files
 
-    stale = [str(p.relative_to(REPO)) for p, text in generated_files(REPO).items()
-             if not p.is_file() or p.read_text() != text]
-    assert not stale, f"run `make docs` (python -m segzoo.cards --write, python -m segzoo.training.guide --write); " \
-                      f"stale: {stale}"
+    stale = [
+        str(p.relative_to(REPO))
+        for p, text in generated_files(REPO).items()
+        if not p.is_file() or p.read_text() != text
+    ]
+    assert not stale, (
+        f"run `make docs` (python -m segzoo.cards --write, python -m segzoo.training.guide --write); stale: {stale}"
+    )
 
 
 def test_the_library_generator_writes_all_but_the_training_sections():
@@ -56,8 +61,10 @@ def test_cards_render_what_the_detectron2_and_glore_entries_need():
     assert "| 34.78 (counted) | - |" in table and "(test set, evaluation server)" in table
 
 
-BENCHMARK_HEADER = ("name,family,resolution,mode,device,device_name,threads,images_per_s,latency_ms,peak_mem_mb,"
-                    "gflops,gflop_per_s,peak_fraction,speedup_vs_eager,note")
+BENCHMARK_HEADER = (
+    "name,family,resolution,mode,device,device_name,threads,images_per_s,latency_ms,peak_mem_mb,"
+    "gflops,gflop_per_s,peak_fraction,speedup_vs_eager,note"
+)
 
 
 @pytest.fixture
@@ -65,12 +72,17 @@ def zoo_csv(tmp_path):
     """A small benchmark CSV in the layout benchmarks/zoo.py writes."""
     path = tmp_path / "benchmarks" / "zoo.csv"
     path.parent.mkdir()
-    path.write_text("\n".join([
-        BENCHMARK_HEADER,
-        "moganet_xt_fpn_ade20k,moganet,512x512,eager,cpu,Xeon,2,2.50,400.0,310,25.1,62.8,0.10,1.00,",
-        "moganet_xt_fpn_ade20k,moganet,512x512,fast,cpu,Xeon,2,3.50,285.7,280,25.1,88.0,0.14,1.40,",
-        "regproxy_vit_ti16_ade20k,regproxy,512x512,bf16,cuda,,,,,,3.9,,,,needs a GPU",
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                BENCHMARK_HEADER,
+                "moganet_xt_fpn_ade20k,moganet,512x512,eager,cpu,Xeon,2,2.50,400.0,310,25.1,62.8,0.10,1.00,",
+                "moganet_xt_fpn_ade20k,moganet,512x512,fast,cpu,Xeon,2,3.50,285.7,280,25.1,88.0,0.14,1.40,",
+                "regproxy_vit_ti16_ade20k,regproxy,512x512,bf16,cuda,,,,,,3.9,,,,needs a GPU",
+            ]
+        )
+        + "\n"
+    )
     return path
 
 

@@ -1,4 +1,5 @@
 """Reading checkpoints: original mmseg files and segzoo safetensors, strictly, without unsafe unpickling."""
+
 import os
 import pickle
 import shutil
@@ -165,14 +166,17 @@ def test_checkpoints_needing_more_than_weights_only_require_opt_in(tmp_path):
     _assert_loaded(model, synthetic_state_dict(name))
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.mkdir(), "is a folder, not a checkpoint file"),
-    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
-    (lambda p: p.write_text("epoch 1: loss 0.53\nepoch 2: loss 0.41\n"), "is a text file"),
-    (lambda p: p.write_text("<!DOCTYPE html><html><body>Sign in</body></html>"), "is a web page"),
-    (lambda p: p.write_bytes(bytes(range(7, 256)) * 40), "neither a PyTorch file"),
-    (lambda p: p.write_bytes(b"\x80\x02" + bytes(100)), "truncated or damaged"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.mkdir(), "is a folder, not a checkpoint file"),
+        (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (lambda p: p.write_text("epoch 1: loss 0.53\nepoch 2: loss 0.41\n"), "is a text file"),
+        (lambda p: p.write_text("<!DOCTYPE html><html><body>Sign in</body></html>"), "is a web page"),
+        (lambda p: p.write_bytes(bytes(range(7, 256)) * 40), "neither a PyTorch file"),
+        (lambda p: p.write_bytes(b"\x80\x02" + bytes(100)), "truncated or damaged"),
+    ],
+)
 def test_each_kind_of_bad_file_gets_its_own_message(tmp_path, make, message):
     path = tmp_path / "weights.pth"
     make(path)
@@ -258,10 +262,14 @@ def test_zip_archive_of_files_is_told_apart_from_a_torch_zip(tmp_path):
 def test_create_model_and_convert_read_the_checkpoint_inside_a_zip(tmp_path, capsys):
     name = "moganet_xt_fpn_ade20k"
     state_dict = synthetic_state_dict(name)
-    archive = _zip_archive(tmp_path / "release.zip", {
-        "moganet/README.md": b"# weights\n", "moganet/config.py": b"model = dict()\n",
-        "moganet/iter_160000.pth": _mmseg_bytes(tmp_path, state_dict),
-    })
+    archive = _zip_archive(
+        tmp_path / "release.zip",
+        {
+            "moganet/README.md": b"# weights\n",
+            "moganet/config.py": b"model = dict()\n",
+            "moganet/iter_160000.pth": _mmseg_bytes(tmp_path, state_dict),
+        },
+    )
     _assert_loaded(segzoo.create_model(name, checkpoint_path=archive), state_dict)
     assert main(["convert", name, "--checkpoint", str(archive), "--out", str(tmp_path / "hub"), "--quiet"]) == 0
     converted = safetensors.torch.load_file(tmp_path / "hub" / "model.safetensors")
@@ -281,9 +289,13 @@ def test_zip_archive_problems_name_the_archive(tmp_path):
 
 
 def test_inspect_lists_zip_members_like_tar_members(tmp_path):
-    archive = _zip_archive(tmp_path / "release.zip", {
-        "release/README.md": b"# weights\n", "release/model.pth": _mmseg_bytes(tmp_path, {"w": torch.ones(3)}),
-    })
+    archive = _zip_archive(
+        tmp_path / "release.zip",
+        {
+            "release/README.md": b"# weights\n",
+            "release/model.pth": _mmseg_bytes(tmp_path, {"w": torch.ones(3)}),
+        },
+    )
     lines = describe_file(archive)
     assert "format: zip archive" in lines and lines[2].startswith("members: 2 (2 files")
     assert any(line.endswith("release/README.md") for line in lines)

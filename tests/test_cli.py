@@ -1,4 +1,5 @@
 """The segzoo command, including the demo path against a local server."""
+
 import subprocess
 import sys
 
@@ -31,7 +32,9 @@ def test_predict_with_local_checkpoint(tmp_path):
     image = tmp_path / "photo.jpg"
     Image.new("RGB", (120, 90), (90, 140, 200)).save(image)
     out = tmp_path / "seg.png"
-    assert main(["predict", str(image), "--model", "moganet_xt_upernet", "--checkpoint", str(ckpt), "-o", str(out)]) == 0
+    assert (
+        main(["predict", str(image), "--model", "moganet_xt_upernet", "--checkpoint", str(ckpt), "-o", str(out)]) == 0
+    )
     with Image.open(out) as result:
         assert result.width > 120 and result.height >= 90
 
@@ -49,8 +52,9 @@ def test_unknown_model_suggests(capsys):
 
 
 def test_console_script_lists_models():
-    result = subprocess.run([sys.executable, "-m", "segzoo.cli", "list", "moganet_*_upernet_*"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "segzoo.cli", "list", "moganet_*_upernet_*"], capture_output=True, text=True, check=True
+    )
     assert [line.split()[0] for line in result.stdout.splitlines()] == segzoo.list_models("moganet_*_upernet_*")
 
 
@@ -104,12 +108,15 @@ def test_every_command_that_shows_progress_takes_quiet():
         assert "--quiet" in help_text, command
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["predict", "--checkpoint", "missing.pth"], "checkpoint file not found: missing.pth"),
-    (["eval", "moganet_xt_fpn", "--data-root", "nowhere"], "is not a folder"),
-    (["inspect", "missing.pth"], "not found"),
-    (["eval", "moganet_xt_fpn", "--data-root", ".", "--limit", "0"], None),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "--checkpoint", "missing.pth"], "checkpoint file not found: missing.pth"),
+        (["eval", "moganet_xt_fpn", "--data-root", "nowhere"], "is not a folder"),
+        (["inspect", "missing.pth"], "not found"),
+        (["eval", "moganet_xt_fpn", "--data-root", ".", "--limit", "0"], None),
+    ],
+)
 def test_user_errors_never_print_tracebacks(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if message is None:  # argparse rejects the value itself
@@ -161,11 +168,14 @@ def test_emanet_demo_draws_the_cityscapes_palette_and_legend(tmp_path, monkeypat
         assert indexed.getpalette()[:6] == [128, 64, 128, 244, 35, 232]  # Cityscapes: road, sidewalk
 
 
-@pytest.mark.parametrize("name, scale, first_colors", [
-    ("regproxy_vit_ti16_ade20k", (256, 128), [120, 120, 120, 180, 120, 120]),
-    ("regproxy_vit_ti16_cityscapes", (256, 128), [128, 64, 128, 244, 35, 232]),  # padded slide windows
-    ("eurnet_t_upernet_ade20k", (256, 128), [120, 120, 120, 180, 120, 120]),
-])
+@pytest.mark.parametrize(
+    "name, scale, first_colors",
+    [
+        ("regproxy_vit_ti16_ade20k", (256, 128), [120, 120, 120, 180, 120, 120]),
+        ("regproxy_vit_ti16_cityscapes", (256, 128), [128, 64, 128, 244, 35, 232]),  # padded slide windows
+        ("eurnet_t_upernet_ade20k", (256, 128), [120, 120, 120, 180, 120, 120]),
+    ],
+)
 def test_demo_path_of_each_mmseg_family(tmp_path, monkeypatch, name, scale, first_colors):
     import dataclasses
 
@@ -214,6 +224,11 @@ def test_building_the_command_line_loads_no_training_loop_data_or_recipes():
     code = "import sys; from segzoo.cli import build_parser; build_parser(); print(*sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "segzoo.training.cli" in loaded
-    heavy = [m for m in loaded if m in ("segzoo.training.loop", "segzoo.training.data", "segzoo.training.transforms")
-             or m.startswith("segzoo.training.recipes.") and m != "segzoo.training.recipes._registry"]
+    heavy = [
+        m
+        for m in loaded
+        if m in ("segzoo.training.loop", "segzoo.training.data", "segzoo.training.transforms")
+        or m.startswith("segzoo.training.recipes.")
+        and m != "segzoo.training.recipes._registry"
+    ]
     assert not heavy

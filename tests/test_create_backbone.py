@@ -1,4 +1,5 @@
 """create_backbone: per-family channels and strides, out_indices subsets, the encoder's weights as the model's."""
+
 from __future__ import annotations
 
 import pytest

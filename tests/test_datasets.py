@@ -1,4 +1,5 @@
 """Dataset metadata, folder readers and label preparation, on tiny synthetic datasets."""
+
 from __future__ import annotations
 
 import json
@@ -89,11 +90,13 @@ def make_coco(root: Path) -> dict[str, np.ndarray]:
         save(root / "val2017" / f"{stem}.jpg", random_rgb(rng))
         ids = rng.choice(np.array([0, 1, 300, 70000, 5, 4242]), (H, W))  # 4242: not in segments_info
         save(root / "panoptic_val2017" / f"{stem}.png", encode_ids(ids))
-        annotations.append({
-            "image_id": image_id,
-            "file_name": f"{stem}.png",
-            "segments_info": [{"id": s, "category_id": c} for s, c in segments.items()],
-        })
+        annotations.append(
+            {
+                "image_id": image_id,
+                "file_name": f"{stem}.png",
+                "segments_info": [{"id": s, "category_id": c} for s, c in segments.items()],
+            }
+        )
         classes = np.select([ids == 1, ids == 5, ids == 300, ids == 70000], [0, 0, 1, 53], 255)
         expected[stem] = classes.astype(np.uint8)
     panoptic = {"annotations": annotations, "categories": coco_categories(seed=0)}
@@ -219,11 +222,13 @@ def test_cityscapes_prepare_layout_errors(tmp_path: Path) -> None:
 
 def test_panoptic_to_semantic_maps_by_sorted_category_id() -> None:
     ids = np.array([[0, 1, 2], [3, 4, 9]])
-    segments = [{"id": 1, "category_id": 7}, {"id": 2, "category_id": 50}, {"id": 3, "category_id": 20},
-                {"id": 4, "category_id": 30}]
-    categories = [
-        {"id": 50, "isthing": 0}, {"id": 7, "isthing": 1}, {"id": 30, "isthing": 1}, {"id": 20, "isthing": 0}
+    segments = [
+        {"id": 1, "category_id": 7},
+        {"id": 2, "category_id": 50},
+        {"id": 3, "category_id": 20},
+        {"id": 4, "category_id": 30},
     ]
+    categories = [{"id": 50, "isthing": 0}, {"id": 7, "isthing": 1}, {"id": 30, "isthing": 1}, {"id": 20, "isthing": 0}]
     out = panoptic_to_semantic(encode_ids(ids), segments, categories)
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, [[255, 0, 2], [1, 0, 255]])

@@ -1,4 +1,5 @@
 """EMANet: the EM attention unit, detectron2 checkpoints loaded strictly, the entries' facts, upstream equivalence."""
+
 import os
 import re
 import subprocess
@@ -23,7 +24,9 @@ def run_golden_check(*args: str) -> subprocess.CompletedProcess:
     """``check.py`` on this checkout's segzoo (not whichever one the interpreter would import)."""
     return subprocess.run(
         [sys.executable, str(SHARED / "golden" / "check.py"), *args],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 
@@ -99,6 +102,7 @@ def test_new_num_classes_keeps_everything_but_the_classifier(checkpoint_files):
 
 # The EM attention unit on its own.
 
+
 def _unit(seed: int = 0) -> EMAUnit:
     unit = EMAUnit(32, 8)
     g = torch.Generator().manual_seed(seed)
@@ -167,6 +171,7 @@ def test_loaded_bases_are_used_as_stored():
 
 
 # The entries.
+
 
 def test_entries_record_the_table_and_the_detectron2_pipeline():
     assert segzoo.list_models("emanet_*") == sorted(ENTRIES)

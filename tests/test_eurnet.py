@@ -1,4 +1,5 @@
 """EurNet: parameter counts, the upstream checkpoint layout, the dense graph against the scattered one."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -48,10 +49,15 @@ def tiny(module_tmp):
     return model
 
 
-@pytest.mark.parametrize("size", [
-    (100, 130), (32, 352),
-    pytest.param((224, 224), marks=pytest.mark.slow), pytest.param((72, 400), marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "size",
+    [
+        (100, 130),
+        (32, 352),
+        pytest.param((224, 224), marks=pytest.mark.slow),
+        pytest.param((72, 400), marks=pytest.mark.slow),
+    ],
+)
 def test_dense_backbone_equals_scattered_upstream_structure(tiny, size):
     """Sizes that are not multiples of 32, with ties in the kNN (224, 32x352: the virtual node is picked)
     and a stage whose grid is wider than one window (72x400: patches outside every window)."""
@@ -109,8 +115,10 @@ def test_knn_indices_equal_upstream(tiny):
     model = build_architecture("eurnet_upernet", initialize=False, arch="t").eval()
     model.load_state_dict(weights)
     picked = []
-    hooks = [s.graph_construction_model.medium.register_forward_hook(lambda m, i, o: picked.append(o))
-             for s in model.backbone.stages[1:]]
+    hooks = [
+        s.graph_construction_model.medium.register_forward_hook(lambda m, i, o: picked.append(o))
+        for s in model.backbone.stages[1:]
+    ]
     with torch.no_grad():
         model.backbone(synth_input([1, 3, 256, 256], 1))
     for hook in hooks:
@@ -123,7 +131,10 @@ def test_knn_indices_equal_upstream(tiny):
 def _golden(entry: str) -> None:
     result = subprocess.run(
         [sys.executable, str(SHARED / "golden" / "check.py"), "--family", "eurnet", "--entry", entry],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1/1 cases match upstream" in result.stdout

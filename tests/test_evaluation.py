@@ -1,4 +1,5 @@
 """Evaluation end to end on tiny ADE20K and Cityscapes folders: metrics, saved predictions, batching, sharding."""
+
 import copy
 import dataclasses
 import json
@@ -74,7 +75,7 @@ def test_metrics_match_a_numpy_recomputation_from_saved_predictions(small_model,
     result = evaluate(small_model, dataset, save_predictions=tmp_path, progress=False)
     labels = [dataset[i]["label"] for i in range(len(dataset))]
     predictions = [np.asarray(Image.open(tmp_path / f"{dataset[i]['name']}.png")) for i in range(len(dataset))]
-    assert [p.shape for p in predictions] == [l.shape for l in labels]
+    assert [p.shape for p in predictions] == [label.shape for label in labels]
     assert result.metrics["mIoU"] == pytest.approx(_numpy_miou(predictions, labels), abs=1e-9)
     assert result.num_images == 5 and result.reported == {"mIoU": 40.3, "mAcc": 52.4}
     report = format_report(result)
@@ -108,14 +109,38 @@ def square_root(module_tmp, ade_root):
 
 def test_cli_eval_and_torchrun_with_two_processes_agree(square_root, checkpoint, tmp_path, capsys):
     single_out, dist_out = tmp_path / "single.json", tmp_path / "dist.json"
-    assert main(["eval", NAME, "--data-root", str(square_root), "-c", str(checkpoint),
-                 "--out", str(single_out), "--quiet"]) == 0
+    assert (
+        main(
+            ["eval", NAME, "--data-root", str(square_root), "-c", str(checkpoint), "--out", str(single_out), "--quiet"]
+        )
+        == 0
+    )
     assert "measured" in capsys.readouterr().out
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "segzoo.cli", "eval", NAME, "--data-root", str(square_root), "-c", str(checkpoint),
-         "--out", str(dist_out), "--quiet"],
-        check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "segzoo.cli",
+            "eval",
+            NAME,
+            "--data-root",
+            str(square_root),
+            "-c",
+            str(checkpoint),
+            "--out",
+            str(dist_out),
+            "--quiet",
+        ],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        timeout=300,
     )
     single, distributed = json.loads(single_out.read_text()), json.loads(dist_out.read_text())
     assert single["settings"]["world_size"] == 1 and distributed["settings"]["world_size"] == 2
@@ -174,7 +199,7 @@ def make_official_cityscapes(root, seed=0):
                 train_id = lut[label_id]
                 painted[block] = train_id if train_id != 255 else rng.integers(19)
                 if rng.random() < 0.4:  # the model gets part of this block wrong
-                    painted[y:y + int(rng.integers(4, 16)), x:x + 8] = rng.integers(19)
+                    painted[y : y + int(rng.integers(4, 16)), x : x + 8] = rng.integers(19)
             image = rng.integers(0, 256, (CITY_H, CITY_W, 3), dtype=np.uint8)
             image[..., 0] = 12 * painted + 6
             for folder, suffix, array in (
@@ -214,12 +239,18 @@ def cityscapes_info(**changes):
     """A MogaNet entry turned into a Cityscapes one scored by the official evaluation, like GloRe's."""
     info = segzoo.model_info(NAME)
     return dataclasses.replace(
-        info, name="synthetic_cityscapes", dataset="Cityscapes", num_classes=19, evaluator="cityscapes",
-        metrics_split="test", reported_metrics=tuple(
+        info,
+        name="synthetic_cityscapes",
+        dataset="Cityscapes",
+        num_classes=19,
+        evaluator="cityscapes",
+        metrics_split="test",
+        reported_metrics=tuple(
             dataclasses.replace(m, value=GLORE_LIKE_REPORTED[m.label])
             for m in segzoo.model_info("glore_r50_fcn_cityscapes").reported_metrics
         ),
-        test_pipeline=dataclasses.replace(info.test_pipeline, scale=(CITY_W, CITY_H)), **changes,
+        test_pipeline=dataclasses.replace(info.test_pipeline, scale=(CITY_W, CITY_H)),
+        **changes,
     )
 
 
@@ -257,8 +288,12 @@ def test_cityscapes_scores_equal_the_official_script_on_the_same_files(cityscape
 
     measured = result.scalars
     assert list(measured) == ["IoU class", "iIoU class", "IoU category", "iIoU category"]
-    for name, key in [("IoU class", "averageScoreClasses"), ("iIoU class", "averageScoreInstClasses"),
-                      ("IoU category", "averageScoreCategories"), ("iIoU category", "averageScoreInstCategories")]:
+    for name, key in [
+        ("IoU class", "averageScoreClasses"),
+        ("iIoU class", "averageScoreInstClasses"),
+        ("IoU category", "averageScoreCategories"),
+        ("iIoU category", "averageScoreInstCategories"),
+    ]:
         assert measured[name] == pytest.approx(100 * expected[key], abs=1e-9), name
         assert 5 < measured[name] < 99  # a real mix of hits and misses, not a degenerate case
     names = [trainId2label[t].name for t in range(19)]
@@ -316,8 +351,9 @@ def _cityscapes_shard_worker(rank, world_size, root, out):
 
 
 def test_cityscapes_evaluation_sums_shards_under_torch_distributed(cityscapes_root, tmp_path):
-    single = evaluate(RedChannelModel(cityscapes_info()), open_dataset("Cityscapes", cityscapes_root),
-                      progress=False).to_dict()
+    single = evaluate(
+        RedChannelModel(cityscapes_info()), open_dataset("Cityscapes", cityscapes_root), progress=False
+    ).to_dict()
     mp.spawn(_cityscapes_shard_worker, args=(2, cityscapes_root, str(tmp_path)), nprocs=2, join=True)
     sharded = json.loads((tmp_path / "sharded.json").read_text())
     assert sharded["settings"]["world_size"] == 2
@@ -335,14 +371,31 @@ def test_fine_tuned_model_is_evaluated_on_a_custom_dataset(checkpoint, tmp_path,
     for stem in ("a", "b"):
         Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(tmp_path / "images/val" / f"{stem}.png")
         Image.fromarray(rng.choice(np.array([0, 1, 2, 255], np.uint8), (64, 80))).save(
-            tmp_path / "labels/val" / f"{stem}.png")
+            tmp_path / "labels/val" / f"{stem}.png"
+        )
     fine_tuned = synthetic_state_dict(NAME)
     for key in ("decode_head.conv_seg.weight", "decode_head.conv_seg.bias"):
         fine_tuned[key] = torch.randn(3, *fine_tuned[key].shape[1:])
     path = save_mmseg_checkpoint(tmp_path / "fine_tuned.pth", fine_tuned)
     out = tmp_path / "result.json"
-    assert main(["eval", NAME, "--data", f"custom:{tmp_path}", "--num-classes", "3", "--checkpoint", str(path),
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                NAME,
+                "--data",
+                f"custom:{tmp_path}",
+                "--num-classes",
+                "3",
+                "--checkpoint",
+                str(path),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["dataset"] == "custom" and result["settings"]["evaluator"] == "mmseg"
     assert result["reported"] == {} and 0 <= result["measured"]["mIoU"] <= 100

@@ -1,4 +1,5 @@
 """Export to ONNX, TorchScript and ExportedProgram: checked files, the support table, the CLI."""
+
 import sys
 
 import pytest
@@ -7,7 +8,12 @@ import torch
 import segzoo
 from segzoo.cli import main
 from segzoo.export import (
-    FORMATS, ExportNotSupported, FormatSupport, check_supported, export_model, export_support,
+    FORMATS,
+    ExportNotSupported,
+    FormatSupport,
+    check_supported,
+    export_model,
+    export_support,
 )
 from tests.conftest import ONE_PER_ARCHITECTURE
 
@@ -74,14 +80,25 @@ def test_unsupported_export_says_why_before_building_or_exporting(tmp_path, monk
     with pytest.raises(ExportNotSupported, match=eurnet + r".*size it was exported at\. Use a fixed size"):
         export_model("eurnet_t_upernet_ade20k", "exported-program", tmp_path / "m.pt2", dynamic=True)
     recorded = export_support
-    monkeypatch.setattr(segzoo.export, "export_support", lambda info, fmt: FormatSupport("none", "a reason")
-                        if (info.architecture, fmt) == ("emanet", "onnx") else recorded(info, fmt))
-    with pytest.raises(ExportNotSupported, match=r"emanet_r50_coco cannot be exported to ONNX: a reason\. "
-                                                 r"Use --format torchscript or exported-program\.$"):
+    monkeypatch.setattr(
+        segzoo.export,
+        "export_support",
+        lambda info, fmt: (
+            FormatSupport("none", "a reason") if (info.architecture, fmt) == ("emanet", "onnx") else recorded(info, fmt)
+        ),
+    )
+    with pytest.raises(
+        ExportNotSupported,
+        match=r"emanet_r50_coco cannot be exported to ONNX: a reason\. "
+        r"Use --format torchscript or exported-program\.$",
+    ):
         export_model("emanet_r50_coco", "onnx", tmp_path / "m.onnx")
-    with pytest.raises(ExportNotSupported, match=r"moganet_s_upernet_ade20k cannot be exported to ONNX with dynamic "
-                                                 r"height/width: .*pyramid pooling.*--format torchscript or "
-                                                 r"exported-program for dynamic sizes; or a fixed size"):
+    with pytest.raises(
+        ExportNotSupported,
+        match=r"moganet_s_upernet_ade20k cannot be exported to ONNX with dynamic "
+        r"height/width: .*pyramid pooling.*--format torchscript or "
+        r"exported-program for dynamic sizes; or a fixed size",
+    ):
         export_model("moganet_s_upernet_ade20k", "onnx", tmp_path / "m.onnx", dynamic=True)
     check_supported(segzoo.model_info("moganet_s_upernet_ade20k"), "onnx", dynamic=False)
     assert not list(tmp_path.iterdir())
@@ -105,26 +122,48 @@ def test_missing_onnx_extra_names_the_pip_command(model, tmp_path, monkeypatch):
 
 def test_cli_exports_end_to_end(tmp_path, capsys):
     out = tmp_path / "sub" / "m.ts"
-    assert main(["export", "moganet_xt_fpn", "--format", "torchscript", "--random-weights",
-                 "--height", "64", "--width", "64", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "moganet_xt_fpn",
+                "--format",
+                "torchscript",
+                "--random-weights",
+                "--height",
+                "64",
+                "--width",
+                "64",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert out.is_file() and f"wrote {out} (TorchScript, input (1, 3, 64, 64))" in printed and "max rel diff" in printed
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["no_such_model", "--format", "onnx"], "unknown model 'no_such_model'"),
-    (["moganet_xt_fpn", "--format", "onnx", "--height", "64"], "give both --height and --width"),
-    (["eurnet_t_upernet", "--format", "exported-program", "--dynamic"], "cannot be exported to ExportedProgram"),
-    (["moganet_xt_fpn", "--format", "torchscript", "--random-weights", "--height", "16", "--width", "16"],
-     "at least 32x32"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["no_such_model", "--format", "onnx"], "unknown model 'no_such_model'"),
+        (["moganet_xt_fpn", "--format", "onnx", "--height", "64"], "give both --height and --width"),
+        (["eurnet_t_upernet", "--format", "exported-program", "--dynamic"], "cannot be exported to ExportedProgram"),
+        (
+            ["moganet_xt_fpn", "--format", "torchscript", "--random-weights", "--height", "16", "--width", "16"],
+            "at least 32x32",
+        ),
+    ],
+)
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
     assert main(["export", *argv, "--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("segzoo: error:") and message in err and "Traceback" not in err
 
 
-# Exported at 64x64, but EurNet (at least 97x97, and a size where its ONNX check meets no ties, see its family's export support).
+# Exported at 64x64, but EurNet (at least 97x97, and a size where its ONNX check meets no ties: see its family's
+# export support).
 EXPORT_SIZES = {"eurnet_t_upernet_ade20k": (256, 256)}
 
 
@@ -144,6 +183,7 @@ def test_support_table_holds_for_the_smallest_entry_of_each_architecture(tmp_pat
     if support.level == "none":
         pytest.skip(support.reason)
     model = segzoo.create_model(name)
-    report = export_model(model, fmt, tmp_path / "m", dynamic=support.level == "dynamic",
-                          input_size=EXPORT_SIZES.get(name, (64, 64)))
+    report = export_model(
+        model, fmt, tmp_path / "m", dynamic=support.level == "dynamic", input_size=EXPORT_SIZES.get(name, (64, 64))
+    )
     assert report.max_rel_diff <= 1e-4

@@ -1,4 +1,5 @@
 """Google Drive sources against a local server that behaves like Drive: confirmation pages, cookies, refusals."""
+
 import dataclasses
 import hashlib
 import json
@@ -121,12 +122,17 @@ class DriveServer:
             if style is None and not (query.get("confirm") == "t" and query.get("uuid") in self.uuids):
                 issued = str(uuid.uuid4())
                 self.uuids.add(issued)
-                return self.page(handler, 200, WARNING_FORM.format(id=drive_id, name=FILE_NAME, base=self.url,
-                                                                   uuid=issued))
+                return self.page(
+                    handler, 200, WARNING_FORM.format(id=drive_id, name=FILE_NAME, base=self.url, uuid=issued)
+                )
             if style is not None:
                 token = f"tok-{drive_id}"
-                link = f'<a id="uc-download-link" href="/uc?export=download&amp;confirm={token}&amp;id={drive_id}">' \
-                       "Download anyway</a>" if style == "link" else ""
+                link = (
+                    f'<a id="uc-download-link" href="/uc?export=download&amp;confirm={token}&amp;id={drive_id}">'
+                    "Download anyway</a>"
+                    if style == "link"
+                    else ""
+                )
                 cookie = f"download_warning_13058_{drive_id}={token}; Path=/"
                 return self.page(handler, 200, WARNING_LINK.format(link=link), cookie=cookie)
             if self.quota_after_confirm:
@@ -181,9 +187,17 @@ class DriveServer:
 
     def file_gets(self, drive_id):
         """The Range headers of the requests that reached the file itself (not a confirmation page)."""
-        return [rng for path, query, rng in self.requests if query.get("id") == drive_id and (
-            path == "/uc" and "confirm" in query or path == "/download" and (
-                drive_id not in self.large or "uuid" in query))]
+        return [
+            rng
+            for path, query, rng in self.requests
+            if query.get("id") == drive_id
+            and (
+                path == "/uc"
+                and "confirm" in query
+                or path == "/download"
+                and (drive_id not in self.large or "uuid" in query)
+            )
+        ]
 
     def close(self):
         self.httpd.shutdown()
@@ -207,10 +221,18 @@ def _cache_files(cache):
     return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) if cache.exists() else []
 
 
-@pytest.mark.parametrize("form", [
-    "file/d/{}/view?usp=sharing", "file/d/{}", "file/d/{}/edit", "file/u/0/d/{}/view", "open?id={}",
-    "uc?id={}&export=download", "uc?export=download&id={}",
-])
+@pytest.mark.parametrize(
+    "form",
+    [
+        "file/d/{}/view?usp=sharing",
+        "file/d/{}",
+        "file/d/{}/edit",
+        "file/u/0/d/{}/view",
+        "open?id={}",
+        "uc?id={}&export=download",
+        "uc?export=download&id={}",
+    ],
+)
 def test_file_id_from_the_usual_url_forms(form):
     assert file_id(f"https://drive.google.com/{form.format(SMALL)}") == SMALL
 
@@ -259,7 +281,9 @@ def test_drive_file_is_trusted_on_first_use_and_loads(drive, isolated_cache, mon
     checkpoint = save_mmseg_checkpoint(isolated_cache.parent / "published.pth", state_dict).read_bytes()
     drive.files[LARGE] = checkpoint
     source = _source(LARGE, sha256=None)
-    monkeypatch.setitem(registry._catalog().by_name, name, dataclasses.replace(registry._catalog().by_name[name], weights=(source,)))
+    monkeypatch.setitem(
+        registry._catalog().by_name, name, dataclasses.replace(registry._catalog().by_name[name], weights=(source,))
+    )
     for _ in range(2):
         model = segzoo.create_model(name, pretrained=True, progress=False)
         assert torch.equal(model.state_dict()[key], state_dict[key])
@@ -359,8 +383,15 @@ def test_each_refusal_says_why_and_what_to_do(drive, isolated_cache, drive_id):
     with pytest.raises(ManualDownloadRequired) as err:
         fetch_weights(source, progress=False)
     message = str(err.value)
-    for needed in (REFUSALS[drive_id], FILE_NAME, source.url, "in a browser", str(isolated_cache / FILE_NAME),
-                   "SEGZOO_MIRROR", "checkpoint_path"):
+    for needed in (
+        REFUSALS[drive_id],
+        FILE_NAME,
+        source.url,
+        "in a browser",
+        str(isolated_cache / FILE_NAME),
+        "SEGZOO_MIRROR",
+        "checkpoint_path",
+    ):
         assert needed in message
     assert _cache_files(isolated_cache) == []
     assert not partial_path(isolated_cache / FILE_NAME).exists()
@@ -404,4 +435,3 @@ def test_drive_that_never_answers_fails_in_bounded_time(silent_server_url, isola
     assert time.monotonic() - start < 5
     assert "after 3 attempts" in str(err.value) and "checkpoint_path" in str(err.value)
     assert _cache_files(isolated_cache) == []
-

@@ -1,4 +1,5 @@
 """GloRe: the Global Reasoning unit, the FCN + GloRe entries and their recorded assumptions."""
+
 import pytest
 import torch
 
@@ -91,7 +92,10 @@ def test_entries_record_test_server_metrics_and_their_assumptions():
         assert sum(note.startswith("Assumed") for note in info.notes) >= 4
         assert info.license == "MIT"
     assert dict(segzoo.model_info("glore_r101_fcn_cityscapes").metrics) == {
-        "IoU class": 80.9, "iIoU class": 62.2, "IoU category": 91.5, "iIoU category": 82.1,
+        "IoU class": 80.9,
+        "iIoU class": 62.2,
+        "IoU category": 91.5,
+        "iIoU category": 82.1,
     }
 
 

@@ -1,4 +1,5 @@
 """CUDA paths; run with `pytest -m gpu` on a machine with a GPU."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """segzoo's native layout and the Hugging Face hub, with the real huggingface_hub client against a local hub."""
+
 import dataclasses
 import json
 

@@ -1,4 +1,5 @@
 """torch.hub entry points, generated from the registry."""
+
 import importlib.util
 import inspect
 

@@ -1,4 +1,5 @@
 """Inference: the upstream test pipeline, whole/slide modes, aug-test, and segzoo.predict's inputs and outputs."""
+
 import dataclasses
 
 import numpy as np
@@ -42,10 +43,10 @@ def model():
 @pytest.mark.parametrize(
     "hw, expected",
     [
-        ((512, 683), (512, 683)),      # ADE_val_00000001: already fits
-        ((256, 256), (512, 512)),      # upscaled until the short edge reaches 512
+        ((512, 683), (512, 683)),  # ADE_val_00000001: already fits
+        ((256, 256), (512, 512)),  # upscaled until the short edge reaches 512
         ((1000, 500), (1024, 512)),
-        ((300, 4000), (154, 2048)),    # the long edge limits: 300 * 2048 / 4000 = 153.6 -> 154
+        ((300, 4000), (154, 2048)),  # the long edge limits: 300 * 2048 / 4000 = 153.6 -> 154
     ],
 )
 def test_keep_ratio_resize_rule(hw, expected):
@@ -189,14 +190,26 @@ def test_bad_mode_is_rejected(model):
 
 # --- labels from the logits a band of rows at a time -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("source, size", [((7, 9), (97, 131)), ((64, 64), (213, 150)), ((33, 50), (130, 67)),
-                                          ((128, 96), (100, 30)), ((1, 5), (131, 17)), ((80, 80), (80, 80))])
+@pytest.mark.parametrize(
+    "source, size",
+    [
+        ((7, 9), (97, 131)),
+        ((64, 64), (213, 150)),
+        ((33, 50), (130, 67)),
+        ((128, 96), (100, 30)),
+        ((1, 5), (131, 17)),
+        ((80, 80), (80, 80)),
+    ],
+)
 def test_resize_rows_equals_the_full_resize_bit_for_bit(source, size, align_corners):
     logits = torch.randn(2, 19, *source, generator=torch.Generator().manual_seed(0)) * 10
     full = F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
     for band in (1, 7, 64, size[0]):
-        rows = [resize_rows(logits, size, range(s, min(s + band, size[0])), align_corners) for s in range(0, size[0], band)]
+        rows = [
+            resize_rows(logits, size, range(s, min(s + band, size[0])), align_corners) for s in range(0, size[0], band)
+        ]
         assert torch.equal(torch.cat(rows, dim=2), full), band
 
 
@@ -208,7 +221,11 @@ def test_tiled_labels_equal_untiled_labels(align_corners):
     expected = rescaled_scores(views, size, align_corners, averaged=False).argmax(1)
     banded = rescaled_labels(views, size, align_corners, averaged=False, band_bytes=1, whole_bytes=0)
     assert torch.equal(banded, expected)
-    aug = [(torch.randn(1, 150, h, w, generator=generator), flip) for h, w in ((12, 16), (24, 32)) for flip in (False, True)]
+    aug = [
+        (torch.randn(1, 150, h, w, generator=generator), flip)
+        for h, w in ((12, 16), (24, 32))
+        for flip in (False, True)
+    ]
     expected = rescaled_scores(aug, size, align_corners, averaged=True).argmax(1)
     banded = rescaled_labels(aug, size, align_corners, averaged=True, band_bytes=3 * 150 * 4 * 67, whole_bytes=0)
     assert torch.equal(banded, expected)
@@ -228,6 +245,7 @@ def test_predict_labels_equal_the_argmax_of_full_scores(model):
 
 # --- detectron2's pipeline and RegionProxy's padded slide --------------------------------------------------------
 
+
 def test_shortest_edge_pipeline_and_its_final_resize(model):
     """A detectron2-style entry: BGR, shortest-edge resize, the final resize with its own align_corners."""
     info = model.info
@@ -235,9 +253,17 @@ def test_shortest_edge_pipeline_and_its_final_resize(model):
     image = np.random.default_rng(6).integers(0, 255, (45, 75, 3), dtype=np.uint8)
     try:
         for rescale_align_corners, expected_align in ((False, False), (True, True), (None, model.align_corners)):
-            model.info = dataclasses.replace(info, normalization=bgr, test_pipeline=dataclasses.replace(
-                info.test_pipeline, resize="shortest_edge", scale=(64, 100), size_divisor=None,
-                rescale_align_corners=rescale_align_corners))
+            model.info = dataclasses.replace(
+                info,
+                normalization=bgr,
+                test_pipeline=dataclasses.replace(
+                    info.test_pipeline,
+                    resize="shortest_edge",
+                    scale=(64, 100),
+                    size_divisor=None,
+                    rescale_align_corners=rescale_align_corners,
+                ),
+            )
             x = preprocess(image, model.info.test_pipeline, bgr)
             assert x.shape == (1, 3, 60, 100)  # 64 x 106.7, capped at 100 on the long edge: 60 x 100
             expected = F.interpolate(model(x), size=(45, 75), mode="bilinear", align_corners=expected_align)[0]
@@ -280,11 +306,17 @@ def test_predict_and_infer_follow_the_entrys_slide_variant(model):
         for windows in ("shift", "pad"):
             _with_pipeline(model, slide_windows=windows)
             x = preprocess(image, model.info.test_pipeline, model.info.normalization)
-            expected = F.interpolate(slide_logits(model, x, 150, (160, 160), (128, 128), windows), size=(40, 90),
-                                     mode="bilinear", align_corners=model.align_corners)
+            expected = F.interpolate(
+                slide_logits(model, x, 150, (160, 160), (128, 128), windows),
+                size=(40, 90),
+                mode="bilinear",
+                align_corners=model.align_corners,
+            )
             scores[windows] = segzoo.predict(model, image, return_scores=True).scores
             torch.testing.assert_close(scores[windows], expected[0], rtol=0, atol=0)
-            pixels = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float()  # as the evaluation runner passes them
+            pixels = (
+                torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float()
+            )  # as the evaluation runner passes them
             torch.testing.assert_close(infer_scores(model, pixels)[0], expected[0], rtol=0, atol=0)
             assert torch.equal(infer_labels(model, pixels), expected.argmax(1))
     finally:
@@ -293,6 +325,7 @@ def test_predict_and_infer_follow_the_entrys_slide_variant(model):
 
 
 # --- what predict accepts, and clear errors for everything else --------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "image, error, message",
@@ -312,8 +345,22 @@ def test_predict_and_infer_follow_the_entrys_slide_variant(model):
         (np.zeros((20, 20, 3), bool), TypeError, "dtype bool"),
         (42, TypeError, "image is a int; pass a path"),
     ],
-    ids=["none", "empty-array", "empty-tensor", "empty-pil", "unit-float", "above-255", "negative", "nan",
-         "fractional-tensor", "grayscale", "rgba", "4-channel-tensor", "bool", "int"],
+    ids=[
+        "none",
+        "empty-array",
+        "empty-tensor",
+        "empty-pil",
+        "unit-float",
+        "above-255",
+        "negative",
+        "nan",
+        "fractional-tensor",
+        "grayscale",
+        "rgba",
+        "4-channel-tensor",
+        "bool",
+        "int",
+    ],
 )
 def test_predict_rejects_bad_images_with_a_sentence(model, image, error, message):
     with pytest.raises(error, match=message):

@@ -1,5 +1,6 @@
 """Layering that the sources show: the library (``segzoo/``) never imports the training package (``training/``,
 installed as ``segzoo.training``), which sits on top of it."""
+
 import ast
 from pathlib import Path
 
@@ -35,7 +36,13 @@ def test_the_library_never_imports_training():
 def test_the_check_sees_function_level_relative_and_from_imports(tmp_path):
     module = tmp_path / "segzoo" / "cli" / "probe.py"
     module.parent.mkdir(parents=True)
-    module.write_text("def f():\n    from .. import training\n    from ..training.guide import x\n"
-                      "    import segzoo.training.cli\n    from segzoo import registry\n")
+    module.write_text(
+        "def f():\n    from .. import training\n    from ..training.guide import x\n"
+        "    import segzoo.training.cli\n    from segzoo import registry\n"
+    )
     assert imports_training(module, tmp_path) == [
-        "segzoo.training", "segzoo.training.cli", "segzoo.training.guide", "segzoo.training.guide.x"]
+        "segzoo.training",
+        "segzoo.training.cli",
+        "segzoo.training.guide",
+        "segzoo.training.guide.x",
+    ]

@@ -1,4 +1,5 @@
 """Confusion matrix and the mmseg / detectron2 (2019) metrics, checked by hand and against NumPy references."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Air-gapped use: offline mode, mirror folders, `segzoo download`, and `segzoo pin`."""
+
 import hashlib
 import json
 
@@ -44,16 +45,19 @@ def test_download_fills_a_mirror_folder_that_works_offline(upstream, tmp_path, m
     manifest = json.loads((folder / "manifest.json").read_text())
     source = segzoo.model_info(NAME).weights[0]
     assert manifest[NAME] == {
-        "file": source.filename, "url": source.url,
-        "sha256": hashlib.sha256(upstream.read_bytes()).hexdigest(), "size": upstream.stat().st_size,
+        "file": source.filename,
+        "url": source.url,
+        "sha256": hashlib.sha256(upstream.read_bytes()).hexdigest(),
+        "size": upstream.stat().st_size,
     }
     # A fresh machine: empty cache, no network, the folder as mirror.
     monkeypatch.setenv("SEGZOO_CACHE", str(tmp_path / "fresh_cache"))
     monkeypatch.setenv("SEGZOO_OFFLINE", "1")
     monkeypatch.setenv("SEGZOO_MIRROR", str(folder))
     model = segzoo.create_model(NAME, pretrained=True, progress=False)
-    assert torch.equal(model.state_dict()["neck.fpn_convs.0.conv.weight"],
-                       synthetic_state_dict(NAME)["neck.fpn_convs.0.conv.weight"])
+    assert torch.equal(
+        model.state_dict()["neck.fpn_convs.0.conv.weight"], synthetic_state_dict(NAME)["neck.fpn_convs.0.conv.weight"]
+    )
 
 
 def test_mirror_copies_are_checked_against_recorded_hashes(upstream, tmp_path, monkeypatch, isolated_cache):
@@ -81,7 +85,7 @@ def test_pin_records_sha256_and_size_in_the_registry_data(upstream, tmp_path, ca
     assert f"{NAME}: sha256 {sha256}" in capsys.readouterr().out
     source = segzoo.model_info(NAME).weights[0]
     assert read_pins(pins_file) == {source.url: {"sha256": sha256, "size": upstream.stat().st_size}}
-    (pinned,) = [i for i in apply_pins([segzoo.model_info(NAME)], read_pins(pins_file))]
+    (pinned,) = apply_pins([segzoo.model_info(NAME)], read_pins(pins_file))
     assert pinned.weights[0].sha256 == sha256 and pinned.weights[0].size == upstream.stat().st_size
 
 

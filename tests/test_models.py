@@ -1,4 +1,5 @@
 """Architectures: exact parameter counts, the model contract, equivalence with upstream outputs."""
+
 import json
 import os
 import subprocess
@@ -37,7 +38,9 @@ def test_state_dict_layout_equals_published_checkpoint(name):
     """The published checkpoint's keys, after the family's converter, are exactly the model's."""
     model_layout = {k: (list(v.shape), v.dtype) for k, v in _meta_model(name).state_dict().items()}
     manifest = upstream_manifests()[name]
-    published = {k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta") for k, (shape, dtype) in manifest.items()}
+    published = {
+        k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta") for k, (shape, dtype) in manifest.items()
+    }
     converted = convert_state_dict(segzoo.model_info(name).architecture, published)
     assert {k: (list(v.shape), v.dtype) for k, v in converted.items()} == model_layout
 
@@ -129,7 +132,9 @@ def test_batch_items_are_independent_in_eval(xt_models):
 def test_golden_cases_match_upstream():
     result = subprocess.run(
         [sys.executable, str(SHARED / "golden" / "check.py"), "--family", "moganet"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's segzoo
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's segzoo
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "10/10 cases match upstream" in result.stdout

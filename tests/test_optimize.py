@@ -1,4 +1,5 @@
 """The inference fast path computes the eager model's function, on every registry entry, and its models pickle."""
+
 import copy
 import io
 import pickle
@@ -14,8 +15,13 @@ from tests.conftest import ONE_PER_ARCHITECTURE
 
 # One entry per architecture (and per ViT kind) in the default suite; the whole registry under -m slow.
 PER_ARCHITECTURE = [
-    "moganet_xt_fpn_ade20k", "moganet_xt_upernet_ade20k", "emanet_r50_cityscapes", "glore_r50_fcn_cityscapes",
-    "regproxy_vit_ti16_ade20k", "regproxy_r26_vit_s32_ade20k", "eurnet_t_upernet_ade20k",
+    "moganet_xt_fpn_ade20k",
+    "moganet_xt_upernet_ade20k",
+    "emanet_r50_cityscapes",
+    "glore_r50_fcn_cityscapes",
+    "regproxy_vit_ti16_ade20k",
+    "regproxy_r26_vit_s32_ade20k",
+    "eurnet_t_upernet_ade20k",
 ]
 ENTRIES = [pytest.param(n, marks=() if n in PER_ARCHITECTURE else pytest.mark.slow) for n in segzoo.list_models()]
 RTOL = 1e-5

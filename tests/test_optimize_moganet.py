@@ -1,5 +1,6 @@
 """MogaNet's fast-path rewrites compute the eager block's function: pre-padded dilated conv, fused fc2 and
 decompose, the hidden map in channel slices."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,9 +8,9 @@ from torch import nn
 
 import segzoo
 from segzoo.backbones.moganet import MogaBlock, MogaNet
-from segzoo.optimize import optimize_for_inference
-from segzoo.optimize import moganet as optimize_moganet
 from segzoo.heads import FPNHead, FPNNeck
+from segzoo.optimize import moganet as optimize_moganet
+from segzoo.optimize import optimize_for_inference
 from segzoo.optimize.fpn import FastFPNHead, FastFPNNeck
 from segzoo.optimize.moganet import FastMogaBlock, _move_excess_padding
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error

@@ -1,15 +1,15 @@
 """The dilated ResNets' fast path: Winograd F(2x2, 3x3) convolutions, where they apply, with the same function."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import segzoo
-from segzoo.optimize import optimize_for_inference
 from segzoo.heads.glore import GloReUnit2d
+from segzoo.optimize import optimize_for_inference, winograd
 from segzoo.optimize.glore import FastGloReUnit2d
 from segzoo.optimize.resnet import WinogradConv2d, winograd_applies
-from segzoo.optimize import winograd
 from segzoo.optimize.winograd import transform_weight, winograd_conv3x3
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
 

@@ -1,4 +1,5 @@
 """UperNet's level fusion in the fast path equals resize, concatenate and 3x3 conv."""
+
 import pytest
 import torch
 import torch.nn.functional as F

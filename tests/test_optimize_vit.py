@@ -1,4 +1,5 @@
 """The ViT rewrites of the fast path (segzoo.optimize.vit) compute the eager function, and are applied."""
+
 from functools import partial
 
 import pytest
@@ -34,8 +35,18 @@ def timm_block(dim: int = 64, heads: int = 2) -> nn.Module:
     return block
 
 
-@pytest.mark.parametrize("onednn", [False, pytest.param(True, marks=pytest.mark.skipif(
-    not onednn_linear_available(), reason="oneDNN's fused linear is not available in this torch build"))])
+@pytest.mark.parametrize(
+    "onednn",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                not onednn_linear_available(), reason="oneDNN's fused linear is not available in this torch build"
+            ),
+        ),
+    ],
+)
 @pytest.mark.parametrize("shape", [(1, 17), (2, 37)])  # batch and odd token counts
 def test_folded_block_equals_timm_block(onednn, shape):
     block = timm_block()

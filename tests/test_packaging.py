@@ -1,4 +1,5 @@
-"""Packaging: every subpackage ships, training/ installs as segzoo.training, the lock file covers the dev environment."""
+"""Packaging: every subpackage ships, training/ installs as segzoo.training, the lock covers the dev environment."""
+
 import configparser
 import re
 

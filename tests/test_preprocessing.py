@@ -1,4 +1,5 @@
 """Preprocessing equals what the upstream test pipelines feed their models, value for value."""
+
 import dataclasses
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def synthetic_photo(height: int, width: int) -> np.ndarray:
 
 
 def photos() -> list[tuple[str, np.ndarray]]:
-    images = [(f"synthetic {h}x{w}", synthetic_photo(h, w)) for h, w in ((512, 683), (375, 500), (1080, 1920), (97, 131))]
+    images = [
+        (f"synthetic {h}x{w}", synthetic_photo(h, w)) for h, w in ((512, 683), (375, 500), (1080, 1920), (97, 131))
+    ]
     for path in sorted(SAMPLES.glob("*.png")) + sorted(SAMPLES.glob("*.jpg")):
         photo = np.asarray(load_image(path))
         images.append((path.name, photo))
@@ -113,8 +116,9 @@ def test_the_float_resize_segzoo_used_before_is_not_exact():
     rounded = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False).round()
     expected = cv2.resize(photo, size[::-1], interpolation=cv2.INTER_LINEAR)
     assert not np.array_equal(rounded[0].permute(1, 2, 0).to(torch.uint8).numpy(), expected)
-    assert np.array_equal(resize_image(photo, dataclasses.replace(MOGANET.test_pipeline, scale=(1024, 256),
-                                                                  size_divisor=None)), expected)
+    assert np.array_equal(
+        resize_image(photo, dataclasses.replace(MOGANET.test_pipeline, scale=(1024, 256), size_divisor=None)), expected
+    )
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -130,9 +134,9 @@ def test_model_input_equals_mmseg_pipeline_bit_for_bit(flip):
     "hw, scale, expected",
     [
         ((1024, 2048), (1024, 2048), (1024, 2048)),  # Cityscapes: unchanged
-        ((480, 640), (800, 1333), (800, 1067)),       # 640 * 800 / 480 = 1066.67
+        ((480, 640), (800, 1333), (800, 1067)),  # 640 * 800 / 480 = 1066.67
         ((640, 480), (800, 1333), (1067, 800)),
-        ((500, 2000), (800, 1333), (333, 1333)),      # capped: 800 x 3200 * 1333 / 3200 = 333.25 x 1333
+        ((500, 2000), (800, 1333), (333, 1333)),  # capped: 800 x 3200 * 1333 / 3200 = 333.25 x 1333
         ((427, 427), (800, 1333), (800, 800)),
     ],
 )
@@ -144,8 +148,9 @@ def test_shortest_edge_resizes_with_pil_and_divides_by_std_in_bgr():
     photo = synthetic_photo(375, 500)
     pipeline = dataclasses.replace(DETECTRON2, scale=(600, 1000))
     bgr = np.asarray(Image.fromarray(np.ascontiguousarray(photo[:, :, ::-1])).resize((800, 600), Image.BILINEAR))
-    expected = (torch.from_numpy(bgr.astype(np.float32)).permute(2, 0, 1) - torch.tensor(BGR.mean).view(3, 1, 1)) \
-        / torch.tensor(BGR.std).view(3, 1, 1)
+    expected = (
+        torch.from_numpy(bgr.astype(np.float32)).permute(2, 0, 1) - torch.tensor(BGR.mean).view(3, 1, 1)
+    ) / torch.tensor(BGR.std).view(3, 1, 1)
     assert torch.equal(preprocess(photo, pipeline, BGR)[0], expected)
 
 

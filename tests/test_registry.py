@@ -1,4 +1,5 @@
 """Registry API: names, aliases, records, errors."""
+
 import copy
 import dataclasses
 import pickle
@@ -19,7 +20,8 @@ EMANET = [f"emanet_r{d}_{s}" for s in ("coco", "cityscapes") for d in (50, 101, 
 GLORE = ["glore_r50_fcn_cityscapes", "glore_r101_fcn_cityscapes"]
 EURNET = [f"eurnet_{s}_upernet_ade20k" for s in ("t", "s", "b")]
 REGPROXY = [f"regproxy_vit_{s}_{d}" for s in ("ti16", "s16", "b16", "l16") for d in ("ade20k", "cityscapes")] + [
-    "regproxy_r26_vit_s32_ade20k", "regproxy_r50_vit_l32_ade20k",
+    "regproxy_r26_vit_s32_ade20k",
+    "regproxy_r50_vit_l32_ade20k",
 ]
 
 

@@ -1,4 +1,5 @@
 """RegionProxy: exact sizes, original checkpoints, the timm-built ViT's upstream quirks, the proxy head, goldens."""
+
 import json
 import re
 import subprocess
@@ -191,10 +192,7 @@ def test_proxy_head_matches_the_pixelwise_definition():
     assert out.shape == (2, 3, 6, 12)
 
 
-GOLDEN_CASES = [
-    pytest.param(name, marks=() if name in SMALL else pytest.mark.slow)
-    for name in NAMES
-]
+GOLDEN_CASES = [pytest.param(name, marks=() if name in SMALL else pytest.mark.slow) for name in NAMES]
 
 
 @pytest.mark.skipif(not (SHARED / "golden" / "check.py").is_file(), reason="needs ../shared/golden")
@@ -202,7 +200,8 @@ GOLDEN_CASES = [
 def test_golden_case_matches_upstream(name):
     result = subprocess.run(
         [sys.executable, str(SHARED / "golden" / "check.py"), "--family", "regproxy", "--entry", name],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1/1 cases match upstream" in result.stdout

@@ -1,4 +1,5 @@
 """Weights that are not plain URLs: share pages a person must open, tar archives, and `segzoo inspect`."""
+
 import dataclasses
 import io
 import json
@@ -29,8 +30,9 @@ def _use_source(monkeypatch, source):
 
 @pytest.fixture
 def manual(monkeypatch):
-    source = WeightSource(url=SHARE_PAGE, format="mmseg", kind="manual", access_code="x2d5",
-                          filename="moganet_xt_fpn.pth")
+    source = WeightSource(
+        url=SHARE_PAGE, format="mmseg", kind="manual", access_code="x2d5", filename="moganet_xt_fpn.pth"
+    )
     _use_source(monkeypatch, source)
     return source
 
@@ -39,8 +41,7 @@ def test_share_page_fails_at_once_saying_what_to_do(manual, isolated_cache):
     with pytest.raises(WeightsUnavailableError) as err:
         segzoo.create_model(NAME, pretrained=True, progress=False)
     message = str(err.value)
-    for needed in (SHARE_PAGE, "x2d5", str(isolated_cache / "moganet_xt_fpn.pth"), "SEGZOO_MIRROR",
-                   "checkpoint_path"):
+    for needed in (SHARE_PAGE, "x2d5", str(isolated_cache / "moganet_xt_fpn.pth"), "SEGZOO_MIRROR", "checkpoint_path"):
         assert needed in message
 
 
@@ -92,13 +93,16 @@ def _checkpoint_bytes(state_dict, container="state_dict"):
 def _glore_style_archive(path, state_dict):
     """Code and weights packed together, as GloRe publishes them; importing the code would leave a mark."""
     code = b"open('/tmp/segzoo-archive-code-ran', 'w').write('imported')\n"
-    return _tar(path, [
-        ({"name": "resnet50_w-glore", "type": tarfile.DIRTYPE}, None),
-        ({"name": "resnet50_w-glore/network/__init__.py"}, code),
-        ({"name": "resnet50_w-glore/train.py"}, code),
-        ({"name": "resnet50_w-glore/model/cityscapes_ep-0100.pth"}, _checkpoint_bytes(state_dict)),
-        ({"name": "resnet50_w-glore/README.md"}, b"# trained on Cityscapes fine\n"),
-    ])
+    return _tar(
+        path,
+        [
+            ({"name": "resnet50_w-glore", "type": tarfile.DIRTYPE}, None),
+            ({"name": "resnet50_w-glore/network/__init__.py"}, code),
+            ({"name": "resnet50_w-glore/train.py"}, code),
+            ({"name": "resnet50_w-glore/model/cityscapes_ep-0100.pth"}, _checkpoint_bytes(state_dict)),
+            ({"name": "resnet50_w-glore/README.md"}, b"# trained on Cityscapes fine\n"),
+        ],
+    )
 
 
 def test_archive_source_is_downloaded_verified_and_its_checkpoint_loaded(file_server, monkeypatch, isolated_cache):
@@ -240,6 +244,7 @@ def test_glore_archive_downloads_and_loads(file_server, monkeypatch, isolated_ca
     _glore_style_archive(file_server.root / source.filename, state_dict)
     monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
     model = segzoo.create_model(name, pretrained=True, progress=False)
-    assert torch.equal(model.state_dict()["decode_head.glore.conv_proj.weight"],
-                       state_dict["decode_head.glore.conv_proj.weight"])
+    assert torch.equal(
+        model.state_dict()["decode_head.glore.conv_proj.weight"], state_dict["decode_head.glore.conv_proj.weight"]
+    )
     assert file_server.gets(f"/{source.filename}") == [None]

@@ -3,6 +3,7 @@
 The toy (a two-stage conv backbone, an FCN head, two entries) registers the way ``segzoo/families/*.py`` do;
 the fixture takes it out of the registry again after each test.
 """
+
 import importlib.util
 import json
 from collections.abc import Sequence
@@ -19,10 +20,10 @@ from segzoo.families import EXPORTS_DYNAMICALLY, Architecture, Family, _registry
 from segzoo.features import FeatureExtractor, stage_features
 from segzoo.heads import FCNHead
 from segzoo.segmentors import EncoderDecoder
-from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig
 from segzoo.training import recipes
 from segzoo.training.recipe import Recipe
 from segzoo.training.recipes import get_recipe, recipe_from_registry, register_recipes
+from segzoo.zoo.records import IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig
 from tests.conftest import REPO
 
 
@@ -33,8 +34,9 @@ class ToyBackbone(nn.Module):
         super().__init__()
         self.out_channels = (width, 2 * width)
         self.stage1 = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.stage2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
-                                    nn.ReLU())
+        self.stage2 = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU()
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         first = self.stage1(x)
@@ -52,18 +54,38 @@ def toy_fcn(width: int, num_classes: int = 5) -> EncoderDecoder:
 
 def _entry(size: str, width: int) -> ModelInfo:
     return ModelInfo(
-        name=f"toy_{size}_fcn_shapes", family="toy", paper=Paper("A Toy Family", "0000.00000", "nowhere"),
-        backbone=f"Toy-{size.upper()}", head="FCN", dataset="Shapes", num_classes=5, crop_size=(64, 64),
-        normalization=IMAGENET_RGB, test_pipeline=InferencePipeline(scale=(128, 64), size_divisor=None, mode="whole"),
-        align_corners=False, reported_metrics=(ReportedMetric("mean_iou", "mIoU", 12.5),), params_m=None, flops_g=None, flops_input_shape=None,
-        num_params=0, train_iters=100, train_batch_size=2, weights=(), license="Apache-2.0", citation="@misc{toy}",
-        upstream=UpstreamConfig("toy/toy", "configs/toy.py", "0" * 40), architecture="toy_fcn",
+        name=f"toy_{size}_fcn_shapes",
+        family="toy",
+        paper=Paper("A Toy Family", "0000.00000", "nowhere"),
+        backbone=f"Toy-{size.upper()}",
+        head="FCN",
+        dataset="Shapes",
+        num_classes=5,
+        crop_size=(64, 64),
+        normalization=IMAGENET_RGB,
+        test_pipeline=InferencePipeline(scale=(128, 64), size_divisor=None, mode="whole"),
+        align_corners=False,
+        reported_metrics=(ReportedMetric("mean_iou", "mIoU", 12.5),),
+        params_m=None,
+        flops_g=None,
+        flops_input_shape=None,
+        num_params=0,
+        train_iters=100,
+        train_batch_size=2,
+        weights=(),
+        license="Apache-2.0",
+        citation="@misc{toy}",
+        upstream=UpstreamConfig("toy/toy", "configs/toy.py", "0" * 40),
+        architecture="toy_fcn",
         arch_args={"width": width},
     )
 
 
 TOY = Family(
-    name="toy", label="Toy", colour="#000000", entries=(_entry("s", 8), _entry("m", 16)),
+    name="toy",
+    label="Toy",
+    colour="#000000",
+    entries=(_entry("s", 8), _entry("m", 16)),
     architectures=(Architecture(toy_fcn, export=EXPORTS_DYNAMICALLY),),
 )
 
@@ -71,8 +93,9 @@ TOY = Family(
 def toy_recipe(info: ModelInfo) -> Recipe:
     """The toy trains like a MogaNet Semantic-FPN model, for its own iterations, batch and crop."""
     like = get_recipe("moganet_xt_fpn_ade20k")
-    return recipe_from_registry(info, optimizer=like.optimizer, schedule=like.schedule, losses=like.losses,
-                                pipeline=like.pipeline, gpus=1)
+    return recipe_from_registry(
+        info, optimizer=like.optimizer, schedule=like.schedule, losses=like.losses, pipeline=like.pipeline, gpus=1
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Training data: each upstream pipeline op on hand-worked examples, the sampler contract, custom folders, the loader."""
+"""Training data: each upstream pipeline op on worked examples, the sampler contract, custom folders, the loader."""
+
 from __future__ import annotations
 
 import itertools
@@ -13,14 +14,24 @@ from PIL import Image
 
 pytest.importorskip("torchvision")
 
-from segzoo.datasets.folders import DatasetError, open_custom_dataset  # noqa: E402
-from segzoo.training import get_recipe  # noqa: E402
-from segzoo.training.data import (  # noqa: E402
-    InfiniteSampler, build_train_dataset, build_train_loader, collate, seed_worker,
+from segzoo.datasets.folders import DatasetError, open_custom_dataset
+from segzoo.training import get_recipe
+from segzoo.training.data import (
+    InfiniteSampler,
+    build_train_dataset,
+    build_train_loader,
+    collate,
+    seed_worker,
 )
-from segzoo.training.recipe import PipelineSpec  # noqa: E402
-from segzoo.training.transforms import (  # noqa: E402
-    CROP_TRIES, TrainTransform, pad_to, photometric_distortion, random_crop, random_rescale, shortest_edge_resize,
+from segzoo.training.recipe import PipelineSpec
+from segzoo.training.transforms import (
+    CROP_TRIES,
+    TrainTransform,
+    pad_to,
+    photometric_distortion,
+    random_crop,
+    random_rescale,
+    shortest_edge_resize,
 )
 
 
@@ -53,12 +64,16 @@ def save(path: Path, array: np.ndarray, mode: str | None = None) -> None:
 
 # --- mmseg ops ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("ratio_draw", "expected"), [
-    # ratio 0.5: scale (1024, 256); factor min(1024/400, 256/300) = 0.8533; (int(256.0 + .5), int(341.33 + .5))
-    (0.0, (256, 341)),
-    # ratio 1.25: scale (2560, 640); factor min(6.4, 2.1333); (int(640.0 + .5), int(853.33 + .5))
-    (0.5, (640, 853)),
-])
+
+@pytest.mark.parametrize(
+    ("ratio_draw", "expected"),
+    [
+        # ratio 0.5: scale (1024, 256); factor min(1024/400, 256/300) = 0.8533; (int(256.0 + .5), int(341.33 + .5))
+        (0.0, (256, 341)),
+        # ratio 1.25: scale (2560, 640); factor min(6.4, 2.1333); (int(640.0 + .5), int(853.33 + .5))
+        (0.5, (640, 853)),
+    ],
+)
 def test_random_rescale_keeps_ratio_with_mmcv_rounding(ratio_draw: float, expected: tuple[int, int]) -> None:
     image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     label = np.tile(np.array([3, 7, 255], np.uint8), (300, 134))[:, :400]
@@ -101,7 +116,11 @@ def test_pad_fills_image_with_pad_val_and_label_with_ignore_at_bottom_right() ->
     assert padded_image.shape == (3, 4, 5) and padded_label.shape == (4, 5)
     assert torch.equal(padded_image[:, :2, :3], image) and padded_image[:, 2:].eq(0).all()
     assert padded_image[:, :, 3:].eq(0).all()
-    assert torch.equal(padded_label[:2, :3], label) and padded_label[2:].eq(255).all() and padded_label[:, 3:].eq(255).all()
+    assert (
+        torch.equal(padded_label[:2, :3], label)
+        and padded_label[2:].eq(255).all()
+        and padded_label[:, 3:].eq(255).all()
+    )
 
 
 def test_photometric_distortion_hand_worked_draws() -> None:
@@ -129,8 +148,11 @@ def test_photometric_distortion_stays_uint8_and_changes_pixels() -> None:
 
 def small_recipe(**pipeline):
     """MogaNet-S's recipe with mmseg's pipeline at a small scale and crop."""
-    return replace(get_recipe("moganet_s_fpn_ade20k"), crop_size=(16, 24),
-                   pipeline=PipelineSpec("mmseg", **{"img_scale": (96, 24), **pipeline}))
+    return replace(
+        get_recipe("moganet_s_fpn_ade20k"),
+        crop_size=(16, 24),
+        pipeline=PipelineSpec("mmseg", **{"img_scale": (96, 24), **pipeline}),
+    )
 
 
 def test_flip_mirrors_image_and_label_together() -> None:
@@ -155,6 +177,7 @@ def test_mmseg_transform_pads_a_small_image_to_the_crop() -> None:
 
 # --- detectron2 --------------------------------------------------------------------------------------------------
 
+
 def test_shortest_edge_choice_and_long_edge_cap() -> None:
     image, label = np.zeros((100, 300, 3), np.uint8), np.zeros((100, 300), np.uint8)
     spec = PipelineSpec("detectron2", min_size_train=(32, 48, 64), max_size_train=150)
@@ -175,20 +198,25 @@ def test_shortest_edge_resize_is_pil_bilinear_and_nearest() -> None:
 
 
 def test_detectron2_transform_is_bgr_normalized_without_crop() -> None:
-    recipe = replace(get_recipe("emanet_r50_coco"),
-                     pipeline=PipelineSpec("detectron2", flip_prob=0.0, min_size_train=(20,), max_size_train=100))
+    recipe = replace(
+        get_recipe("emanet_r50_coco"),
+        pipeline=PipelineSpec("detectron2", flip_prob=0.0, min_size_train=(20,), max_size_train=100),
+    )
     image = np.zeros((10, 30, 3), np.uint8)
     image[..., 0] = 255  # red
     pixels, target = TrainTransform(recipe)(image, np.zeros((10, 30), np.uint8), np.random.default_rng(0))
     assert pixels.shape == (3, 20, 60) and target.shape == (20, 60)
     expected = (torch.tensor([0.0, 0.0, 255.0]) - torch.tensor([103.53, 116.28, 123.675])) / torch.tensor(
-        [57.375, 57.12, 58.395])
+        [57.375, 57.12, 58.395]
+    )
     torch.testing.assert_close(pixels[:, 5, 5], expected)
 
 
 def test_collate_pads_to_the_largest_sample() -> None:
-    batch = [(torch.ones(3, 2, 4), torch.zeros(2, 4, dtype=torch.int64)),
-             (torch.ones(3, 3, 2), torch.ones(3, 2, dtype=torch.int64))]
+    batch = [
+        (torch.ones(3, 2, 4), torch.zeros(2, 4, dtype=torch.int64)),
+        (torch.ones(3, 3, 2), torch.ones(3, 2, dtype=torch.int64)),
+    ]
     images, labels = collate(batch)
     assert images.shape == (2, 3, 3, 4) and images.dtype == torch.float32
     assert labels.shape == (2, 3, 4) and labels.dtype == torch.int64
@@ -196,6 +224,7 @@ def test_collate_pads_to_the_largest_sample() -> None:
 
 
 # --- sampler -----------------------------------------------------------------------------------------------------
+
 
 def take(sampler: InfiniteSampler, count: int) -> list[tuple[int, int]]:
     return list(itertools.islice(iter(sampler), count))
@@ -227,13 +256,13 @@ def test_workers_are_seeded_from_seed_rank_and_worker_id() -> None:
 
 # --- custom folders ----------------------------------------------------------------------------------------------
 
+
 def make_custom(root: Path, split: str = "train", stems=("a", "b"), classes: int = 3) -> None:
     rng = np.random.default_rng(4)
     for i, stem in enumerate(stems):
         suffix = ".jpg" if i % 2 else ".png"
         save(root / "images" / split / f"{stem}{suffix}", rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
-        save(root / "labels" / split / f"{stem}.png",
-             rng.choice(np.array([*range(classes), 255], np.uint8), (12, 16)))
+        save(root / "labels" / split / f"{stem}.png", rng.choice(np.array([*range(classes), 255], np.uint8), (12, 16)))
 
 
 def test_custom_folder_reads_grey_and_palette_labels(tmp_path: Path) -> None:
@@ -283,14 +312,17 @@ def test_build_train_dataset_opens_custom_folders(tmp_path: Path) -> None:
 
 # --- loader end to end -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ade20k_train(module_tmp: Callable[[str], Path]) -> Path:
     root = module_tmp("ade") / "ADEChallengeData2016"
     rng = np.random.default_rng(5)
     for i in range(1, 6):
         save(root / "images" / "training" / f"ADE_train_{i:08d}.jpg", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
-        save(root / "annotations" / "training" / f"ADE_train_{i:08d}.png",
-             rng.choice(np.array([0, 1, 2, 150], np.uint8), (30, 40)))
+        save(
+            root / "annotations" / "training" / f"ADE_train_{i:08d}.png",
+            rng.choice(np.array([0, 1, 2, 150], np.uint8), (30, 40)),
+        )
     return root
 
 
@@ -309,8 +341,9 @@ def test_loader_batches_are_the_same_for_any_worker_count_and_split(ade20k_train
     parallel = batches(build_train_loader(dataset, recipe, batch_size=2, seed=7, workers=2), 3)
     for (a_images, a_labels), (b_images, b_labels) in zip(serial, parallel):
         assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)
-    ranks = [batches(build_train_loader(dataset, recipe, batch_size=1, rank=r, world_size=2, seed=7), 3)
-             for r in range(2)]
+    ranks = [
+        batches(build_train_loader(dataset, recipe, batch_size=1, rank=r, world_size=2, seed=7), 3) for r in range(2)
+    ]
     for (images, labels), rank0, rank1 in zip(serial, *ranks):
         assert torch.equal(images, torch.cat([rank0[0], rank1[0]]))
         assert torch.equal(labels, torch.cat([rank0[1], rank1[1]]))

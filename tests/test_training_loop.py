@@ -1,5 +1,6 @@
 """The training loop on CPU (gloo), on a tiny synthetic ADE20K folder: learning, process/accumulation
 equivalence, exact resume after SIGKILL, conversion of the result, and the command line."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,15 +20,14 @@ from PIL import Image
 
 pytest.importorskip("torchvision")
 
-import segzoo  # noqa: E402
-from segzoo.cli import main  # noqa: E402
-from segzoo.training import get_recipe  # noqa: E402
-from segzoo.training.checkpoint import latest_checkpoint  # noqa: E402
-from segzoo.training.distributed import seed_everything  # noqa: E402
-from segzoo.training.loop import LOG_NAME, TrainConfig, train  # noqa: E402
-from segzoo.training.recipe import ScheduleSpec  # noqa: E402
-
-from tests.conftest import REPO  # noqa: E402
+import segzoo
+from segzoo.cli import main
+from segzoo.training import get_recipe
+from segzoo.training.checkpoint import latest_checkpoint
+from segzoo.training.distributed import seed_everything
+from segzoo.training.loop import LOG_NAME, TrainConfig, train
+from segzoo.training.recipe import ScheduleSpec
+from tests.conftest import REPO
 
 ENTRY = "moganet_xt_fpn_ade20k"  # the smallest model of the registry
 CROP = (64, 64)  # small, yet 2x2 at stride 32: batch norm needs more than one value per channel
@@ -64,18 +64,36 @@ def ade_root(module_tmp: Callable[[str], Path]) -> Path:
 
 
 def small_config(data: Path, work_dir: Path, **changes) -> TrainConfig:
-    base = TrainConfig(entry=ENTRY, data=str(data), work_dir=str(work_dir), iters=4, batch_size=1, accumulation=2,
-                       workers=0, crop=CROP, eval_interval=0, log_interval=1, imagenet=False, quiet=True,
-                       device="cpu")
+    base = TrainConfig(
+        entry=ENTRY,
+        data=str(data),
+        work_dir=str(work_dir),
+        iters=4,
+        batch_size=1,
+        accumulation=2,
+        workers=0,
+        crop=CROP,
+        eval_interval=0,
+        log_interval=1,
+        imagenet=False,
+        quiet=True,
+        device="cpu",
+    )
     return dataclasses.replace(base, **changes)
 
 
 def constant_rate(lr: float, sync_bn: bool = True):
     """The entry's recipe at a small crop with a constant learning rate ``lr`` (no warm-up, no decay)."""
     recipe = get_recipe(ENTRY)
-    return dataclasses.replace(recipe, crop_size=CROP, iters=4, sync_bn=sync_bn, eval_interval=0,
-                               optimizer=dataclasses.replace(recipe.optimizer, lr=lr),
-                               schedule=ScheduleSpec(policy="poly", power=0.0))
+    return dataclasses.replace(
+        recipe,
+        crop_size=CROP,
+        iters=4,
+        sync_bn=sync_bn,
+        eval_interval=0,
+        optimizer=dataclasses.replace(recipe.optimizer, lr=lr),
+        schedule=ScheduleSpec(policy="poly", power=0.0),
+    )
 
 
 def model_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -107,8 +125,9 @@ def test_loss_goes_down_overfitting_two_images(tmp_path: Path) -> None:
     data = make_ade20k(tmp_path / "ade", train_images=2, val_images=0)
     iters = 20
     recipe = dataclasses.replace(constant_rate(1e-3), iters=iters)
-    config = small_config(data, tmp_path / "work", iters=iters, batch_size=2, accumulation=1, drop_path=0.0,
-                          checkpoint_interval=iters)
+    config = small_config(
+        data, tmp_path / "work", iters=iters, batch_size=2, accumulation=1, drop_path=0.0, checkpoint_interval=iters
+    )
     final = train(config, recipe)
     assert final.name == f"iter_{iters:08d}.pth" and final.is_file()
     records = [json.loads(line) for line in (tmp_path / "work" / LOG_NAME).read_text().splitlines()]
@@ -146,20 +165,32 @@ train(small_config(data, work, iters=3, drop_path=0.0, accumulation=1),
 """
 
 
-def test_two_processes_equal_one_accumulating_two(ade_root: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_processes_equal_one_accumulating_two(
+    ade_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same parameters after 3 steps. Not BN running statistics: DDP broadcasts rank 0's at every forward.
     SyncBN, drop-path and dropout off: with SyncBN both images share batch statistics, which one process
     accumulating cannot reproduce, and random draws of a second process differ from a second micro-step's."""
     without_dropout(monkeypatch)
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-              str(ade_root), str(tmp_path / "two")]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(ade_root),
+        str(tmp_path / "two"),
+    ]
     done = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    single = train(small_config(ade_root, tmp_path / "one", iters=3, drop_path=0.0, accumulation=2),
-                   dataclasses.replace(constant_rate(1e-3, sync_bn=False), iters=3))
+    single = train(
+        small_config(ade_root, tmp_path / "one", iters=3, drop_path=0.0, accumulation=2),
+        dataclasses.replace(constant_rate(1e-3, sync_bn=False), iters=3),
+    )
     two, one = model_tensors(tmp_path / "two" / "iter_00000003.pth"), model_tensors(single)
     assert moved(one)
     for name in parameter_names():
@@ -167,10 +198,36 @@ def test_two_processes_equal_one_accumulating_two(ade_root: Path, tmp_path: Path
 
 
 def _train_command(data: Path, work: Path) -> list[str]:
-    return [sys.executable, "-m", "segzoo.training", ENTRY, "--data-root", str(data), "--work-dir", str(work),
-            "--iters", "10", "--checkpoint-interval", "3", "--batch-size", "1", "--accumulation", "2",
-            "--crop", *map(str, CROP), "--eval-interval", "0", "--workers", "0", "--no-imagenet", "--quiet",
-            "--device", "cpu", "--log-interval", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "segzoo.training",
+        ENTRY,
+        "--data-root",
+        str(data),
+        "--work-dir",
+        str(work),
+        "--iters",
+        "10",
+        "--checkpoint-interval",
+        "3",
+        "--batch-size",
+        "1",
+        "--accumulation",
+        "2",
+        "--crop",
+        *map(str, CROP),
+        "--eval-interval",
+        "0",
+        "--workers",
+        "0",
+        "--no-imagenet",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--log-interval",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +245,9 @@ def resumed_and_uninterrupted(ade_root: Path, module_tmp: Callable[[str], Path])
     killed.wait()
     assert killed.returncode == -signal.SIGKILL, killed.stderr.read().decode()[-3000:]
     assert latest_checkpoint(root / "killed").name != "iter_00000010.pth", "the run ended before it was killed"
-    resumed = subprocess.run([*_train_command(ade_root, root / "killed"), "--resume"], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*_train_command(ade_root, root / "killed"), "--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
     logged = [json.loads(line)["iter"] for line in (root / "killed" / LOG_NAME).read_text().splitlines()]
@@ -212,8 +270,9 @@ def test_checkpoint_holds_only_tensors_and_plain_data(resumed_and_uninterrupted)
     assert {"optimizer", "scheduler", "scaler", "sampler"} <= state.keys()
 
 
-def test_final_checkpoint_converts_and_loads(resumed_and_uninterrupted, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_final_checkpoint_converts_and_loads(
+    resumed_and_uninterrupted, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     final = resumed_and_uninterrupted[1]
     trained = model_tensors(final)
     assert main(["convert", ENTRY, "-c", str(final), "--out", str(tmp_path / "native"), "--quiet"]) == 0
@@ -228,38 +287,58 @@ def test_print_recipe_for_every_entry(name: str, capsys: pytest.CaptureFixture) 
     assert main(["train", name, "--print-recipe"]) == 0
     printed = json.loads(capsys.readouterr().out)
     info = segzoo.model_info(name)
-    assert (printed["name"], printed["iters"], printed["batch_size"]) == (name, info.train_iters,
-                                                                         info.train_batch_size)
+    assert (printed["name"], printed["iters"], printed["batch_size"]) == (name, info.train_iters, info.train_batch_size)
 
 
-@pytest.mark.parametrize("options, message", [
-    ([], "pass --data-root DIR"),
-    (["--data-root", "no/such/folder"], "no/such/folder"),
-    (["--data", "no/such/folder"], "expected custom:DIR"),
-    (["--data", "custom:no/such/folder", "--num-classes", "3"], "is not a folder"),
-    (["--data", "custom:."], "--num-classes K"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ([], "pass --data-root DIR"),
+        (["--data-root", "no/such/folder"], "no/such/folder"),
+        (["--data", "no/such/folder"], "expected custom:DIR"),
+        (["--data", "custom:no/such/folder", "--num-classes", "3"], "is not a folder"),
+        (["--data", "custom:."], "--num-classes K"),
+    ],
+)
 def test_user_errors_are_one_line(options: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", ENTRY, *options]) == 1
     err = capsys.readouterr().err
     assert err.startswith("segzoo: error:") and message in err and err.count("\n") == 1, err
 
 
-def test_missing_train_extra_says_how_to_install(ade_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_missing_train_extra_says_how_to_install(
+    ade_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else
-                        find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else find_spec(name, *a)
+    )
     assert main(["train", ENTRY, "--data-root", str(ade_root)]) == 1
     assert 'pip install "segzoo[train]"' in capsys.readouterr().err
 
 
 def test_total_batch_must_split_evenly(ade_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     recipe_batch = get_recipe(ENTRY).batch_size
-    assert main(["train", ENTRY, "--data-root", str(ade_root), "--batch-size", str(recipe_batch - 1),
-                 "--work-dir", str(tmp_path), "--no-imagenet", "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                ENTRY,
+                "--data-root",
+                str(ade_root),
+                "--batch-size",
+                str(recipe_batch - 1),
+                "--work-dir",
+                str(tmp_path),
+                "--no-imagenet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     assert "cannot split evenly" in capsys.readouterr().err
 
 
@@ -298,7 +377,20 @@ def test_fine_tuning_on_custom_data_starts_from_the_published_weights(
     assert any("mIoU" in json.dumps(r) for r in records), records[-1]
 
     out = tmp_path / "converted"
-    assert main(["convert", ENTRY, "--checkpoint", str(tmp_path / "work" / "iter_00000002.pth"),
-                 "--num-classes", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                ENTRY,
+                "--checkpoint",
+                str(tmp_path / "work" / "iter_00000002.pth"),
+                "--num-classes",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     loaded = segzoo.create_model(ENTRY, checkpoint_path=out / "model.safetensors", num_classes=3)
     assert torch.equal(loaded.state_dict()[classifier[0]], trained[classifier[0]])

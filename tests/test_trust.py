@@ -1,4 +1,5 @@
 """What the checksums protect against: mirror manifests, the safetensors copies, bit rot and `segzoo verify`."""
+
 import hashlib
 import json
 import os
@@ -31,11 +32,18 @@ def _mirror_folder(tmp_path, source, manifest_seed, file_seed):
     folder = tmp_path / "mirror"
     folder.mkdir()
     (tmp_path / "described").mkdir()  # torch.save writes the file's stem into the archive: same name, same bytes
-    described = save_mmseg_checkpoint(tmp_path / "described" / source.filename,
-                                      synthetic_state_dict(NAME, seed=manifest_seed))
+    described = save_mmseg_checkpoint(
+        tmp_path / "described" / source.filename, synthetic_state_dict(NAME, seed=manifest_seed)
+    )
     save_mmseg_checkpoint(folder / source.filename, synthetic_state_dict(NAME, seed=file_seed))
-    manifest = {NAME: {"file": source.filename, "url": source.url, "sha256": _sha256(described),
-                       "size": described.stat().st_size}}
+    manifest = {
+        NAME: {
+            "file": source.filename,
+            "url": source.url,
+            "sha256": _sha256(described),
+            "size": described.stat().st_size,
+        }
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -64,8 +72,9 @@ def test_mirror_folder_file_that_matches_its_manifest_loads(tmp_path, monkeypatc
     assert torch.equal(model.state_dict()[KEY], synthetic_state_dict(NAME)[KEY])
 
 
-def test_url_mirror_file_that_contradicts_its_manifest_is_refused(file_server, tmp_path, monkeypatch, source,
-                                                                    isolated_cache):
+def test_url_mirror_file_that_contradicts_its_manifest_is_refused(
+    file_server, tmp_path, monkeypatch, source, isolated_cache
+):
     folder = _mirror_folder(tmp_path, source, manifest_seed=0, file_seed=5)
     for item in folder.iterdir():
         shutil.copy(item, file_server.root / item.name)

@@ -2,6 +2,7 @@
 
 Installed with ``pip install "segzoo[train]"``; nothing in ``segzoo`` imports it.
 """
+
 from segzoo.training.losses import compute_losses
 from segzoo.training.optim import build_optimizer
 from segzoo.training.recipe import Recipe

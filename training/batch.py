@@ -1,4 +1,5 @@
 """How one optimizer step's images split over processes, accumulation steps and per-process micro-batches."""
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,14 @@ def split_batch(recipe: Recipe, config: TrainConfig, world_size: int) -> BatchSp
     if config.accumulation is not None:
         split = BatchSplit(world_size, batch, config.accumulation)
         if split.total != recipe.batch_size:
-            log.warning("total batch %d (%d processes x %d steps x %d images) differs from the recipe's %d",
-                        split.total, world_size, config.accumulation, batch, recipe.batch_size)
+            log.warning(
+                "total batch %d (%d processes x %d steps x %d images) differs from the recipe's %d",
+                split.total,
+                world_size,
+                config.accumulation,
+                batch,
+                recipe.batch_size,
+            )
         return split
     per_step = world_size * batch
     if recipe.batch_size % per_step:

@@ -1,4 +1,5 @@
 """What a run trains and evaluates: the model (published, ImageNet or random start), its DDP wrapper, the val data."""
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,13 @@ def build_model(config: TrainConfig, recipe: Recipe, fresh: bool) -> EncoderDeco
     """
     kwargs = {} if config.drop_path is None else {"drop_path_rate": config.drop_path}
     pretrained = config.custom_data if config.pretrained is None else config.pretrained
-    model = segzoo.create_model(config.entry, pretrained=fresh and pretrained, num_classes=config.num_classes,
-                                progress=False if config.quiet else None, **kwargs)
+    model = segzoo.create_model(
+        config.entry,
+        pretrained=fresh and pretrained,
+        num_classes=config.num_classes,
+        progress=False if config.quiet else None,
+        **kwargs,
+    )
     if fresh and not pretrained and config.imagenet and recipe.imagenet_backbone:
         load_imagenet_backbone(model, config.entry, progress=False if config.quiet else None)
     return model.train()

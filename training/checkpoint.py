@@ -11,6 +11,7 @@ read back with ``torch.load(weights_only=True)``:
 - ``rng``: every rank's global random states, in rank order;
 - ``recipe`` and ``config``: the resolved recipe and run settings, as plain data.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@
 (setup.cfg). Only ``argparse`` at import: ``segzoo``'s parser adds these
 options without loading the training code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,37 +32,73 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("entry", help="registered model name or alias whose recipe to run")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--data-root", dest="data", metavar="DIR", help="the entry's dataset in its standard layout")
-    data.add_argument("--data", dest="custom", metavar="custom:DIR",
-                      help="your own dataset folder (fine-tuning; needs --num-classes)")
+    data.add_argument(
+        "--data", dest="custom", metavar="custom:DIR", help="your own dataset folder (fine-tuning; needs --num-classes)"
+    )
     parser.add_argument("--num-classes", type=positive_int, metavar="K", help="classes of your labels (custom data)")
     parser.add_argument("--work-dir", help="checkpoints and log.jsonl (default: work_dirs/ENTRY)")
-    parser.add_argument("--resume", nargs="?", const="latest", metavar="CKPT",
-                        help="go on from CKPT, or without a value from the latest checkpoint in the work dir")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="CKPT",
+        help="go on from CKPT, or without a value from the latest checkpoint in the work dir",
+    )
     parser.add_argument("--iters", type=positive_int, help="iterations (default: the recipe's)")
-    parser.add_argument("--batch-size", type=positive_int, help="images per process and micro-step "
-                        "(default: the paper's images per GPU)")
-    parser.add_argument("--accumulation", type=positive_int, help="micro-steps per optimizer step (default: "
-                        "recipe total / (processes x batch size), which reproduces the recipe's batch)")
-    parser.add_argument("--amp", choices=["bf16", "fp16", "none"], default="none",
-                        help="mixed precision: bf16 autocast, or fp16 with a gradient scaler (default none)")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        help="images per process and micro-step (default: the paper's images per GPU)",
+    )
+    parser.add_argument(
+        "--accumulation",
+        type=positive_int,
+        help="micro-steps per optimizer step (default: "
+        "recipe total / (processes x batch size), which reproduces the recipe's batch)",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=["bf16", "fp16", "none"],
+        default="none",
+        help="mixed precision: bf16 autocast, or fp16 with a gradient scaler (default none)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and augmentation")
     parser.add_argument("--workers", type=int, default=4, help="data loader workers per process (default 4)")
-    parser.add_argument("--eval-interval", type=_interval, help="evaluate on val every N iterations (0: never; "
-                        "default: the recipe's)")
-    parser.add_argument("--checkpoint-interval", type=positive_int, help="save every N iterations "
-                        "(default: the recipe's; always at the end)")
+    parser.add_argument(
+        "--eval-interval", type=_interval, help="evaluate on val every N iterations (0: never; default: the recipe's)"
+    )
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=positive_int,
+        help="save every N iterations (default: the recipe's; always at the end)",
+    )
     parser.add_argument("--log-interval", type=positive_int, default=50, help="log every N iterations (default 50)")
-    parser.add_argument("--crop", type=positive_int, nargs=2, metavar=("H", "W"), help="training crop (default: "
-                        "the recipe's)")
+    parser.add_argument(
+        "--crop", type=positive_int, nargs=2, metavar=("H", "W"), help="training crop (default: the recipe's)"
+    )
     parser.add_argument("--drop-path", type=float, metavar="RATE", help="stochastic depth rate (default: the entry's)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--no-imagenet", dest="imagenet", action="store_false",
-                        help="do not load the recipe's ImageNet-pretrained backbone (random initialization)")
+    parser.add_argument(
+        "--no-imagenet",
+        dest="imagenet",
+        action="store_false",
+        help="do not load the recipe's ImageNet-pretrained backbone (random initialization)",
+    )
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--pretrained", dest="pretrained", action="store_true", default=None,
-                       help="start from the entry's published weights (default with custom data)")
-    start.add_argument("--from-scratch", "--no-pretrained", dest="pretrained", action="store_false",
-                       help="custom data: start from the ImageNet backbone, not the entry's published weights")
+    start.add_argument(
+        "--pretrained",
+        dest="pretrained",
+        action="store_true",
+        default=None,
+        help="start from the entry's published weights (default with custom data)",
+    )
+    start.add_argument(
+        "--from-scratch",
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        help="custom data: start from the ImageNet backbone, not the entry's published weights",
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -89,8 +126,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if args.custom is not None:
         if not args.custom.startswith(CUSTOM_PREFIX):
-            raise ValueError(f"--data {args.custom!r}: expected {CUSTOM_PREFIX}DIR (your images and label PNGs, "
-                             f"see the README); for the entry's own dataset use --data-root DIR")
+            raise ValueError(
+                f"--data {args.custom!r}: expected {CUSTOM_PREFIX}DIR (your images and label PNGs, "
+                f"see the README); for the entry's own dataset use --data-root DIR"
+            )
         values["data"] = args.custom
     if "crop" in values:
         values["crop"] = tuple(values["crop"])

@@ -1,4 +1,5 @@
 """The settings of one training run, checked, and the entry's recipe with the run's overrides applied."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """Training data: the entry's dataset (or a custom folder) through the recipe's pipeline, batched per process."""
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,17 @@ class InfiniteSampler(torch.utils.data.Sampler[tuple[int, int]]):
     the same samples, and the stream resumes exactly at ``start_step``.
     """
 
-    def __init__(self, length: int, *, seed: int, rank: int = 0, world_size: int = 1, micro_batch: int = 1,
-                 accumulation: int = 1, start_step: int = 0) -> None:
+    def __init__(
+        self,
+        length: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        micro_batch: int = 1,
+        accumulation: int = 1,
+        start_step: int = 0,
+    ) -> None:
         if length < 1:
             raise DatasetError("the training dataset has no samples")
         self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
@@ -106,15 +116,36 @@ def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
 
 
 def build_train_loader(
-    dataset: SegmentationFolder, recipe: Recipe, *, batch_size: int, rank: int = 0, world_size: int = 1,
-    accumulation: int = 1, seed: int = 0, workers: int = 0, start_step: int = 0,
+    dataset: SegmentationFolder,
+    recipe: Recipe,
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    accumulation: int = 1,
+    seed: int = 0,
+    workers: int = 0,
+    start_step: int = 0,
 ) -> torch.utils.data.DataLoader:
     """Endless micro-batches of ``(images, labels)`` for this rank (see :class:`InfiniteSampler`), from
     ``workers`` persistent processes, pinned when CUDA is available."""
-    sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size, micro_batch=batch_size,
-                              accumulation=accumulation, start_step=start_step)
+    sampler = InfiniteSampler(
+        len(dataset),
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        micro_batch=batch_size,
+        accumulation=accumulation,
+        start_step=start_step,
+    )
     return torch.utils.data.DataLoader(
-        TrainSamples(dataset, recipe, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=collate, drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+        TrainSamples(dataset, recipe, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
         worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank),
     )

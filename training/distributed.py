@@ -1,4 +1,5 @@
 """The process group of a training run: one process, or ``torchrun``'s K (gloo on CPU, nccl on CUDA)."""
+
 from __future__ import annotations
 
 import os
@@ -91,8 +92,7 @@ def rng_states() -> dict[str, torch.Tensor]:
         "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
         "numpy_rest": torch.tensor([position, has_gauss, cached_gauss], dtype=torch.float64),
         "python": torch.tensor(python_state, dtype=torch.int64),
-        "python_rest": torch.tensor([version, float("nan") if gauss_next is None else gauss_next],
-                                    dtype=torch.float64),
+        "python_rest": torch.tensor([version, float("nan") if gauss_next is None else gauss_next], dtype=torch.float64),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state()
@@ -105,7 +105,8 @@ def set_rng_states(states: dict[str, torch.Tensor]) -> None:
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"])
     position, has_gauss, cached_gauss = states["numpy_rest"].tolist()
-    np.random.set_state(("MT19937", states["numpy_keys"].numpy().astype(np.uint32), int(position),
-                         int(has_gauss), cached_gauss))
+    np.random.set_state(
+        ("MT19937", states["numpy_keys"].numpy().astype(np.uint32), int(position), int(has_gauss), cached_gauss)
+    )
     version, gauss_next = states["python_rest"].tolist()
     random.setstate((int(version), tuple(states["python"].tolist()), None if np.isnan(gauss_next) else gauss_next))

@@ -4,6 +4,7 @@ Its generator adds these guides to the model cards and the README's training tab
 
     python -m segzoo.training.guide --write
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,10 @@ def reproduction_markdown(name: str, heading: str = "###") -> str:
     pipeline = recipe.pipeline
     if pipeline.style == "detectron2":
         sizes = pipeline.min_size_train
-        images = (f"whole images with the shortest edge resized to {sizes[0]}-{sizes[-1]} "
-                  f"(longest at most {pipeline.max_size_train})")
+        images = (
+            f"whole images with the shortest edge resized to {sizes[0]}-{sizes[-1]} "
+            f"(longest at most {pipeline.max_size_train})"
+        )
     else:
         images = f"a {recipe.crop_size[0]}x{recipe.crop_size[1]} crop"
     evaluate = f"`segzoo eval {info.name} --checkpoint WORK_DIR/iter_{recipe.iters:08d}.pth {data}`"
@@ -46,8 +49,9 @@ def reproduction_markdown(name: str, heading: str = "###") -> str:
         measure = f"the {info.dataset} test split (the benchmark's evaluation server; {evaluate} measures val)"
     else:
         measure = f"the {info.dataset} {info.metrics_split} split (measure it with {evaluate})"
-    assumed = " The paper publishes no schedule: the recipe's is assumed (see its notes)." if recipe.schedule_assumed \
-        else ""
+    assumed = (
+        " The paper publishes no schedule: the recipe's is assumed (see its notes)." if recipe.schedule_assumed else ""
+    )
     lines = [
         f"{heading} Reproducing {info.name}",
         "",
@@ -113,8 +117,10 @@ def generated_files(root: Path) -> dict[Path, str]:
 
 
 def main() -> None:
-    cards.main(generated_files, "Regenerate the model cards with their reproduction guides, the README's tables "
-                                "and its training table.")
+    cards.main(
+        generated_files,
+        "Regenerate the model cards with their reproduction guides, the README's tables and its training table.",
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ stream, its augmentation (drawn from the seed and the stream position) and
 every process's random state are saved in the checkpoints, so a run killed at
 any moment and resumed from its latest checkpoint ends with the same weights.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,15 @@ from segzoo.training.build import build_model, build_val_dataset, wrap_model
 from segzoo.training.config import TrainConfig, check_config, resolve_recipe
 from segzoo.training.data import build_train_dataset, build_train_loader
 from segzoo.training.distributed import (
-    Processes, barrier, close_processes, gather_to_main, init_processes, mean_over_processes, rng_states,
-    seed_everything, set_rng_states,
+    Processes,
+    barrier,
+    close_processes,
+    gather_to_main,
+    init_processes,
+    mean_over_processes,
+    rng_states,
+    seed_everything,
+    set_rng_states,
 )
 from segzoo.training.losses import compute_losses
 from segzoo.training.optim import build_optimizer
@@ -84,8 +92,15 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
     else:
         seed_everything(config.seed + processes.rank)  # per-process draws (drop-path, dropout)
     loader = build_train_loader(
-        dataset, recipe, batch_size=split.batch_size, rank=processes.rank, world_size=processes.world_size,
-        accumulation=split.accumulation, seed=config.seed, workers=config.workers, start_step=start,
+        dataset,
+        recipe,
+        batch_size=split.batch_size,
+        rank=processes.rank,
+        world_size=processes.world_size,
+        accumulation=split.accumulation,
+        seed=config.seed,
+        workers=config.workers,
+        start_step=start,
     )
     batches = iter(loader)  # draws the loader's base seed from the global generator: before the restore below
     if state is not None:
@@ -106,8 +121,11 @@ class _Run:
         self.val_dataset = val_dataset
         self.log = JsonLog(config.work_path / LOG_NAME if processes.is_main else None)
         device_type = processes.device.type
-        self.autocast = (torch.autocast(device_type, dtype=_AMP_DTYPES[config.amp]) if config.amp in _AMP_DTYPES
-                         else contextlib.nullcontext())
+        self.autocast = (
+            torch.autocast(device_type, dtype=_AMP_DTYPES[config.amp])
+            if config.amp in _AMP_DTYPES
+            else contextlib.nullcontext()
+        )
 
     def step(self, batches) -> dict[str, torch.Tensor]:
         """One optimizer step over ``accumulation`` micro-batches; returns this process's mean loss terms."""
@@ -138,8 +156,14 @@ class _Run:
         recipe, processes, config = self.recipe, self.processes, self.config
         last_path = None
         window_start, window_iters = time.perf_counter(), 0
-        with tqdm(total=recipe.iters, initial=start, desc=recipe.name, unit="it", dynamic_ncols=True,
-                  disable=True if config.quiet or not processes.is_main else None) as bar:
+        with tqdm(
+            total=recipe.iters,
+            initial=start,
+            desc=recipe.name,
+            unit="it",
+            dynamic_ncols=True,
+            disable=True if config.quiet or not processes.is_main else None,
+        ) as bar:
             for iteration in range(start + 1, recipe.iters + 1):
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this iteration trains with
                 losses = self.step(batches)
@@ -150,8 +174,16 @@ class _Run:
                     elapsed = time.perf_counter() - window_start
                     images_per_s = window_iters * self.split.total / elapsed
                     eta = (recipe.iters - iteration) * elapsed / window_iters
-                    self.log.write({"iter": iteration, **losses, "lr": lr, "images_per_s": round(images_per_s, 3),
-                                    "eta_s": round(eta), "memory_mb": round(peak_memory_mb(processes.device))})
+                    self.log.write(
+                        {
+                            "iter": iteration,
+                            **losses,
+                            "lr": lr,
+                            "images_per_s": round(images_per_s, 3),
+                            "eta_s": round(eta),
+                            "memory_mb": round(peak_memory_mb(processes.device)),
+                        }
+                    )
                     bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{images_per_s:.1f}")
                     window_start, window_iters = time.perf_counter(), 0
                 bar.update(1)
@@ -175,17 +207,20 @@ class _Run:
         rngs = gather_to_main(rng_states(), self.processes)
         path = ckpt.checkpoint_path(self.config.work_path, iteration)
         if self.processes.is_main:
-            ckpt.save_checkpoint({
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "iteration": iteration,
-                "rng": rngs,
-                "sampler": {"seed": self.config.seed, **dataclasses.asdict(self.split)},
-                "recipe": to_plain(self.recipe),
-                "config": to_plain(self.config),
-                "segzoo_version": segzoo.__version__,
-            }, path)
+            ckpt.save_checkpoint(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                    "iteration": iteration,
+                    "rng": rngs,
+                    "sampler": {"seed": self.config.seed, **dataclasses.asdict(self.split)},
+                    "recipe": to_plain(self.recipe),
+                    "config": to_plain(self.config),
+                    "segzoo_version": segzoo.__version__,
+                },
+                path,
+            )
         barrier(self.processes)
         return path

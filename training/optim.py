@@ -1,4 +1,5 @@
 """The optimizer of a recipe, with upstream's per-parameter learning rates and weight decays."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -16,8 +17,16 @@ from segzoo.training.recipes import upstream_parameter_name
 MMCV_NORMS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 # detectron2 build_optimizer (2020-02): its norm_module_types.
 DETECTRON2_NORMS = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
 )
 
 
@@ -65,6 +74,7 @@ def _mmcv_setting(spec: OptimizerSpec, module: nn.Module, upstream: str) -> tupl
 
 def _detectron2_setting(spec: OptimizerSpec, module: nn.Module, local: str) -> tuple[float, float, str]:
     """detectron2 ``build_optimizer`` (2020-02) for one parameter, as multipliers of the base rate and decay."""
+
     def decay_mult(weight_decay: float) -> float:
         return weight_decay / spec.weight_decay if spec.weight_decay else 0.0
 
@@ -109,17 +119,24 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     spec = recipe.optimizer
     groups: dict[tuple[float, float], dict] = {}
     for setting, param in _settings(model, recipe):
-        group = groups.setdefault((setting.lr_mult, setting.decay_mult), {
-            "params": [], "param_names": [], "lr": spec.lr * setting.lr_mult,
-            "weight_decay": spec.weight_decay * setting.decay_mult,
-            "lr_mult": setting.lr_mult, "decay_mult": setting.decay_mult,
-        })
+        group = groups.setdefault(
+            (setting.lr_mult, setting.decay_mult),
+            {
+                "params": [],
+                "param_names": [],
+                "lr": spec.lr * setting.lr_mult,
+                "weight_decay": spec.weight_decay * setting.decay_mult,
+                "lr_mult": setting.lr_mult,
+                "decay_mult": setting.decay_mult,
+            },
+        )
         group["params"].append(param)
         group["param_names"].append(setting.name)
     param_groups = list(groups.values())
     if spec.type == "SGD":
         return torch.optim.SGD(param_groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     if spec.type == "AdamW":
-        return torch.optim.AdamW(param_groups, lr=spec.lr, betas=spec.betas, eps=spec.eps,
-                                 weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(
+            param_groups, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
+        )
     raise ValueError(f"recipe {recipe.name!r}: unknown optimizer type {spec.type!r}; expected 'SGD' or 'AdamW'")

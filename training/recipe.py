@@ -1,4 +1,5 @@
 """A training recipe: everything one upstream config sets to train one zoo entry, as data."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Going on from a checkpoint: which one, whether it comes from the same run, and restoring the optimizer's state."""
+
 from __future__ import annotations
 
 import logging
@@ -36,16 +37,26 @@ def check_same_run(state: dict[str, Any], recipe: Recipe, split: BatchSplit, pat
     saved_recipe = state["recipe"]
     changed = [k for k, v in to_plain(recipe).items() if k in saved_recipe and saved_recipe[k] != v]
     if changed:
-        warnings.warn(f"resuming {path} with a recipe that differs in {', '.join(changed)}: the run will not "
-                      f"reproduce an uninterrupted one", stacklevel=3)
+        warnings.warn(
+            f"resuming {path} with a recipe that differs in {', '.join(changed)}: the run will not "
+            f"reproduce an uninterrupted one",
+            stacklevel=3,
+        )
     saved = state["sampler"]
     if saved["world_size"] != split.world_size:
-        warnings.warn(f"{path} was written by {saved['world_size']} processes, this run has {split.world_size}: "
-                      f"the data stream goes on exactly, dropout and drop-path draws do not", stacklevel=3)
+        warnings.warn(
+            f"{path} was written by {saved['world_size']} processes, this run has {split.world_size}: "
+            f"the data stream goes on exactly, dropout and drop-path draws do not",
+            stacklevel=3,
+        )
 
 
-def restore_optimization(state: dict[str, Any], optimizer: torch.optim.Optimizer,
-                         scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> int:
+def restore_optimization(
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> int:
     """Load the optimizer, scheduler and gradient scaler states of ``state``; returns the iteration to go on from."""
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -1,4 +1,5 @@
 """What a run reports as it goes: one JSON object per line in the work dir, with the peak memory so far."""
+
 from __future__ import annotations
 
 import json

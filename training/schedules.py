@@ -1,4 +1,5 @@
 """The learning-rate schedule of a recipe as a torch scheduler stepped once per iteration."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,9 @@ def learning_rate(schedule: ScheduleSpec, total_iters: int, base_lr: float, iter
         elif schedule.policy == "cosine_restart":
             regular = _cosine_restart(schedule, base_lr, iteration)
         else:
-            raise ValueError(f"mmcv schedule policy {schedule.policy!r} is not supported; use 'poly' or "
-                             "'cosine_restart'")
+            raise ValueError(
+                f"mmcv schedule policy {schedule.policy!r} is not supported; use 'poly' or 'cosine_restart'"
+            )
         return regular * _mmcv_warmup_factor(schedule, iteration)
     factor = _detectron2_warmup_factor(schedule, iteration)
     if schedule.policy == "cosine":
@@ -68,8 +70,9 @@ class RecipeLRScheduler(torch.optim.lr_scheduler.LRScheduler):
     uninterrupted one; its state holds only plain values.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: ScheduleSpec, total_iters: int,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, schedule: ScheduleSpec, total_iters: int, last_epoch: int = -1
+    ) -> None:
         self.schedule = dataclasses.asdict(schedule)
         self.total_iters = total_iters
         super().__init__(optimizer, last_epoch)

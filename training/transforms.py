@@ -32,6 +32,7 @@ Which library computes what, and why:
   (:func:`segzoo.inference.pipeline.normalize`, which reproduces mmcv's float64 reciprocal
   of the std, and detectron2's plain division).
 """
+
 from __future__ import annotations
 
 import cv2
@@ -50,7 +51,10 @@ CROP_TRIES = 10
 
 
 def random_rescale(
-    image: np.ndarray, label: np.ndarray, img_scale: tuple[int, int], ratio_range: tuple[float, float],
+    image: np.ndarray,
+    label: np.ndarray,
+    img_scale: tuple[int, int],
+    ratio_range: tuple[float, float],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """mmseg's ``Resize(img_scale, ratio_range, keep_ratio=True)``.
@@ -63,13 +67,19 @@ def random_rescale(
     ratio = rng.random() * (high - low) + low
     scale = (int(img_scale[0] * ratio), int(img_scale[1] * ratio))
     height, width = keep_ratio_shape(image.shape[0], image.shape[1], scale)
-    return (cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST))
+    return (
+        cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR),
+        cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST),
+    )
 
 
 def random_crop(
-    image: np.ndarray, label: np.ndarray, crop_size: tuple[int, int], cat_max_ratio: float,
-    rng: np.random.Generator, ignore_index: int = IGNORE_INDEX,
+    image: np.ndarray,
+    label: np.ndarray,
+    crop_size: tuple[int, int],
+    cat_max_ratio: float,
+    rng: np.random.Generator,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[np.ndarray, np.ndarray]:
     """mmseg's ``RandomCrop(crop_size, cat_max_ratio)``: a ``crop_size`` (h, w) window, or the whole side
     where the image is smaller.
@@ -85,7 +95,7 @@ def random_crop(
         return top, left
 
     def window(array: np.ndarray, corner: tuple[int, int]) -> np.ndarray:
-        return array[corner[0]:corner[0] + crop_size[0], corner[1]:corner[1] + crop_size[1]]
+        return array[corner[0] : corner[0] + crop_size[0], corner[1] : corner[1] + crop_size[1]]
 
     corner = draw()
     if cat_max_ratio < 1.0:
@@ -181,12 +191,17 @@ class TrainTransform:
 
 
 def pad_to(
-    image: torch.Tensor, label: torch.Tensor, size: tuple[int, int], pad_val: float = 0.0,
+    image: torch.Tensor,
+    label: torch.Tensor,
+    size: tuple[int, int],
+    pad_val: float = 0.0,
     seg_pad_val: int = IGNORE_INDEX,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """mmseg's ``Pad(size)``: (3, h, w) image and (h, w) label padded at the bottom and right to ``size``."""
     padding = [0, 0, size[1] - image.shape[-1], size[0] - image.shape[-2]]  # left, top, right, bottom
     if padding == [0, 0, 0, 0]:
         return image, label
-    return (v2.functional.pad(image, padding, fill=pad_val),
-            v2.functional.pad(label.unsqueeze(0), padding, fill=seg_pad_val)[0])
+    return (
+        v2.functional.pad(image, padding, fill=pad_val),
+        v2.functional.pad(label.unsqueeze(0), padding, fill=seg_pad_val)[0],
+    )

@@ -1,4 +1,5 @@
 """Backbones: image in, a list of multi-scale feature maps out."""
+
 from segzoo.backbones.eurnet import EurNet
 from segzoo.backbones.moganet import MogaNet
 from segzoo.backbones.resnet_dilated import DilatedResNet

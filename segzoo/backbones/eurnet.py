@@ -15,6 +15,7 @@ passing (GRMP) over it. The graph has fixed degree everywhere, so segzoo compute
 Module and parameter names follow the published checkpoints so that they load without renaming.
 Every norm is ``LayerNorm(eps=1e-5)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segzoo.layers import DropPath
 from segzoo.features import FeatureExtractor, stage_features
+from segzoo.layers import DropPath
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class MediumRangeGraph(nn.Module):
         offsets: dict[tuple[int, int], torch.Tensor] = {}  # shared by the classes of one shape
         blocks, short = [], []
         for (r0, r1, c0, c1), (dr, dc) in product(self.windows(h, w), product(range(dil), range(dil))):
-            members = grid_index[r0 + dr:r1:dil, c0 + dc:c1:dil]
+            members = grid_index[r0 + dr : r1 : dil, c0 + dc : c1 : dil]
             rows, cols = members.shape
             if rows == 0 or cols == 0:
                 continue
@@ -221,19 +222,28 @@ class MediumRangeGraph(nn.Module):
             if (rows, cols) not in offsets:
                 offsets[rows, cols] = relative_position_term(self.dim, rows, cols, dil, device)
                 offsets[rows, cols].diagonal().add_(EXCLUDED)
-            block = ClassBlock(slice(r0 + dr, r1, dil), slice(c0 + dc, c1, dil), members.to(device),
-                               offsets[rows, cols], short=members.numel() < self.k)
+            block = ClassBlock(
+                slice(r0 + dr, r1, dil),
+                slice(c0 + dc, c1, dil),
+                members.to(device),
+                offsets[rows, cols],
+                short=members.numel() < self.k,
+            )
             if block.short:
                 short.append((len(blocks), members))
             blocks.append(block)
         short.append((None, (~covered).nonzero().squeeze(1)))
         chunk = max(1, (1 << 24) // (h * w + 1))  # whole rows per chunk: at most 2**24 floats
         ties = [
-            TieChunk(source, start, queries.to(device),
-                     tuple(t.to(device) for t in self._tie_exclusions(queries, source is None, h, w)))
+            TieChunk(
+                source,
+                start,
+                queries.to(device),
+                tuple(t.to(device) for t in self._tie_exclusions(queries, source is None, h, w)),
+            )
             for source, members in short
             for start in range(0, members.numel(), chunk)
-            for queries in [members[start:start + chunk]]
+            for queries in [members[start : start + chunk]]
         ]
         return GraphPlan(blocks, ties)
 
@@ -280,7 +290,7 @@ class MediumRangeGraph(nn.Module):
             rows = torch.full((b, tie.queries.numel(), n + 1), EXCLUDED, device=x.device)
             if tie.source is not None:
                 dist = short_dists[tie.source]
-                rows[:, :, plan.blocks[tie.source].members + 1] = dist[:, tie.start:tie.start + tie.queries.numel()]
+                rows[:, :, plan.blocks[tie.source].members + 1] = dist[:, tie.start : tie.start + tie.queries.numel()]
             rows[:, tie.excluded[0], tie.excluded[1]] += EXCLUDED
             index[:, tie.queries] = torch.topk(-rows, k, dim=-1).indices
         return index
@@ -323,19 +333,22 @@ class GatedRelationalMessagePassing(nn.Module):
         update = x.new_zeros(b, length, c)
         out = update[:, 1:].view(b, h, w, c)
         # short range: messages from the patch above, below, left and right (none at the border)
-        for r, (dst, src) in enumerate((
-            ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-            ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
-            ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-            ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-        )):
+        for r, (dst, src) in enumerate(
+            (
+                ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+                ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+                ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+            )
+        ):
             dst, src = (slice(None), *dst), (slice(None), *src)
             out[dst].addcmul_(patch_weights[:, r][dst], F.gelu(grid[src] * scale[r]))
         r = NUM_SHORT_RELATIONS
         if neighbours is not None:
             offsets = torch.arange(b, device=x.device).view(b, 1, 1) * length
-            nearest = F.embedding_bag((neighbours + offsets).view(-1, neighbours.shape[-1]),
-                                      message.reshape(-1, c), mode="mean")
+            nearest = F.embedding_bag(
+                (neighbours + offsets).view(-1, neighbours.shape[-1]), message.reshape(-1, c), mode="mean"
+            )
             out.addcmul_(patch_weights[:, r], F.gelu(nearest.view(b, h, w, c) * scale[r]))
             r += 1
         out.addcmul_(patch_weights[:, r], F.gelu(mean * scale[r]).view(b, 1, 1, c))
@@ -343,7 +356,7 @@ class GatedRelationalMessagePassing(nn.Module):
         for i, layer in enumerate(self.context_layers):
             context = layer(context)
             out.addcmul_(patch_weights[:, self.num_relation + i], context.permute(0, 2, 3, 1))
-        update[:, 0] = weights[:, self.num_relation:, 0].sum(1, keepdim=True) * mean
+        update[:, 0] = weights[:, self.num_relation :, 0].sum(1, keepdim=True) * mean
         return self.self_loop(x) * self.gate_linear(update)
 
 
@@ -376,8 +389,9 @@ class GraphConstruction(nn.Module):
 class EurNetStage(nn.Module):
     """Graph construction from the stage input, GRMP blocks, optional patch merging."""
 
-    def __init__(self, dim: int, out_dim: int, depth: int, medium: bool, drop_paths: list[float],
-                 downsample: bool) -> None:
+    def __init__(
+        self, dim: int, out_dim: int, depth: int, medium: bool, drop_paths: list[float], downsample: bool
+    ) -> None:
         super().__init__()
         self.graph_construction_model = GraphConstruction(dim, medium)
         num_relation = NUM_SHORT_RELATIONS + int(medium) + 1
@@ -412,8 +426,16 @@ class EurNet(nn.Module):
         self.stages = nn.ModuleList()
         for i, depth in enumerate(spec.depths):
             start = sum(spec.depths[:i])
-            self.stages.append(EurNetStage(dims[i], dims[min(i + 1, 3)], depth, i in MEDIUM_STAGES,
-                                           rates[start:start + depth], downsample=i < 3))
+            self.stages.append(
+                EurNetStage(
+                    dims[i],
+                    dims[min(i + 1, 3)],
+                    depth,
+                    i in MEDIUM_STAGES,
+                    rates[start : start + depth],
+                    downsample=i < 3,
+                )
+            )
         for i, dim in enumerate(dims):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
         self.apply(_init_weights)
@@ -472,7 +494,6 @@ class EurNet(nn.Module):
         modules = tuple(f"norm{i}" for i in range(len(self.out_channels)))
         info, picks = stage_features(self, out_indices, modules, (4, 8, 16, 32))
         return FeatureExtractor(self, info, picks)
-
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -4,17 +4,18 @@ Module and parameter names follow the published dense-prediction checkpoints so
 that they load without renaming. Every norm is ``BatchNorm2d(eps=1e-5)``: the
 segmentation configs pass norm settings the upstream constructor ignores.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segzoo.layers import DropPath
 from segzoo.features import FeatureExtractor, stage_features
+from segzoo.layers import DropPath
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,7 @@ class ChannelAggregationFFN(nn.Module):
 class MogaBlock(nn.Module):
     """Pre-norm residual block: gated aggregation, then channel-aggregation FFN, each with layer scale."""
 
-    def __init__(
-        self, channels: int, ffn_ratio: float, drop_path: float = 0.0, layer_scale_init: float = 1e-5
-    ) -> None:
+    def __init__(self, channels: int, ffn_ratio: float, drop_path: float = 0.0, layer_scale_init: float = 1e-5) -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm2d(channels)
         self.attn = GatedAggregation(channels)
@@ -178,8 +177,7 @@ class MogaNet(nn.Module):
         for i, (dim, depth, ratio) in enumerate(zip(spec.embed_dims, spec.depths, spec.ffn_ratios), start=1):
             embed = StemEmbed(prev, dim) if i == 1 else DownsampleEmbed(prev, dim)
             blocks = nn.ModuleList(
-                MogaBlock(dim, ratio, drop_path=rates.pop(0), layer_scale_init=layer_scale_init)
-                for _ in range(depth)
+                MogaBlock(dim, ratio, drop_path=rates.pop(0), layer_scale_init=layer_scale_init) for _ in range(depth)
             )
             self.add_module(f"patch_embed{i}", embed)
             self.add_module(f"blocks{i}", blocks)
@@ -201,4 +199,3 @@ class MogaNet(nn.Module):
         modules = tuple(f"norm{i}" for i in range(1, len(self.out_channels) + 1))
         info, picks = stage_features(self, out_indices, modules, (4, 8, 16, 32))
         return FeatureExtractor(self, info, picks)
-

@@ -5,6 +5,7 @@ The later stages trade stride for dilation so that the last stage keeps 1/8 or
 (``conv1.0``, ``bn1``, ``layer1.0.downsample.0``, ...) so that its checkpoints
 load without renaming.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -148,4 +149,3 @@ class DilatedResNet(nn.Module):
         info, picks = stage_features(self, out_indices, modules, reductions)
         self.out_indices = picks
         return FeatureExtractor(self, info, range(len(picks)))
-

@@ -16,6 +16,7 @@ configures them the way the upstream mmseg ``VisionTransformer`` and ``VisionTra
 The attention is timm's, fused (``scaled_dot_product_attention``) by default; mmseg computes the same
 product through ``nn.MultiheadAttention``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -97,15 +98,23 @@ class ViT(nn.Module):
         self.out_channels = (spec.embed_dim,) * len(self.out_indices)
         if spec.resnet_layers is None:
             self.patch_embed = PatchEmbed(
-                img_size, spec.patch_size, 3, spec.embed_dim, output_fmt="NHWC", strict_img_size=False,
+                img_size,
+                spec.patch_size,
+                3,
+                spec.embed_dim,
+                output_fmt="NHWC",
+                strict_img_size=False,
                 dynamic_img_pad=True,
             )
         else:
             # HybridEmbed runs the CNN once on an img_size image to learn its output width; a one-token image
             # is enough, since this class sizes the position grid itself.
             self.patch_embed = HybridEmbed(
-                _resnetv2_stem(spec.resnet_layers), img_size=spec.patch_size, patch_size=1,
-                embed_dim=spec.embed_dim, output_fmt="NHWC",
+                _resnetv2_stem(spec.resnet_layers),
+                img_size=spec.patch_size,
+                patch_size=1,
+                embed_dim=spec.embed_dim,
+                output_fmt="NHWC",
             )
         self.patch_size = spec.patch_size
         self.pos_grid = (img_size[0] // spec.patch_size, img_size[1] // spec.patch_size)
@@ -116,13 +125,20 @@ class ViT(nn.Module):
             torch.zeros(1, self.num_prefix_tokens + self.pos_grid[0] * self.pos_grid[1], spec.embed_dim)
         )
         rates = [drop_path_rate * i / max(spec.depth - 1, 1) for i in range(spec.depth)]  # linear in depth
-        self.blocks = nn.Sequential(*(
-            Block(
-                spec.embed_dim, spec.num_heads, mlp_ratio, qkv_bias=True, drop_path=rate,
-                act_layer=nn.GELU, norm_layer=partial(nn.LayerNorm, eps=LAYER_NORM_EPS),
+        self.blocks = nn.Sequential(
+            *(
+                Block(
+                    spec.embed_dim,
+                    spec.num_heads,
+                    mlp_ratio,
+                    qkv_bias=True,
+                    drop_path=rate,
+                    act_layer=nn.GELU,
+                    norm_layer=partial(nn.LayerNorm, eps=LAYER_NORM_EPS),
+                )
+                for rate in rates
             )
-            for rate in rates
-        ))
+        )
         self.norm = nn.LayerNorm(spec.embed_dim, eps=LAYER_NORM_EPS)
         self.set_fused_attn(fused_attn)
         self._init_weights()
@@ -145,13 +161,17 @@ class ViT(nn.Module):
         pos_embed = self.pos_embed
         if tokens.shape[1] != pos_embed.shape[1]:  # upstream's test: token counts, not grid shapes
             pos_embed = resample_abs_pos_embed(
-                pos_embed, new_size=list(grid), old_size=list(self.pos_grid),
-                num_prefix_tokens=self.num_prefix_tokens, interpolation="bicubic", antialias=False,
+                pos_embed,
+                new_size=list(grid),
+                old_size=list(self.pos_grid),
+                num_prefix_tokens=self.num_prefix_tokens,
+                interpolation="bicubic",
+                antialias=False,
             )
         return tokens + pos_embed
 
     def _token_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        patches = tokens[:, self.num_prefix_tokens:]
+        patches = tokens[:, self.num_prefix_tokens :]
         return patches.unflatten(1, grid).permute(0, 3, 1, 2)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -176,11 +196,12 @@ class ViT(nn.Module):
         depth = len(self.blocks)
         indices = tuple(self.out_indices if out_indices is None else out_indices)
         if not indices or any(not -1 <= i < depth for i in indices) or list(indices) != sorted(set(indices)):
-            raise ValueError(f"out_indices {indices} must be increasing ViT layers in [-1, {depth - 1}] "
-                             "(-1: the embedded tokens, i: block i)")
+            raise ValueError(
+                f"out_indices {indices} must be increasing ViT layers in [-1, {depth - 1}] "
+                "(-1: the embedded tokens, i: block i)"
+            )
         self.out_indices = indices  # the ViT returns exactly these token maps
         width = self.pos_embed.shape[-1]
         modules = tuple("patch_embed" if i == -1 else f"blocks.{i}" for i in indices)
         info = FeatureInfo(indices, (width,) * len(indices), (self.patch_size,) * len(indices), modules)
         return FeatureExtractor(self, info, range(len(indices)))
-

@@ -7,6 +7,7 @@ verify, convert, inspect) and ``export``. Other packages add commands through th
 ``register(commands)`` function, as the modules here have. A user error ends with one ``segzoo: error:``
 line and exit status 1, never a traceback (``--verbose`` adds it, for reports).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,12 @@ COMMAND_PLUGINS = "segzoo.commands"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segzoo", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log what happens (downloads, cache hits) and show tracebacks of errors")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what happens (downloads, cache hits) and show tracebacks of errors",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for group in (models, predict, evaluate, weights, export):
         group.register(commands)

@@ -1,11 +1,18 @@
 """``segzoo eval`` and ``segzoo prepare``: score a model on its dataset the way its paper did."""
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from segzoo.cli.options import (
-    add_checkpoint, add_inference, add_num_classes, add_quiet, load_model, positive_int, progress,
+    add_checkpoint,
+    add_inference,
+    add_num_classes,
+    add_quiet,
+    load_model,
+    positive_int,
+    progress,
 )
 
 
@@ -27,11 +34,19 @@ def _eval(args: argparse.Namespace) -> int:
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     try:
         info = segzoo.model_info(args.model)
-        dataset = open_data(info.dataset, args.data, args.split, args.num_classes, info.test_pipeline)  # before downloads
+        dataset = open_data(
+            info.dataset, args.data, args.split, args.num_classes, info.test_pipeline
+        )  # before downloads
         model = load_model(args, args.model)
         result = evaluate(
-            model.to(device), dataset, mode=args.mode, aug_test=args.aug_test, limit=args.limit,
-            batch_size=args.batch_size, amp=args.amp, progress=progress(args),
+            model.to(device),
+            dataset,
+            mode=args.mode,
+            aug_test=args.aug_test,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            amp=args.amp,
+            progress=progress(args),
             save_predictions=Path(args.save_predictions) if args.save_predictions else None,
         )
         if not launched or dist.get_rank() == 0:
@@ -59,15 +74,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="registered name or alias")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--data-root", dest="data", metavar="DIR", help="the entry's dataset in its standard layout")
-    data.add_argument("--data", dest="data", metavar="custom:DIR",
-                      help="your own dataset folder (see Fine-tune on your own data; needs --num-classes)")
+    data.add_argument(
+        "--data",
+        dest="data",
+        metavar="custom:DIR",
+        help="your own dataset folder (see Fine-tune on your own data; needs --num-classes)",
+    )
     add_num_classes(p)
     p.add_argument("--split", default="val", help="dataset split (default val)")
     add_checkpoint(p)
     add_inference(p)
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
-    p.add_argument("--batch-size", type=positive_int, default=1,
-                   help="images per forward pass (same-sized images only)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=1, help="images per forward pass (same-sized images only)"
+    )
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--save-predictions", help="folder for the predicted label maps (indexed PNGs)")
     add_quiet(p)

@@ -1,4 +1,5 @@
 """``segzoo list`` and ``segzoo info``: what the registry holds."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Options several commands share, spelled the same way everywhere."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,12 @@ def positive_int(text: str) -> int:
 
 
 def add_num_classes(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-classes", type=positive_int, metavar="K",
-                        help="classes of a model fine-tuned on your own data (default: the entry's)")
+    parser.add_argument(
+        "--num-classes",
+        type=positive_int,
+        metavar="K",
+        help="classes of a model fine-tuned on your own data (default: the entry's)",
+    )
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +42,11 @@ def add_names_or_all(parser: argparse.ArgumentParser) -> None:
 def add_checkpoint(parser: argparse.ArgumentParser, required: bool = False) -> None:
     help_text = "the checkpoint file to load" if required else "local checkpoint instead of the published weights"
     parser.add_argument("-c", "--checkpoint", required=required, help=help_text)
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="unpickle a checkpoint that needs more than tensors; runs its code: trusted files only")
+    parser.add_argument(
+        "--allow-unsafe-pickle",
+        action="store_true",
+        help="unpickle a checkpoint that needs more than tensors; runs its code: trusted files only",
+    )
 
 
 def add_inference(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +61,10 @@ def load_model(args: argparse.Namespace, name: str):
     import segzoo
 
     return segzoo.create_model(
-        name, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint,
-        allow_unsafe_pickle=args.allow_unsafe_pickle, progress=progress(args),
+        name,
+        pretrained=args.checkpoint is None,
+        checkpoint_path=args.checkpoint,
+        allow_unsafe_pickle=args.allow_unsafe_pickle,
+        progress=progress(args),
         num_classes=getattr(args, "num_classes", None),
     )

@@ -1,4 +1,5 @@
 """``segzoo predict``: segment images and write PNGs, every readable image even when some are not."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ def _image_files(inputs: list[str]) -> list[Path]:
 
 
 def _read(path: Path, pipeline):
-    """The image at ``path`` read as ``pipeline``'s upstream reader did, or ``None`` after reporting why it cannot be."""
+    """The image at ``path`` read as ``pipeline``'s upstream reader did, or ``None`` after saying why it cannot be."""
     from PIL import Image, UnidentifiedImageError
 
     from segzoo.inference import load_image
@@ -87,10 +88,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"registered name or alias (default {DEFAULT_MODEL})")
     add_checkpoint(p)
     p.add_argument("-o", "--out", help="output PNG for one image, else a folder (default: the current folder)")
-    p.add_argument("--output", choices=["overlay", "labels"], default="overlay",
-                   help="overlay: image with colored classes and a legend; labels: indexed PNG with the dataset palette")
+    p.add_argument(
+        "--output",
+        choices=["overlay", "labels"],
+        default="overlay",
+        help="overlay: image with colored classes and a legend; labels: indexed PNG with the dataset palette",
+    )
     add_inference(p)
-    p.add_argument("--fast", action="store_true",
-                   help="inference fast path: BatchNorm folded into convolutions, best memory format (same labels)")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="inference fast path: BatchNorm folded into convolutions, best memory format (same labels)",
+    )
     add_quiet(p)
     p.set_defaults(run=_predict)

@@ -1,4 +1,5 @@
 """``segzoo download|pin|verify|convert|inspect``: weight files, their checksums and what they hold."""
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,10 @@ def _pin(args: argparse.Namespace) -> int:
     else:
         _report_manual(skipped)
     if skipped:
-        print(f"segzoo: error: {len(skipped)} entries are not pinned; fetch their files as said above and pin again",
-              file=sys.stderr)
+        print(
+            f"segzoo: error: {len(skipped)} entries are not pinned; fetch their files as said above and pin again",
+            file=sys.stderr,
+        )
     return 1 if skipped else 0
 
 
@@ -91,8 +94,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("download", help="fill a folder with weights and a manifest, to serve as SEGZOO_MIRROR")
     add_names_or_all(p)
     p.add_argument("--to", required=True, help="destination folder")
-    p.add_argument("--imagenet", action="store_true",
-                   help="the ImageNet backbone files training starts from, instead of the segmentation weights")
+    p.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="the ImageNet backbone files training starts from, instead of the segmentation weights",
+    )
     add_quiet(p)
     p.set_defaults(run=_download)
 

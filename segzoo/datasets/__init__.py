@@ -1,4 +1,5 @@
 """Dataset metadata: class names and palettes."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

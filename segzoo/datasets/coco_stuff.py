@@ -5,6 +5,7 @@ thing categories merged), classes 1..53 are the 53 panoptic stuff categories in 
 category id, and 255 marks pixels of no segment. Names drop the "-other"/"-merged" suffixes;
 colors are the panopticapi category colors, with detectron2's color for "things".
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -13,41 +14,65 @@ import numpy as np
 
 # The stuff categories of panoptic_coco_categories.json: (category id, name, color).
 STUFF_CATEGORIES: tuple[tuple[int, str, tuple[int, int, int]], ...] = (
-    (92, 'banner', (255, 255, 128)), (93, 'blanket', (147, 211, 203)),
-    (95, 'bridge', (150, 100, 100)), (100, 'cardboard', (168, 171, 172)),
-    (107, 'counter', (146, 112, 198)), (109, 'curtain', (210, 170, 100)),
-    (112, 'door-stuff', (92, 136, 89)), (118, 'floor-wood', (218, 88, 184)),
-    (119, 'flower', (241, 129, 0)), (122, 'fruit', (217, 17, 255)),
-    (125, 'gravel', (124, 74, 181)), (128, 'house', (70, 70, 70)),
-    (130, 'light', (255, 228, 255)), (133, 'mirror-stuff', (154, 208, 0)),
-    (138, 'net', (193, 0, 92)), (141, 'pillow', (76, 91, 113)),
-    (144, 'platform', (255, 180, 195)), (145, 'playingfield', (106, 154, 176)),
-    (147, 'railroad', (230, 150, 140)), (148, 'river', (60, 143, 255)),
-    (149, 'road', (128, 64, 128)), (151, 'roof', (92, 82, 55)),
-    (154, 'sand', (254, 212, 124)), (155, 'sea', (73, 77, 174)),
-    (156, 'shelf', (255, 160, 98)), (159, 'snow', (255, 255, 255)),
-    (161, 'stairs', (104, 84, 109)), (166, 'tent', (169, 164, 131)),
-    (168, 'towel', (225, 199, 255)), (171, 'wall-brick', (137, 54, 74)),
-    (175, 'wall-stone', (135, 158, 223)), (176, 'wall-tile', (7, 246, 231)),
-    (177, 'wall-wood', (107, 255, 200)), (178, 'water-other', (58, 41, 149)),
-    (180, 'window-blind', (183, 121, 142)), (181, 'window-other', (255, 73, 97)),
-    (184, 'tree-merged', (107, 142, 35)), (185, 'fence-merged', (190, 153, 153)),
-    (186, 'ceiling-merged', (146, 139, 141)), (187, 'sky-other-merged', (70, 130, 180)),
-    (188, 'cabinet-merged', (134, 199, 156)), (189, 'table-merged', (209, 226, 140)),
-    (190, 'floor-other-merged', (96, 36, 108)), (191, 'pavement-merged', (96, 96, 96)),
-    (192, 'mountain-merged', (64, 170, 64)), (193, 'grass-merged', (152, 251, 152)),
-    (194, 'dirt-merged', (208, 229, 228)), (195, 'paper-merged', (206, 186, 171)),
-    (196, 'food-other-merged', (152, 161, 64)), (197, 'building-other-merged', (116, 112, 0)),
-    (198, 'rock-merged', (0, 114, 143)), (199, 'wall-other-merged', (102, 102, 156)),
-    (200, 'rug-merged', (250, 141, 255)),
+    (92, "banner", (255, 255, 128)),
+    (93, "blanket", (147, 211, 203)),
+    (95, "bridge", (150, 100, 100)),
+    (100, "cardboard", (168, 171, 172)),
+    (107, "counter", (146, 112, 198)),
+    (109, "curtain", (210, 170, 100)),
+    (112, "door-stuff", (92, 136, 89)),
+    (118, "floor-wood", (218, 88, 184)),
+    (119, "flower", (241, 129, 0)),
+    (122, "fruit", (217, 17, 255)),
+    (125, "gravel", (124, 74, 181)),
+    (128, "house", (70, 70, 70)),
+    (130, "light", (255, 228, 255)),
+    (133, "mirror-stuff", (154, 208, 0)),
+    (138, "net", (193, 0, 92)),
+    (141, "pillow", (76, 91, 113)),
+    (144, "platform", (255, 180, 195)),
+    (145, "playingfield", (106, 154, 176)),
+    (147, "railroad", (230, 150, 140)),
+    (148, "river", (60, 143, 255)),
+    (149, "road", (128, 64, 128)),
+    (151, "roof", (92, 82, 55)),
+    (154, "sand", (254, 212, 124)),
+    (155, "sea", (73, 77, 174)),
+    (156, "shelf", (255, 160, 98)),
+    (159, "snow", (255, 255, 255)),
+    (161, "stairs", (104, 84, 109)),
+    (166, "tent", (169, 164, 131)),
+    (168, "towel", (225, 199, 255)),
+    (171, "wall-brick", (137, 54, 74)),
+    (175, "wall-stone", (135, 158, 223)),
+    (176, "wall-tile", (7, 246, 231)),
+    (177, "wall-wood", (107, 255, 200)),
+    (178, "water-other", (58, 41, 149)),
+    (180, "window-blind", (183, 121, 142)),
+    (181, "window-other", (255, 73, 97)),
+    (184, "tree-merged", (107, 142, 35)),
+    (185, "fence-merged", (190, 153, 153)),
+    (186, "ceiling-merged", (146, 139, 141)),
+    (187, "sky-other-merged", (70, 130, 180)),
+    (188, "cabinet-merged", (134, 199, 156)),
+    (189, "table-merged", (209, 226, 140)),
+    (190, "floor-other-merged", (96, 36, 108)),
+    (191, "pavement-merged", (96, 96, 96)),
+    (192, "mountain-merged", (64, 170, 64)),
+    (193, "grass-merged", (152, 251, 152)),
+    (194, "dirt-merged", (208, 229, 228)),
+    (195, "paper-merged", (206, 186, 171)),
+    (196, "food-other-merged", (152, 161, 64)),
+    (197, "building-other-merged", (116, 112, 0)),
+    (198, "rock-merged", (0, 114, 143)),
+    (199, "wall-other-merged", (102, 102, 156)),
+    (200, "rug-merged", (250, 141, 255)),
 )
 
-CLASSES: tuple[str, ...] = ('things',) + tuple(
-    name.replace('-other', '').replace('-merged', '') for _, name, _ in STUFF_CATEGORIES
+CLASSES: tuple[str, ...] = ("things",) + tuple(
+    name.replace("-other", "").replace("-merged", "") for _, name, _ in STUFF_CATEGORIES
 )
-PALETTE: tuple[tuple[int, int, int], ...] = ((82, 18, 128),) + tuple(
-    color for _, _, color in STUFF_CATEGORIES
-)
+PALETTE: tuple[tuple[int, int, int], ...] = ((82, 18, 128),) + tuple(color for _, _, color in STUFF_CATEGORIES)
 
 IGNORE_INDEX = 255
 

@@ -4,6 +4,7 @@ Each reader pairs images with labels by file name and checks the pairing up fron
 misplaced or unprepared dataset fails at once with a message saying what to do, not midway
 through an evaluation.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -134,9 +135,7 @@ def _ade20k(root: Path, split: str) -> SegmentationFolder:
         root = root / "ADEChallengeData2016"
     folder = {"val": "validation", "train": "training"}[split]
     fix = f"pass the unzipped ADEChallengeData2016 folder, or the folder that holds it (got {root})"
-    samples = _pair(
-        root / "images" / folder, "*.jpg", root / "annotations" / folder, ".png", fix, fix
-    )
+    samples = _pair(root / "images" / folder, "*.jpg", root / "annotations" / folder, ".png", fix, fix)
     return SegmentationFolder("ADE20K", samples, split, reduce_zero_label=True)
 
 
@@ -156,14 +155,19 @@ def _cityscapes(root: Path, split: str) -> SegmentationFolder:
         f"labelIds with `segzoo prepare cityscapes {root}`",
     )
     official = [
-        replace(sample, annotations={
-            kind: sample.label.with_name(sample.label.name.replace("_labelTrainIds.", f"_{kind}."))
-            for kind in ("labelIds", "instanceIds")
-        })
+        replace(
+            sample,
+            annotations={
+                kind: sample.label.with_name(sample.label.name.replace("_labelTrainIds.", f"_{kind}."))
+                for kind in ("labelIds", "instanceIds")
+            },
+        )
         for sample in samples
     ]
     return SegmentationFolder(
-        "Cityscapes", official, split,
+        "Cityscapes",
+        official,
+        split,
         annotations_fix=f"unzip gtFine_trainvaltest.zip into {root}: the official Cityscapes evaluation reads "
         f"its *_gtFine_labelIds.png and *_gtFine_instanceIds.png",
     )
@@ -350,7 +354,10 @@ CUSTOM_PREFIX = "custom:"
 
 
 def open_data(
-    dataset: str, data: str | Path, split: str, num_classes: int | None = None,
+    dataset: str,
+    data: str | Path,
+    split: str,
+    num_classes: int | None = None,
     pipeline: InferencePipeline | None = None,
 ) -> SegmentationFolder:
     """The ``split`` of ``dataset`` under the folder ``data``, or of the user's dataset ``custom:DIR``.
@@ -363,4 +370,4 @@ def open_data(
         return open_dataset(dataset, data, split, pipeline)
     if num_classes is None:
         raise DatasetError(f"{data}: a custom dataset needs its number of classes; pass --num-classes K")
-    return open_custom_dataset(data[len(CUSTOM_PREFIX):], split, num_classes, pipeline)
+    return open_custom_dataset(data[len(CUSTOM_PREFIX) :], split, num_classes, pipeline)

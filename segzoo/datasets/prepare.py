@@ -3,6 +3,7 @@
 Runs are idempotent: sources are only read, outputs that already exist are skipped, and each
 output is written under a temporary name first, so an interrupted run leaves no partial label.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,11 @@ def prepare_cityscapes(root: str | Path, progress: bool | None = None) -> int:
     sources = sorted(gt_dir.glob("*/*/*_gtFine_labelIds.png"))
     if not sources:
         raise DatasetError(
-            f"no label files {gt_dir}/<split>/<city>/*_gtFine_labelIds.png; "
-            f"unzip gtFine_trainvaltest.zip into {root}"
+            f"no label files {gt_dir}/<split>/<city>/*_gtFine_labelIds.png; unzip gtFine_trainvaltest.zip into {root}"
         )
     to_train_id = _cityscapes_train_ids()
     todo = [
-        (src, src.with_name(src.name.replace("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png")))
-        for src in sources
+        (src, src.with_name(src.name.replace("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"))) for src in sources
     ]
     todo = [(src, dst) for src, dst in todo if not dst.exists()]
     for src, dst in tqdm(todo, desc="Cityscapes labelTrainIds", unit="file", disable=_disable(progress)):
@@ -92,8 +91,7 @@ def _cityscapes_train_ids() -> np.ndarray:
         from cityscapesscripts.helpers.labels import labels  # noqa: PLC0415 (the optional cityscapes extra: imported when used)
     except ImportError as e:
         raise ImportError(
-            'preparing Cityscapes uses the official label table of cityscapesscripts: '
-            'pip install "segzoo[cityscapes]"'
+            'preparing Cityscapes uses the official label table of cityscapesscripts: pip install "segzoo[cityscapes]"'
         ) from e
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for label in labels:

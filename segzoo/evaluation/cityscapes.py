@@ -10,6 +10,7 @@ from the dataset's ``*_gtFine_labelIds.png`` and ``*_gtFine_instanceIds.png``.
 Under torchrun each process evaluates its shard and the official confusion matrix
 and instance statistics are summed across processes.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -14,6 +14,7 @@ Each zoo entry is scored with the convention that produced its paper's table
 - ``cityscapes`` (the official cityscapesScripts evaluation, GloRe): driven by
   :mod:`segzoo.evaluation.cityscapes`, not computed from this matrix.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,9 +30,7 @@ class ConfusionMatrix:
     copied to the host, only the scalar result of the range check is.
     """
 
-    def __init__(
-        self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None
-    ) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes

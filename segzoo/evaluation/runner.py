@@ -1,4 +1,5 @@
 """Evaluate a model on a dataset folder the way its paper did, on one process or sharded under torchrun."""
+
 from __future__ import annotations
 
 import math
@@ -94,9 +95,15 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "dataset": self.dataset, "split": self.split, "num_images": self.num_images,
-            "settings": self.settings, "reported_split": self.reported_split, "reported": self.reported,
-            "measured": self.scalars, "per_class": self.per_class,
+            "model": self.model,
+            "dataset": self.dataset,
+            "split": self.split,
+            "num_images": self.num_images,
+            "settings": self.settings,
+            "reported_split": self.reported_split,
+            "reported": self.reported,
+            "measured": self.scalars,
+            "per_class": self.per_class,
         }
 
 
@@ -148,7 +155,9 @@ def evaluate(
     """
     info = model.require_info()
     if model.num_classes != len(dataset.classes):
-        raise ValueError(f"{info.name} predicts {model.num_classes} classes, {dataset.dataset} has {len(dataset.classes)}")
+        raise ValueError(
+            f"{info.name} predicts {model.num_classes} classes, {dataset.dataset} has {len(dataset.classes)}"
+        )
     evaluator = evaluator_for(info, dataset)
     device = next(model.parameters()).device
     distributed = dist.is_available() and dist.is_initialized()
@@ -158,8 +167,12 @@ def evaluate(
     evaluation = EVALUATORS[evaluator](dataset, device)
     if save_predictions is not None:
         save_predictions.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=count, desc=f"{info.name} on {dataset.dataset}", unit="img",
-              disable=(rank != 0) or (None if progress is None else not progress)) as bar:
+    with tqdm(
+        total=count,
+        desc=f"{info.name} on {dataset.dataset}",
+        unit="img",
+        disable=(rank != 0) or (None if progress is None else not progress),
+    ) as bar:
         for batch in _batches(dataset, indices, batch_size):
             pixels = torch.stack([torch.from_numpy(s["image"]).permute(2, 0, 1) for s in batch]).float().to(device)
             predictions = infer_labels(model, pixels, mode, aug_test, amp)
@@ -170,30 +183,47 @@ def evaluate(
             bar.update(len(batch) * world_size)
     evaluation.all_reduce()
     settings = {
-        "mode": mode or info.test_pipeline.mode, "aug_test": aug_test, "amp": amp, "batch_size": batch_size,
-        "limit": limit, "world_size": world_size, "device": str(device), "evaluator": evaluator,
+        "mode": mode or info.test_pipeline.mode,
+        "aug_test": aug_test,
+        "amp": amp,
+        "batch_size": batch_size,
+        "limit": limit,
+        "world_size": world_size,
+        "device": str(device),
+        "evaluator": evaluator,
     }
     return EvalResult(
-        model=info.name, dataset=dataset.dataset, num_images=count, settings=settings,
-        metrics=evaluation.compute(), reported=dict(info.metrics) if dataset.dataset == info.dataset else {},
-        class_names=[c.strip() for c in dataset.classes], split=dataset.split, reported_split=info.metrics_split,
+        model=info.name,
+        dataset=dataset.dataset,
+        num_images=count,
+        settings=settings,
+        metrics=evaluation.compute(),
+        reported=dict(info.metrics) if dataset.dataset == info.dataset else {},
+        class_names=[c.strip() for c in dataset.classes],
+        split=dataset.split,
+        reported_split=info.metrics_split,
     )
 
 
 def format_report(result: EvalResult) -> str:
     """Reported vs. measured under the convention's metric names and the splits they come from, then per class."""
+
     def pct(value: float | None) -> str:
         return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
     measured = result.scalars
     names = list(result.reported) + [k for k in measured if k not in result.reported]
     width = max(len(name) for name in ["metric", *names])
-    lines = [f"{result.model} on {result.dataset} {result.split}: {result.num_images} images "
-             f"({result.settings['mode']}{', aug-test' if result.settings['aug_test'] else ''})"]
+    lines = [
+        f"{result.model} on {result.dataset} {result.split}: {result.num_images} images "
+        f"({result.settings['mode']}{', aug-test' if result.settings['aug_test'] else ''})"
+    ]
     if result.reported_split != result.split:
         server = " (the benchmark's evaluation server)" if result.reported_split == "test" else ""
-        lines.append(f"reported numbers are from the {result.reported_split} split{server}, "
-                     f"measured ones from {result.split}: expect them to differ")
+        lines.append(
+            f"reported numbers are from the {result.reported_split} split{server}, "
+            f"measured ones from {result.split}: expect them to differ"
+        )
     lines += ["", f"{'metric':<{width}} {'reported':>9} {'measured':>9}"]
     for name in names:
         reported = result.reported.get(name)

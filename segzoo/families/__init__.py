@@ -3,6 +3,7 @@ export support) and registers it; :mod:`segzoo.families._registry` holds the rec
 
 Adding a family needs no edit here: a new module in this package is found on the first registry query.
 """
+
 from segzoo.families._registry import (
     DYNAMIC,
     EXPORT_FORMATS,

@@ -8,6 +8,7 @@ modules are discovered, not listed: every module of the ``segzoo.families`` pack
 start with ``_`` is imported on the first question asked of the registry. A family defined elsewhere (a
 plug-in, a test) registers the same way.
 """
+
 from __future__ import annotations
 
 import functools
@@ -171,8 +172,16 @@ def without_classifier(state_dict: StateDict, classifier_keys: tuple[str, ...]) 
 
 
 _INIT_FUNCTIONS = (
-    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
-    "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
 )
 _NO_INIT_LOCK = threading.Lock()
 
@@ -186,6 +195,7 @@ def _no_weight_init() -> Iterator[None]:
         @functools.wraps(init_fn)
         def maybe_init(tensor, *args, **kwargs):
             return tensor if threading.get_ident() == owner else init_fn(tensor, *args, **kwargs)
+
         return maybe_init
 
     with _NO_INIT_LOCK:

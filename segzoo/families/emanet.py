@@ -1,13 +1,14 @@
 """EMANet segmentors as the detectron2 port (leftthomas/EMANet) builds them, and its checkpoint converter."""
+
 from __future__ import annotations
 
-from segzoo.backbones.resnet_dilated import DilatedResNet
 import torch
 
-from segzoo.zoo import emanet as zoo
+from segzoo.backbones.resnet_dilated import DilatedResNet
 from segzoo.families import EXPORTS_DYNAMICALLY, Architecture, Family, StateDict, register_family, without_classifier
 from segzoo.heads.ema import EMAHead
 from segzoo.segmentors import EncoderDecoder
+from segzoo.zoo import emanet as zoo
 
 # detectron2 module prefixes -> segzoo's; the first match wins.
 _RENAMES = (
@@ -29,7 +30,7 @@ def convert_detectron2(state_dict: StateDict) -> StateDict:
     for key, tensor in state_dict.items():
         for old, new in _RENAMES:
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         converted[key] = tensor
     return converted
@@ -66,20 +67,29 @@ def emanet(
     ``align_corners=True``; every BatchNorm has momentum ``bn_momentum`` (``EMA.BN_MOM``)."""
     backbone = DilatedResNet(depth, output_stride, bn_momentum, multi_grid=True, out_indices=(3,))
     head = EMAHead(
-        backbone.out_channels[3], 512, num_classes,
-        iterations=iterations, em_momentum=em_momentum, bn_momentum=bn_momentum,
+        backbone.out_channels[3],
+        512,
+        num_classes,
+        iterations=iterations,
+        em_momentum=em_momentum,
+        bn_momentum=bn_momentum,
     )
     return EncoderDecoder(backbone, head, align_corners=True)
 
 
-FAMILY = register_family(Family(
-    name="emanet",
-    label="EMANet",
-    colour="#ff7f0e",
-    entries=zoo.ENTRIES,
-    architectures=(
-        Architecture(
-            emanet, convert=convert_detectron2, convert_imagenet=convert_imagenet_resnet, export=EXPORTS_DYNAMICALLY,
+FAMILY = register_family(
+    Family(
+        name="emanet",
+        label="EMANet",
+        colour="#ff7f0e",
+        entries=zoo.ENTRIES,
+        architectures=(
+            Architecture(
+                emanet,
+                convert=convert_detectron2,
+                convert_imagenet=convert_imagenet_resnet,
+                export=EXPORTS_DYNAMICALLY,
+            ),
         ),
-    ),
-))
+    )
+)

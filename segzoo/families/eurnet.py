@@ -1,5 +1,6 @@
 """EurNet segmentors as the EurNet segmentation configs build them (mmseg 0.2x, UperNet), and the converter of
 the ImageNet-1K files their training starts from."""
+
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.backbones.eurnet import EurNet
-from segzoo.zoo import eurnet as zoo
 from segzoo.families import Architecture, Family, FormatSupport, StateDict, register_family, without_classifier
 from segzoo.segmentors import EncoderDecoder, upernet
+from segzoo.zoo import eurnet as zoo
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def convert_imagenet_eurnet(state_dict: StateDict, backbone: nn.Module) -> State
     """
     expected = backbone.state_dict()
     converted = {
-        key: tensor for key, tensor in without_classifier(state_dict, IMAGENET_CLASSIFIER_KEYS).items()
+        key: tensor
+        for key, tensor in without_classifier(state_dict, IMAGENET_CLASSIFIER_KEYS).items()
         if not IMAGENET_RELATIVE_POS.match(key)
     }
     for key, tensor in converted.items():
@@ -67,8 +69,11 @@ def convert_imagenet_eurnet(state_dict: StateDict, backbone: nn.Module) -> State
             converted[key] = _relation_rows(tensor, target.shape)
     kept = [key for key in expected if key not in converted and any(p.match(key) for p in IMAGENET_KEPT_INIT)]
     if kept:
-        log.info("EurNet ImageNet file: %d backbone tensors keep their initialization, as upstream's load leaves "
-                 "them: %s", len(kept), ", ".join(kept))
+        log.info(
+            "EurNet ImageNet file: %d backbone tensors keep their initialization, as upstream's load leaves them: %s",
+            len(kept),
+            ", ".join(kept),
+        )
     return {**converted, **{key: expected[key] for key in kept}}
 
 
@@ -95,7 +100,7 @@ def _relation_rows(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if tensor.shape[1:] != shape[1:] or rows >= shape[0]:
         return tensor
     grown = tensor.new_zeros(shape)
-    grown[:rows - 1] = tensor[:rows - 1]
+    grown[: rows - 1] = tensor[: rows - 1]
     grown[-1] = tensor[-1]
     return grown
 
@@ -116,16 +121,22 @@ _ONNX = FormatSupport(
     "over 1152 pixels) the export's check can fail (measured: 1.4e-3 at 128x160, 6e-7 at the 512x512 crop)",
 )
 
-FAMILY = register_family(Family(
-    name="eurnet",
-    label="EurNet",
-    colour="#9467bd",
-    entries=zoo.ENTRIES,
-    architectures=(
-        Architecture(
-            eurnet_upernet, convert_imagenet=convert_imagenet_eurnet,
-            export={"onnx": _ONNX, "torchscript": FormatSupport("fixed", _PLAN),
-                    "exported-program": FormatSupport("fixed", _PLAN)},
+FAMILY = register_family(
+    Family(
+        name="eurnet",
+        label="EurNet",
+        colour="#9467bd",
+        entries=zoo.ENTRIES,
+        architectures=(
+            Architecture(
+                eurnet_upernet,
+                convert_imagenet=convert_imagenet_eurnet,
+                export={
+                    "onnx": _ONNX,
+                    "torchscript": FormatSupport("fixed", _PLAN),
+                    "exported-program": FormatSupport("fixed", _PLAN),
+                },
+            ),
         ),
-    ),
-))
+    )
+)

@@ -4,14 +4,15 @@ The paper's segmentation code was never published outside its weight
 archives; every choice it leaves open is an argument here, and the zoo
 entries record the values they assume.
 """
+
 from __future__ import annotations
 
 from segzoo.backbones.resnet_dilated import DilatedResNet
-from segzoo.zoo import glore as zoo
 from segzoo.families import EXPORTS_DYNAMICALLY, Architecture, Family, register_family
 from segzoo.families.emanet import convert_imagenet_resnet
 from segzoo.heads.glore import GloReFCNHead
 from segzoo.segmentors import EncoderDecoder
+from segzoo.zoo import glore as zoo
 
 
 def glore_fcn(
@@ -31,10 +32,12 @@ def glore_fcn(
     return EncoderDecoder(backbone, head, align_corners=align_corners)
 
 
-FAMILY = register_family(Family(
-    name="glore",
-    label="GloRe",
-    colour="#2ca02c",
-    entries=zoo.ENTRIES,
-    architectures=(Architecture(glore_fcn, convert_imagenet=convert_imagenet_resnet, export=EXPORTS_DYNAMICALLY),),
-))
+FAMILY = register_family(
+    Family(
+        name="glore",
+        label="GloRe",
+        colour="#2ca02c",
+        entries=zoo.ENTRIES,
+        architectures=(Architecture(glore_fcn, convert_imagenet=convert_imagenet_resnet, export=EXPORTS_DYNAMICALLY),),
+    )
+)

@@ -1,13 +1,20 @@
 """MogaNet segmentors as the MogaNet segmentation configs build them (mmseg 0.29.1)."""
+
 from __future__ import annotations
 
 from segzoo.backbones.moganet import MogaNet
-from segzoo.zoo import moganet as zoo
 from segzoo.families import (
-    EXPORTS_DYNAMICALLY, Architecture, Family, FormatSupport, StateDict, register_family, without_classifier,
+    EXPORTS_DYNAMICALLY,
+    Architecture,
+    Family,
+    FormatSupport,
+    StateDict,
+    register_family,
+    without_classifier,
 )
 from segzoo.heads import FPNHead, FPNNeck
 from segzoo.segmentors import EncoderDecoder, upernet
+from segzoo.zoo import moganet as zoo
 
 # The ImageNet classifier of the timm-trained MogaNet files (a Linear after global pooling and norm4).
 IMAGENET_CLASSIFIER_KEYS = ("head.weight", "head.bias")
@@ -45,16 +52,19 @@ _PPM_ONNX = FormatSupport(
     "pools whose kernels are fixed at the export size, so other sizes would give wrong logits",
 )
 
-FAMILY = register_family(Family(
-    name="moganet",
-    label="MogaNet",
-    colour="#1f77b4",
-    entries=zoo.ENTRIES,
-    architectures=(
-        Architecture(moganet_fpn, convert_imagenet=convert_imagenet_moganet, export=EXPORTS_DYNAMICALLY),
-        Architecture(
-            moganet_upernet, convert_imagenet=convert_imagenet_moganet,
-            export={**EXPORTS_DYNAMICALLY, "onnx": _PPM_ONNX},
+FAMILY = register_family(
+    Family(
+        name="moganet",
+        label="MogaNet",
+        colour="#1f77b4",
+        entries=zoo.ENTRIES,
+        architectures=(
+            Architecture(moganet_fpn, convert_imagenet=convert_imagenet_moganet, export=EXPORTS_DYNAMICALLY),
+            Architecture(
+                moganet_upernet,
+                convert_imagenet=convert_imagenet_moganet,
+                export={**EXPORTS_DYNAMICALLY, "onnx": _PPM_ONNX},
+            ),
         ),
-    ),
-))
+    )
+)

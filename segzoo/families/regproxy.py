@@ -1,18 +1,24 @@
 """RegionProxy segmentors as the RegionProxy configs build them (mmseg 0.17), and their checkpoint converter."""
+
 from __future__ import annotations
 
-import re
-
 import math
+import re
 
 from torch import nn
 
-from segzoo.zoo import regproxy as zoo
 from segzoo.families import (
-    EXPORTS_DYNAMICALLY, Architecture, Family, FormatSupport, StateDict, register_family, without_classifier,
+    EXPORTS_DYNAMICALLY,
+    Architecture,
+    Family,
+    FormatSupport,
+    StateDict,
+    register_family,
+    without_classifier,
 )
 from segzoo.heads import ProxyHead
 from segzoo.segmentors import EncoderDecoder
+from segzoo.zoo import regproxy as zoo
 
 # mmseg 0.17 ViT names and timm's (segzoo's), written once for both directions: {i} is a block index, {n} 1 or 2,
 # {p} weight or bias. The mmseg side is anchored on names only that layout has, so a segzoo-layout dict passes
@@ -38,8 +44,9 @@ def _name_rules(side: int) -> Rules:
         source, target = pair[side], pair[1 - side]
         parts = re.split(r"\{(\w)\}", source)  # text, field, text, ...
         pattern = "".join(_FIELDS[part] if k % 2 else re.escape(part) for k, part in enumerate(parts))
-        rules.append((re.compile(f"^{pattern}" + ("$" if source.endswith("}") else "")),
-                      re.sub(r"\{(\w)\}", r"\\g<\1>", target)))
+        rules.append(
+            (re.compile(f"^{pattern}" + ("$" if source.endswith("}") else "")), re.sub(r"\{(\w)\}", r"\\g<\1>", target))
+        )
     return rules
 
 
@@ -98,8 +105,12 @@ def convert_imagenet_vit(state_dict: StateDict, backbone: nn.Module) -> StateDic
         prefix = backbone.num_prefix_tokens
         side = math.isqrt(pos_embed.shape[1] - prefix)
         converted["pos_embed"] = resample_abs_pos_embed(
-            pos_embed, new_size=list(backbone.pos_grid), old_size=[side, side], num_prefix_tokens=prefix,
-            interpolation="bicubic", antialias=False,
+            pos_embed,
+            new_size=list(backbone.pos_grid),
+            old_size=[side, side],
+            num_prefix_tokens=prefix,
+            interpolation="bicubic",
+            antialias=False,
         )
     return converted
 
@@ -133,15 +144,20 @@ _HYBRID_STEM = FormatSupport(
 )
 _HYBRID_EXPORT = {**EXPORTS_DYNAMICALLY, "onnx": _HYBRID_STEM, "exported-program": _HYBRID_STEM}
 
-FAMILY = register_family(Family(
-    name="regproxy",
-    label="RegionProxy",
-    colour="#d62728",
-    entries=zoo.ENTRIES,
-    architectures=(
-        Architecture(
-            regproxy, convert=convert_mmseg_regproxy, convert_imagenet=convert_imagenet_vit,
-            export=EXPORTS_DYNAMICALLY, export_by_variant={"r26_s32": _HYBRID_EXPORT, "r50_l32": _HYBRID_EXPORT},
+FAMILY = register_family(
+    Family(
+        name="regproxy",
+        label="RegionProxy",
+        colour="#d62728",
+        entries=zoo.ENTRIES,
+        architectures=(
+            Architecture(
+                regproxy,
+                convert=convert_mmseg_regproxy,
+                convert_imagenet=convert_imagenet_vit,
+                export=EXPORTS_DYNAMICALLY,
+                export_by_variant={"r26_s32": _HYBRID_EXPORT, "r50_l32": _HYBRID_EXPORT},
+            ),
         ),
-    ),
-))
+    )
+)

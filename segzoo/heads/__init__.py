@@ -1,4 +1,5 @@
 """Necks and decode heads: multi-scale features in, class logits at the finest used stride out."""
+
 from segzoo.heads.base import DecodeHead
 from segzoo.heads.ema import EMAHead, EMAUnit
 from segzoo.heads.fcn import FCNHead
@@ -8,6 +9,14 @@ from segzoo.heads.proxy import ProxyHead
 from segzoo.heads.uper import UPerHead
 
 __all__ = [
-    "DecodeHead", "EMAHead", "EMAUnit", "FCNHead", "FPNHead", "FPNNeck", "GloReFCNHead", "GloReUnit2d", "ProxyHead",
+    "DecodeHead",
+    "EMAHead",
+    "EMAUnit",
+    "FCNHead",
+    "FPNHead",
+    "FPNNeck",
+    "GloReFCNHead",
+    "GloReUnit2d",
+    "ProxyHead",
     "UPerHead",
 ]

@@ -1,4 +1,5 @@
 """What every decode head shares: input selection, dropout and the 1x1 classifier."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """EMANet's head (Li et al., ICCV 2019): expectation-maximization attention between two 3x3 conv-BN-ReLU layers."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,14 @@ class ConvNorm(nn.Conv2d):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-        bn_momentum: float = 0.1, relu: bool = True, norm: Literal["BN", "SyncBN"] = "BN",
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        padding: int = 0,
+        bn_momentum: float = 0.1,
+        relu: bool = True,
+        norm: Literal["BN", "SyncBN"] = "BN",
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=False)
         norm_layer = nn.SyncBatchNorm if norm == "SyncBN" else nn.BatchNorm2d

@@ -1,4 +1,5 @@
 """FCN head (Long et al., CVPR 2015), used as the auxiliary head of UperNet models."""
+
 from __future__ import annotations
 
 import torch

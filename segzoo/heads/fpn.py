@@ -1,4 +1,5 @@
 """Semantic FPN (Kirillov et al., CVPR 2019): the FPN neck and the panoptic-FPN semantic head."""
+
 from __future__ import annotations
 
 import math
@@ -17,9 +18,7 @@ class FPNNeck(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256) -> None:
         super().__init__()
-        self.lateral_convs = nn.ModuleList(
-            ConvNormAct(c, out_channels, 1, norm=False, act=False) for c in in_channels
-        )
+        self.lateral_convs = nn.ModuleList(ConvNormAct(c, out_channels, 1, norm=False, act=False) for c in in_channels)
         self.fpn_convs = nn.ModuleList(
             ConvNormAct(out_channels, out_channels, 3, padding=1, norm=False, act=False) for _ in in_channels
         )
@@ -71,7 +70,5 @@ class FPNHead(DecodeHead):
     def features(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         out = self.scale_heads[0](inputs[0])
         for head, x in zip(self.scale_heads[1:], inputs[1:]):
-            out = out + F.interpolate(
-                head(x), size=out.shape[2:], mode="bilinear", align_corners=self.align_corners
-            )
+            out = out + F.interpolate(head(x), size=out.shape[2:], mode="bilinear", align_corners=self.align_corners)
         return out

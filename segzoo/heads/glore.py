@@ -1,4 +1,5 @@
 """The Global Reasoning unit (Chen et al., CVPR 2019) and the FCN head with one unit that its Cityscapes models use."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ middle layer's tokens tells each of the ``region_res`` sub-pixels of the region 
 of the 3x3 neighbouring regions. A pixel's logits are the affinity-weighted mix of its neighbours' logits, so
 the output has ``region_res`` times the token grid's resolution.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -21,11 +22,13 @@ NEIGHBOURS = 9  # the 3x3 neighbourhood, row-major: top row first, centre at 4
 
 
 def _depthwise_conv_bn_relu(channels: int) -> nn.Sequential:
-    return nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-        bn=nn.BatchNorm2d(channels),
-        act=nn.ReLU(inplace=True),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+            bn=nn.BatchNorm2d(channels),
+            act=nn.ReLU(inplace=True),
+        )
+    )
 
 
 class DepthwiseSeparableConvNormAct(nn.Module):

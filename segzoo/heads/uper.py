@@ -1,4 +1,5 @@
 """UperNet head (Xiao et al., ECCV 2018): pyramid pooling on the last stage plus an FPN over all stages."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

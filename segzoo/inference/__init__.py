@@ -1,4 +1,5 @@
 """Inference as each entry's upstream test pipeline does it: preprocessing, whole/slide modes, aug-test."""
+
 from segzoo.inference.modes import slide_logits
 from segzoo.inference.pipeline import keep_ratio_shape, load_image, preprocess, resize_image, shortest_edge_shape
 from segzoo.inference.predict import Prediction, infer_labels, infer_scores, predict

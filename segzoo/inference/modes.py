@@ -1,4 +1,5 @@
 """Sliding-window inference as mmseg's ``slide_inference`` and RegionProxy's variant of it compute it."""
+
 from __future__ import annotations
 
 from typing import Literal

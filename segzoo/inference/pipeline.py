@@ -16,6 +16,7 @@ Two upstream pipelines, named by ``InferencePipeline.resize``:
 Resizing the uint8 image with the library the upstream pipeline used (not a float resize
 rounded afterwards) is what makes the input bit-identical.
 """
+
 from __future__ import annotations
 
 import math

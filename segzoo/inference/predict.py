@@ -1,11 +1,12 @@
 """``segzoo.predict``: label maps for any images, the way the entry's paper tested."""
+
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from segzoo.registry import create_model
 from segzoo.segmentors import EncoderDecoder
 from segzoo.zoo.records import InferencePipeline
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 Mode = Literal["whole", "slide"]
 Amp = Literal["bf16", "fp16"]
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,8 +62,10 @@ def _checked_uint8(array: np.ndarray, what: str) -> np.ndarray:
 def _checked_array(array: np.ndarray, what: str) -> np.ndarray:
     """An (H, W, 3) array, not empty, as uint8."""
     if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"{what} has shape {array.shape}; pass (H, W, 3) RGB (grayscale: "
-                         f"np.stack([a] * 3, axis=-1); RGBA: a[..., :3])")
+        raise ValueError(
+            f"{what} has shape {array.shape}; pass (H, W, 3) RGB (grayscale: "
+            f"np.stack([a] * 3, axis=-1); RGBA: a[..., :3])"
+        )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{what} is empty ({array.shape[1]}x{array.shape[0]} pixels)")
     return _checked_uint8(array, what)
@@ -166,7 +169,7 @@ def infer_labels(
     amp: Amp | None = None,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """``(N, H, W)`` int64 labels, equal to ``infer_scores(...).argmax(1)`` in bounded memory (a band of rows at a time)."""
+    """``(N, H, W)`` int64 labels, equal to ``infer_scores(...).argmax(1)``, in bounded memory (bands of rows)."""
     views, align_corners = _view_logits(model, _pixel_arrays(pixels), mode, aug_test, amp, channels_last)
     return rescaled_labels(views, tuple(pixels.shape[2:]), align_corners, averaged=aug_test).to(pixels.device)
 

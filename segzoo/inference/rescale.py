@@ -9,6 +9,7 @@ positions and weights as the kernel computes them (``scale * (i + 0.5) - 0.5`` w
 single rounding), a width pass, then a height pass, each ``a * wa + round(b * wb)`` with a
 single rounding, as the kernel's fused multiply-adds do. ``tests/test_inference.py`` checks the equality on many shapes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,14 +52,19 @@ def resize_rows(logits: torch.Tensor, size: tuple[int, int], rows: range, align_
     ``H + W > 128`` (:func:`rescaled_labels` resizes smaller ones whole).
     """
     device = logits.device
-    top, bottom, weight_top, weight_bottom = (t.to(device) for t in _source_index(logits.shape[2], size[0], rows, align_corners))
-    left, right, weight_left, weight_right = (t.to(device) for t in _source_index(logits.shape[3], size[1], range(size[1]), align_corners))
+    top, bottom, weight_top, weight_bottom = (
+        t.to(device) for t in _source_index(logits.shape[2], size[0], rows, align_corners)
+    )
+    left, right, weight_left, weight_right = (
+        t.to(device) for t in _source_index(logits.shape[3], size[1], range(size[1]), align_corners)
+    )
     first, last = int(top.min()), int(bottom.max()) + 1
     needed = logits[:, :, first:last]
     wide = _blend(needed[..., left], needed[..., right], weight_left, weight_right.float())  # width pass first
     column = (-1, 1)
-    return _blend(wide[:, :, top - first], wide[:, :, bottom - first], weight_top.view(column),
-                  weight_bottom.float().view(column))
+    return _blend(
+        wide[:, :, top - first], wide[:, :, bottom - first], weight_top.view(column), weight_bottom.float().view(column)
+    )
 
 
 def _band_probabilities(views: Sequence[View], size: tuple[int, int], rows: range, align_corners: bool) -> torch.Tensor:
@@ -72,9 +78,9 @@ def _band_probabilities(views: Sequence[View], size: tuple[int, int], rows: rang
 
 
 def rescaled_scores(views: Sequence[View], size: tuple[int, int], align_corners: bool, averaged: bool) -> torch.Tensor:
-    """``(N, C, H, W)`` scores at full size: the logits of the single view, or (``averaged``) mmseg's aug-test average."""
+    """``(N, C, H, W)`` scores at full size: the single view's logits, or (``averaged``) mmseg's aug-test average."""
     if not averaged:
-        (logits, _), = views
+        ((logits, _),) = views
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
     total = None
     for logits, flip in views:

@@ -39,6 +39,7 @@ save with ``torch.save``. GELU, SiLU, softmax and every nonlinearity stay as the
 eager model's to float32 rounding (within 1e-5 relative on every registry entry, tested); folding changes
 the order of float operations, so they are not bitwise equal.
 """
+
 from __future__ import annotations
 
 import copy
@@ -102,7 +103,8 @@ def _architecture_modules() -> tuple:
     """The public submodules of this package, each imported once (a leading underscore marks a helper)."""
     return tuple(
         importlib.import_module(f"{__name__}.{info.name}")
-        for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
+        for info in pkgutil.iter_modules(__path__)
+        if not info.name.startswith("_")
     )
 
 
@@ -166,9 +168,9 @@ class EvalOnly:
         if not issubclass(cls, type(module)):
             raise TypeError(f"{cls.__name__} is no fast form of {type(module).__name__}")
         fast = cls.__new__(cls)
-        fast.__dict__.update({
-            name: copy.copy(value) if isinstance(value, dict) else value for name, value in vars(module).items()
-        })
+        fast.__dict__.update(
+            {name: copy.copy(value) if isinstance(value, dict) else value for name, value in vars(module).items()}
+        )
         return fast
 
 
@@ -234,9 +236,7 @@ def _prefers_channels_last(part: nn.Module, device: torch.device) -> bool:
 def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast) -> None:
     device = next(model.parameters()).device
     for part in _parts(model):
-        wanted = (
-            _prefers_channels_last(part, device) if channels_last == "auto" else bool(channels_last)
-        )
+        wanted = _prefers_channels_last(part, device) if channels_last == "auto" else bool(channels_last)
         part.to(memory_format=_memory_format(wanted))
         part.register_forward_pre_hook(ConvertInputs(wanted))
 

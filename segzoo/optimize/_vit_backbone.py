@@ -1,6 +1,7 @@
 """The fast segzoo ViT, apart from :mod:`segzoo.optimize.vit` because it subclasses a class whose module imports
 timm: the rewrite table's discovery skips this module, and :func:`segzoo.optimize.vit.rewrite_vit` imports it
 once a model holds a ViT."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """EMANet's head on the fast path: its conv-BN units folded and its wide 3x3 convolutions run by Winograd."""
+
 from __future__ import annotations
 
 from segzoo.heads.ema import ConvNorm, EMAHead

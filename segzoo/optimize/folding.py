@@ -2,6 +2,7 @@
 conv-BN pairs (of the shared conv-norm-act unit and of ``nn.Sequential`` runs here, of other module types
 where :func:`conv_bn_rewrite` declares them) and freeze the hybrid ViTs' weight standardization into plain
 convs. Each rewrite keeps the eval-mode function."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -84,10 +85,14 @@ def conv_bn_rewrite(target: type, *pairs: tuple[str, str]) -> Rewrite:
 def rewrite_sequential_conv_bn(sequential: nn.Sequential) -> nn.Sequential:
     """Fold every BatchNorm that directly follows a plain conv in ``sequential``, in place."""
     children = list(sequential.named_children())
-    return rewrite_conv_bn_pairs(sequential, tuple(
-        (name, next_name) for (name, child), (next_name, next_child) in zip(children, children[1:])
-        if type(child) is nn.Conv2d and isinstance(next_child, _BatchNorm)
-    ))
+    return rewrite_conv_bn_pairs(
+        sequential,
+        tuple(
+            (name, next_name)
+            for (name, child), (next_name, next_child) in zip(children, children[1:])
+            if type(child) is nn.Conv2d and isinstance(next_child, _BatchNorm)
+        ),
+    )
 
 
 def rewrite_standardized_conv(module: nn.Module) -> nn.Module:
@@ -96,9 +101,16 @@ def rewrite_standardized_conv(module: nn.Module) -> nn.Module:
 
     same_pad = getattr(module, "same_pad", False)
     conv = (Conv2dSame if same_pad else nn.Conv2d)(
-        module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-        padding=0 if same_pad else module.padding, dilation=module.dilation, groups=module.groups,
-        bias=module.bias is not None, device=module.weight.device, dtype=module.weight.dtype,
+        module.in_channels,
+        module.out_channels,
+        module.kernel_size,
+        stride=module.stride,
+        padding=0 if same_pad else module.padding,
+        dilation=module.dilation,
+        groups=module.groups,
+        bias=module.bias is not None,
+        device=module.weight.device,
+        dtype=module.weight.dtype,
     )
     with torch.no_grad():
         weight = module.weight.reshape(1, module.out_channels, -1)
@@ -112,7 +124,9 @@ REWRITES = (
     conv_bn_rewrite(ConvNormAct, ("conv", "bn")),
     Rewrite("nn.Sequential conv-BN runs", "fold norms", (nn.Sequential,), rewrite_sequential_conv_bn),
     Rewrite(
-        "timm's weight-standardized convs", "fold norms",
-        ("timm.layers.std_conv.StdConv2d", "timm.layers.std_conv.StdConv2dSame"), rewrite_standardized_conv,
+        "timm's weight-standardized convs",
+        "fold norms",
+        ("timm.layers.std_conv.StdConv2d", "timm.layers.std_conv.StdConv2dSame"),
+        rewrite_standardized_conv,
     ),
 )

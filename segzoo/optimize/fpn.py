@@ -7,6 +7,7 @@
   the coarse size; elsewhere the neck runs as before.
 - Head: the coarse levels share their last bilinear 2x upsampling (see :class:`FastFPNHead`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -46,9 +47,10 @@ class FastFPNNeck(EvalOnly, FPNNeck):
         top = len(inputs) - 1
         sums = [self.lateral_convs[top](inputs[top])]  # the top-down sums, coarsest first
         for i in range(top - 1, 0, -1):
-            sums.insert(0, self.lateral_convs[i](inputs[i]).add_(
-                F.interpolate(sums[0], size=inputs[i].shape[2:], mode="nearest")
-            ))
+            sums.insert(
+                0,
+                self.lateral_convs[i](inputs[i]).add_(F.interpolate(sums[0], size=inputs[i].shape[2:], mode="nearest")),
+            )
         outputs = [self._level_output(i, inputs[i], sums[i]) for i in range(top)]
         return outputs + [self.fpn_convs[top](sums[-1])]
 
@@ -58,8 +60,11 @@ class FastFPNNeck(EvalOnly, FPNNeck):
             level_sum = self.lateral_convs[i](x) + F.interpolate(coarser, size=x.shape[2:], mode="nearest")
             return self.fpn_convs[i](level_sum)
         out = F.conv_transpose2d(
-            coarser + getattr(self, f"lateral_bias{i}"), getattr(self, f"upsampled{i}"),
-            getattr(self, f"output_bias{i}"), stride=2, padding=1,
+            coarser + getattr(self, f"lateral_bias{i}"),
+            getattr(self, f"upsampled{i}"),
+            getattr(self, f"output_bias{i}"),
+            stride=2,
+            padding=1,
         )
         return out.add_(F.conv2d(x, getattr(self, f"through_lateral{i}"), padding=1))
 
@@ -69,6 +74,7 @@ def _upsampled_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     padding 1) after a nearest 2x upsampling: along each axis, fine pixel ``2i`` sees coarse ``i - 1`` through
     tap 0 and coarse ``i`` through taps 1 + 2; fine pixel ``2i + 1`` sees coarse ``i`` through taps 0 + 1 and
     ``i + 1`` through tap 2. Transposed-conv tap ``t`` holds, in that order, taps 2, 1 + 2, 0 + 1 and 0."""
+
     def collapse(w: torch.Tensor, dim: int) -> torch.Tensor:
         w0, w1, w2 = w.unbind(dim)
         return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)

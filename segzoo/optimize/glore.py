@@ -1,5 +1,6 @@
 """GloRe's head on the fast path: the unit's 1x1 projections commuted with its graph products, its blocker folded,
 and the FCN head's wide 3x3 convolutions run by Winograd."""
+
 from __future__ import annotations
 
 import torch
@@ -27,9 +28,7 @@ class FastGloReUnit2d(EvalOnly, GloReUnit2d):
         state_weight = self.conv_state.weight[:, :, 0, 0]
         pooled = torch.bmm(pixels.transpose(1, 2), projection)  # (n, C, N)
         node_sums = projection.sum(dim=1, keepdim=True)  # (n, 1, N)
-        nodes = torch.baddbmm(
-            self.conv_state.bias.view(1, -1, 1) * node_sums, state_weight.expand(n, -1, -1), pooled
-        )
+        nodes = torch.baddbmm(self.conv_state.bias.view(1, -1, 1) * node_sums, state_weight.expand(n, -1, -1), pooled)
         if self.normalize:
             nodes = nodes * (1.0 / pixels.shape[1])
         extended = torch.matmul(self.conv_extend.weight[:, :, 0, 0], self.gcn(nodes))  # (n, C, N)
@@ -41,7 +40,10 @@ REWRITES = (
     conv_bn_rewrite(GloReUnit2d, ("conv_extend", "blocker")),
     Rewrite("GloRe unit", "rewrite blocks", (GloReUnit2d,), FastGloReUnit2d.from_module, devices=("cpu",)),
     Rewrite(
-        "GloRe FCN head Winograd 3x3 convs", "rewrite blocks", (GloReFCNHead,), rewrite_winograd_convs,
+        "GloRe FCN head Winograd 3x3 convs",
+        "rewrite blocks",
+        (GloReFCNHead,),
+        rewrite_winograd_convs,
         devices=("cpu",),
     ),
 )

@@ -1,5 +1,6 @@
 """MogaNet's fast path: its blocks with their norms, layer scales and element scales folded into the 1x1
 convolutions, and its embeddings' conv-BN pairs."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from segzoo.backbones.moganet import DownsampleEmbed, MogaBlock, MogaNet
 from segzoo.optimize import EvalOnly, PrefersChannelsLast, Rewrite
-from segzoo.optimize.folding import bn_affine, conv_params, fold_bn_before, conv_bn_rewrite, scale_outputs, set_conv
-
+from segzoo.optimize.folding import bn_affine, conv_bn_rewrite, conv_params, fold_bn_before, scale_outputs, set_conv
 
 MAX_HIDDEN_BYTES = 1 << 24
 """The largest wide FFN hidden map :class:`FastMogaBlock` computes at once. Larger ones (stage 1 of MogaNet-S,
@@ -39,7 +39,10 @@ class FastMogaBlock(EvalOnly, nn.Module):
         value = attn.value
         self.proj_1, self.gate, self.proj_2 = attn.proj_1, attn.gate, attn.proj_2
         self.context, self.mid_conv, self.high_conv, self.value_mix = (
-            value.DW_conv0, value.DW_conv1, value.DW_conv2, value.PW_conv
+            value.DW_conv0,
+            value.DW_conv1,
+            value.DW_conv2,
+            value.PW_conv,
         )
         self.split_sizes = [value.low_channels, value.mid_channels, value.high_channels]
         self.high_padding = _move_excess_padding(self.high_conv)
@@ -75,9 +78,7 @@ class FastMogaBlock(EvalOnly, nn.Module):
         )
         correction = -(weight[:, :, 0, 0] @ sigma_2) * total
         self.register_buffer("decompose_scale", self._channel_vector(correction))
-        self.register_buffer(
-            "residual_2", self._channel_vector(out_scale) if closing_norm is not None else None
-        )
+        self.register_buffer("residual_2", self._channel_vector(out_scale) if closing_norm is not None else None)
 
     def _channel_vector(self, values: torch.Tensor) -> torch.Tensor:
         return values.to(self.proj_1.weight.dtype).view(1, -1, 1, 1)
@@ -100,7 +101,10 @@ class FastMogaBlock(EvalOnly, nn.Module):
         for start, end in _even_slices(hidden_channels, pieces):
             hidden = F.conv2d(y, self.fc1.weight[start:end], self.fc1.bias[start:end])
             hidden = F.conv2d(
-                hidden, self.dwconv.weight[start:end], self.dwconv.bias[start:end], padding=self.dwconv.padding,
+                hidden,
+                self.dwconv.weight[start:end],
+                self.dwconv.bias[start:end],
+                padding=self.dwconv.padding,
                 groups=end - start,
             )
             bias = self.fc2_decompose.bias if out is None else None

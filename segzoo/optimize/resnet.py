@@ -11,6 +11,7 @@ at 32x32 (dilation 2-8) 1.3-1.6x, at 64x64 (dilation 4-16) 0.9-1.3x, 2048->512 a
 (two threads). CPU only: on a GPU cuDNN picks its own algorithm (Winograd among them) and the model is left as
 it is.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The segmentor on the fast path: an eval-only :class:`~segzoo.segmentors.EncoderDecoder`."""
+
 from __future__ import annotations
 
 from segzoo.optimize import EvalOnly, Rewrite

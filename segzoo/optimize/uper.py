@@ -14,6 +14,7 @@ pixels) and the resize-and-shift is two small dense matrix products; the finest 
 convolution. The interpolation matrices are taken from ``F.interpolate`` itself, so borders and
 non-integer scales are those of the eager model. Same function up to float32 rounding.
 """
+
 from __future__ import annotations
 
 import torch

@@ -19,6 +19,7 @@ oneDNN's fused linear is reached through ``torch.ops.mkldnn._linear_pointwise``,
 when a probe at optimize time finds it and finds it equal to ``F.linear`` (+ GELU, + residual); otherwise the
 folded blocks run plain ``F.linear``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -70,15 +71,21 @@ def _is_plain_block(block: nn.Module) -> bool:
 
     attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
     return (
-        type(block) is Block and type(mlp) is Mlp
-        and all(type(m) is nn.LayerNorm and m.elementwise_affine and m.bias is not None
-                for m in (block.norm1, block.norm2))
-        and all(isinstance(m, nn.Identity) for m in (block.ls1, block.ls2, attn.q_norm, attn.k_norm, attn.norm,
-                                                    mlp.norm))
+        type(block) is Block
+        and type(mlp) is Mlp
+        and all(
+            type(m) is nn.LayerNorm and m.elementwise_affine and m.bias is not None for m in (block.norm1, block.norm2)
+        )
+        and all(
+            isinstance(m, nn.Identity) for m in (block.ls1, block.ls2, attn.q_norm, attn.k_norm, attn.norm, mlp.norm)
+        )
         and getattr(attn, "gate", None) is None
-        and attn.qkv.bias is not None and attn.proj.bias is not None
-        and type(mlp.act) is nn.GELU and mlp.act.approximate == "none"
-        and mlp.fc1.bias is not None and mlp.fc2.bias is not None
+        and attn.qkv.bias is not None
+        and attn.proj.bias is not None
+        and type(mlp.act) is nn.GELU
+        and mlp.act.approximate == "none"
+        and mlp.fc1.bias is not None
+        and mlp.fc2.bias is not None
     )
 
 
@@ -101,16 +108,19 @@ class FastViTBlock(EvalOnly, nn.Module):
             _fold_norm_affine(block.norm2, self.fc1)
         self.onednn = onednn
 
-    def _linear(self, x: torch.Tensor, layer: nn.Linear, *, gelu: bool = False,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
+    def _linear(
+        self, x: torch.Tensor, layer: nn.Linear, *, gelu: bool = False, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # inductor lowers this op only for frozen weights: a compiled model takes F.linear, which it fuses itself
-        if (self.onednn and x.device.type == "cpu" and x.dtype == torch.float32
-                and not torch.compiler.is_compiling()):
+        if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling():
             op = torch.ops.mkldnn._linear_pointwise
             if residual is not None:
                 return op.binary(x, residual, layer.weight, layer.bias, "add")
-            return op(x, layer.weight, layer.bias, "gelu", [], "none") if gelu else op(
-                x, layer.weight, layer.bias, "none", [], "")
+            return (
+                op(x, layer.weight, layer.bias, "gelu", [], "none")
+                if gelu
+                else op(x, layer.weight, layer.bias, "none", [], "")
+            )
         y = F.linear(x, layer.weight, layer.bias)
         if gelu:
             y = F.gelu(y)
@@ -153,9 +163,9 @@ def rewrite_vit(vit: nn.Module) -> nn.Module:
     fast = FastViT.from_module(vit)
     fast.set_fused_attn(True)
     onednn = vit.out_channels[0] <= ONEDNN_MAX_WIDTH and onednn_linear_available()
-    fast.blocks = nn.Sequential(*(
-        FastViTBlock(block, onednn) if _is_plain_block(block) else block for block in fast.blocks
-    ))
+    fast.blocks = nn.Sequential(
+        *(FastViTBlock(block, onednn) if _is_plain_block(block) else block for block in fast.blocks)
+    )
     return fast
 
 

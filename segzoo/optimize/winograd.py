@@ -11,6 +11,7 @@ convolutions on the sub-grids of pixels ``d`` apart (space to batch), so it runs
 All maps are channels-last: every transform reads and writes whole channel vectors, and the products are
 plain batched GEMMs on ``(tiles, channels)`` matrices.
 """
+
 from __future__ import annotations
 
 import torch

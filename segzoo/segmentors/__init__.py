@@ -1,4 +1,5 @@
 """Segmentors: a backbone, an optional neck and decode heads composed into one model."""
+
 from segzoo.segmentors.encoder_decoder import EncoderDecoder
 from segzoo.segmentors.upernet import upernet
 

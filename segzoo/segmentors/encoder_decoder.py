@@ -1,4 +1,5 @@
 """The encoder-decoder segmentor and its model contract."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -1,4 +1,5 @@
 """UperNet as the mmseg configs of MogaNet and EurNet build it around any four-stage backbone."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,5 +1,6 @@
 """Getting weights: sources, download and cache, verification, safe reading, strict loading (of the
 segmentation weights and of the ImageNet backbone files training starts from)."""
+
 from segzoo.weights.cache import cache_dir
 from segzoo.weights.checkpoint import load_state_dict_strict, read_state_dict
 from segzoo.weights.errors import (

@@ -10,6 +10,7 @@ by streaming at most its declared size to a file segzoo names itself.
 A zip that ``torch.save`` wrote (a ``data.pkl`` member) is a checkpoint, not
 an archive: :func:`is_zip_archive` tells them apart.
 """
+
 from __future__ import annotations
 
 import logging
@@ -130,7 +131,8 @@ def safe_members(archive: Path) -> list[Member]:
     if refused:
         raise CheckpointError(
             f"{archive} was not extracted: it holds members segzoo never extracts ({len(refused)}): "
-            + "; ".join(refused[:5]) + (" ..." if len(refused) > 5 else "")
+            + "; ".join(refused[:5])
+            + (" ..." if len(refused) > 5 else "")
         )
     total = sum(m.size for m in members)
     if total > MAX_TOTAL_BYTES:

@@ -8,6 +8,7 @@ file's size and mtime, so a cache hit is re-hashed only when the file changed
 safetensors copy of a verified ``.pth`` file, with the copy's own sha256,
 which later loads read instead because it loads much faster than a pickle.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -92,8 +93,9 @@ class ChecksumLock:
         actual = file_sha256(copy)
         if actual == derived["sha256"]:
             return copy
-        log.warning("the safetensors copy %s was altered (sha256 %s, recorded %s); removing it",
-                    copy, actual, derived["sha256"])
+        log.warning(
+            "the safetensors copy %s was altered (sha256 %s, recorded %s); removing it", copy, actual, derived["sha256"]
+        )
         copy.unlink()
         return None
 
@@ -104,19 +106,27 @@ class ChecksumLock:
         if trust == "first-use" and not self.get(source):
             log.warning(
                 "%s has no pinned sha256; trusting it on first use and recording %s in %s",
-                source.url, sha256, self.path,
+                source.url,
+                sha256,
+                self.path,
             )
         with self._mutex:
             records = self._read()
             previous = records.get(source.url) or {}
             record = {
-                "file": path.name, "sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "file": path.name,
+                "sha256": sha256,
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
                 "trust": trust,
             }
             if derived is not None:
                 size, mtime_ns = _signature(derived)
                 record["derived"] = {
-                    "file": derived.name, "sha256": file_sha256(derived), "size": size, "mtime_ns": mtime_ns,
+                    "file": derived.name,
+                    "sha256": file_sha256(derived),
+                    "size": size,
+                    "mtime_ns": mtime_ns,
                 }
             elif previous.get("sha256") == sha256 and "derived" in previous:
                 record["derived"] = previous["derived"]

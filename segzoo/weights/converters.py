@@ -3,6 +3,7 @@
 The families define them (one per architecture); the registry picks an entry's
 and passes it down, so that loading weights never needs to know a family.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping

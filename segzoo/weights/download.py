@@ -1,4 +1,5 @@
-"""HTTP downloads that resume, retry, hash while streaming, end in bounded time, and never pass a partial file off as whole.
+"""HTTP downloads that resume, retry, hash while streaming, end in bounded time, and never pass a partial file off
+as whole.
 
 Bytes go to ``<file>.partial``. A later attempt resumes it with a ``Range``
 request only when the server confirms, through ``If-Range`` and the validator
@@ -12,6 +13,7 @@ environment variables): a server that accepts and never answers fails after
 one that trickles bytes is aborted by a low-speed limit, like curl's
 ``--speed-limit``/``--speed-time``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -212,10 +214,17 @@ def _attempt(
         total = offset + int(length) if length else None
         written = offset
         window_start, window_bytes = time.monotonic(), 0
-        with open(partial, "ab" if resumed else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, desc=target.name,
-            disable=None if progress is None else not progress,
-        ) as bar:
+        with (
+            open(partial, "ab" if resumed else "wb") as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc=target.name,
+                disable=None if progress is None else not progress,
+            ) as bar,
+        ):
             for piece in _pieces(response):
                 out.write(piece)
                 sha.update(piece)

@@ -9,6 +9,7 @@ source's own URL (a ``google-drive`` source's through
 must be put in the cache or a mirror by a person, and the error says how.
 ``SEGZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` rules out the network.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -150,8 +151,9 @@ def _obtain(source: WeightSource, target: Path, expected_sha256: str | None, pro
         expected = _Expected(expected_sha256, source.size, *_manifest_entry(mirror, source))
         origin = Path(mirror) / source.filename
         if not origin.is_file() and source.kind == "manual":
-            raise ManualDownloadRequired(f"the mirror folder has no {source.filename}. " + manual_instructions(
-                source, target))
+            raise ManualDownloadRequired(
+                f"the mirror folder has no {source.filename}. " + manual_instructions(source, target)
+            )
         sha256, size = _copy_from_folder(origin, target)
         _verify(source, str(origin), target, expected, sha256, size)
     else:
@@ -166,8 +168,11 @@ def _obtain(source: WeightSource, target: Path, expected_sha256: str | None, pro
         url = f"{mirror.rstrip('/')}/{source.filename}" if mirror else source.url
         log.info("downloading %s to %s", url, target)
         from_drive = source.kind == "google-drive" and not mirror
-        fetch_once = (lambda: gdrive.download(source, target, progress)) if from_drive else (
-            lambda: download(url, target, progress))
+        fetch_once = (
+            (lambda: gdrive.download(source, target, progress))
+            if from_drive
+            else (lambda: download(url, target, progress))
+        )
         try:
             expected = _Expected(expected_sha256, source.size, *_manifest_entry(mirror, source))
             result = fetch_once()

@@ -11,6 +11,7 @@ path as every other download. Refusals (download quota, login or permission,
 deleted file, any other web page in place of the file) raise
 :class:`GoogleDriveRefused` before a byte is written.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,8 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 
-from segzoo.weights.download import Download, download as download_url
+from segzoo.weights.download import Download
+from segzoo.weights.download import download as download_url
 from segzoo.weights.errors import WeightsUnavailableError
 from segzoo.zoo.records import WeightSource
 
@@ -67,7 +69,11 @@ def download(source: WeightSource, target: Path, progress: bool | None = None) -
         for _ in range(MAX_STEPS):
             try:
                 return download_url(
-                    url, target, progress, session=session, resume_key=f"google-drive:{drive_id}",
+                    url,
+                    target,
+                    progress,
+                    session=session,
+                    resume_key=f"google-drive:{drive_id}",
                     check=lambda response: _check(source, response, session, start),
                 )
             except _ConfirmationPage as page:
@@ -95,19 +101,28 @@ def _check(source: WeightSource, response: requests.Response, session: requests.
     text = page.lower()
     if status == 429 or "too many users have viewed or downloaded" in text or "quota exceeded" in text:
         raise _refusal(
-            source, "its download quota is used up: too many people downloaded the file recently. Drive lifts "
-            "the limit within 24 hours; try again later", page, response,
+            source,
+            "its download quota is used up: too many people downloaded the file recently. Drive lifts "
+            "the limit within 24 hours; try again later",
+            page,
+            response,
         )
     signin = where.hostname == "accounts.google.com" or re.search(r"servicelogin|/signin", where.path.lower())
     if signin or status in (401, 403) or "you need access" in text or "you need permission" in text:
         raise _refusal(
-            source, "it asks for a Google login or permission: the file is not shared with 'Anyone with the "
-            "link'. A signed-in browser may still download it; otherwise ask the authors to share it", page, response,
+            source,
+            "it asks for a Google login or permission: the file is not shared with 'Anyone with the "
+            "link'. A signed-in browser may still download it; otherwise ask the authors to share it",
+            page,
+            response,
         )
     if status in (404, 410) or "does not exist" in text:
         raise _refusal(
-            source, f"it has no file {file_id(source.url)} ({status}): the file was deleted or moved. Look for a "
-            "new link on the model's upstream page", page, response,
+            source,
+            f"it has no file {file_id(source.url)} ({status}): the file was deleted or moved. Look for a "
+            "new link on the model's upstream page",
+            page,
+            response,
         )
     if status >= 400:
         raise _refusal(source, f"it answered {status} {response.reason}", page, response)

@@ -3,6 +3,7 @@
 A repository holds ``config.json`` (the entry's info: architecture, arguments,
 pipeline, metrics) and ``model.safetensors`` (the state dict in segzoo's layout).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,10 +37,16 @@ def download_file(spec: str, filename: str, local_only: bool = False) -> Path:
 
     repo_id, revision = parse_spec(spec)
     try:
-        return Path(hf_hub_download(
-            repo_id, filename, revision=revision, endpoint=endpoint(), local_files_only=local_only,
-            library_name="segzoo",
-        ))
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                endpoint=endpoint(),
+                local_files_only=local_only,
+                library_name="segzoo",
+            )
+        )
     except LocalEntryNotFoundError as err:
         if not local_only:
             raise WeightsUnavailableError(f"{filename} of {spec} could not be downloaded: {err}") from err

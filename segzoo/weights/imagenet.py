@@ -7,6 +7,7 @@ is checked and only the checkpoint is extracted (:mod:`segzoo.weights.archive`).
 The family's ImageNet converter, handed in by the caller, drops the classifier
 and adapts names and shapes, and the result loads strictly into ``model.backbone``.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """``segzoo inspect``: what a checkpoint or archive holds, read without running or importing anything from it."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -8,7 +9,11 @@ import torch
 from safetensors import safe_open
 
 from segzoo.weights.archive import (
-    checkpoint_members, extracted_checkpoint, list_members, member_problem, safe_members,
+    checkpoint_members,
+    extracted_checkpoint,
+    list_members,
+    member_problem,
+    safe_members,
 )
 from segzoo.weights.checkpoint import ARCHIVE_FORMATS, CONTAINER_KEYS, load_checkpoint_object, sniff_format
 from segzoo.weights.errors import CheckpointError
@@ -39,8 +44,10 @@ def _describe_object(obj: object) -> list[str]:
         for key in CONTAINER_KEYS:
             if isinstance(obj.get(key), Mapping):
                 others = ", ".join(f"{k} ({type(v).__name__})" for k, v in obj.items() if k != key)
-                return [f"container: {_CONTAINERS[key]}, weights under {key!r}; also: {others or 'nothing'}",
-                        *_describe_tensors(obj[key])]
+                return [
+                    f"container: {_CONTAINERS[key]}, weights under {key!r}; also: {others or 'nothing'}",
+                    *_describe_tensors(obj[key]),
+                ]
         if obj and all(torch.is_tensor(v) for v in obj.values()):
             return ["container: bare state dict", *_describe_tensors(obj)]
         listed = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in list(obj.items())[:20])
@@ -64,15 +71,26 @@ def _describe_safetensors(path: Path) -> list[str]:
     with safe_open(path, framework="pt") as f:  # reads the header only
         metadata = f.metadata() or {}
         slices = {key: f.get_slice(key) for key in f.keys()}
-        tensors = {key: torch.empty(s.get_shape(), dtype=_DTYPES.get(s.get_dtype(), torch.float32), device="meta")
-                   for key, s in slices.items()}
+        tensors = {
+            key: torch.empty(s.get_shape(), dtype=_DTYPES.get(s.get_dtype(), torch.float32), device="meta")
+            for key, s in slices.items()
+        }
     head = [f"metadata: {metadata}"] if metadata else []
     return head + _describe_tensors(tensors)
 
 
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _describe_archive(path: Path, kind: str) -> list[str]:
@@ -101,4 +119,3 @@ def _describe_archive(path: Path, kind: str) -> list[str]:
     with extracted_checkpoint(path, chosen.name) as checkpoint:
         inner = describe_file(checkpoint)
     return lines + [f"  {line}" for line in inner[1:]]
-

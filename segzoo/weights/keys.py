@@ -1,4 +1,5 @@
 """Compact views of a state dict's keys: top-level prefixes, and a tree with repeated blocks folded."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -10,7 +11,7 @@ MAX_TREE_LINES = 200
 
 
 def prefix_summary(tensors: Mapping[str, torch.Tensor], depth: int = 1) -> str:
-    """``backbone.* (230 tensors), decode_head.* (14 tensors)``: the key prefixes of ``depth`` parts and their counts."""
+    """``backbone.* (230 tensors), decode_head.* (14 tensors)``: the key prefixes of ``depth`` parts, counted."""
     counts = Counter(".".join(key.split(".")[:depth]) for key in tensors)
     return ", ".join(
         f"{prefix}.* ({n} tensors)" if n > 1 or prefix not in tensors else f"{prefix} (1 tensor)"
@@ -77,7 +78,7 @@ def _render(node: dict, indent: int, lines: list[str]) -> None:
     for name, child in _folded(node):
         path = name
         while isinstance(child, dict) and len(child) == 1 and next(iter(child)) != "":  # one-child chains on one line
-            (sub, child), = child.items()
+            ((sub, child),) = child.items()
             path = f"{path}.{sub}"
         if isinstance(child, str):
             lines.append(f"{'  ' * indent}{path}: {child}")

@@ -1,4 +1,5 @@
 """Load an entry's published weights: try its sources in order, verify, trust on first use."""
+
 from __future__ import annotations
 
 import logging

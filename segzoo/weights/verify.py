@@ -4,6 +4,7 @@ A load re-hashes a cached file only when its size or mtime changed, so bytes
 altered in place with both kept (bit rot, or ``os.utime``) pass unnoticed
 until :func:`verify_cache` (``segzoo verify``) or ``SEGZOO_VERIFY=always``.
 """
+
 from __future__ import annotations
 
 import logging

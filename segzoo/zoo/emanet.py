@@ -1,8 +1,15 @@
 """The six EMANet models of the leftthomas/EMANet README (detectron2 port): COCO stuff-only and Cityscapes tables."""
+
 from __future__ import annotations
 
 from segzoo.zoo.records import (
-    InferencePipeline, ModelInfo, Normalization, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+    InferencePipeline,
+    ModelInfo,
+    Normalization,
+    Paper,
+    ReportedMetric,
+    UpstreamConfig,
+    WeightSource,
 )
 
 PAPER = Paper("Expectation-Maximization Attention Networks for Semantic Segmentation", "1907.13426", "ICCV 2019")
@@ -23,7 +30,8 @@ TRAIN_ITERS, TRAIN_BATCH = 30_000, 16
 # unzipped into the folder MODEL.WEIGHTS points to; shared by the COCO and Cityscapes entries of a depth.
 IMAGENET = {
     depth: WeightSource(
-        url=f"https://hangzh.s3.amazonaws.com/encoding/models/resnet{depth}-{digest}.zip", format="pytorch",
+        url=f"https://hangzh.s3.amazonaws.com/encoding/models/resnet{depth}-{digest}.zip",
+        format="pytorch",
         kind="archive",
     )
     for depth, digest in {50: "25c4b509", 101: "2a57e44d", 152: "0d43d698"}.items()
@@ -37,18 +45,78 @@ DATASETS = {
 # (dataset, depth): (train time s/iter, inference time s/im, train mem GB, PA, mean PA, mean IoU, FW IoU,
 #                    Baidu share link, extraction code, exact upstream parameter count)
 TABLE = {
-    ("coco", 50): (1.04, 0.11, 11.14, 80.49, 53.92, 42.71, 68.69,
-                   "https://pan.baidu.com/s/1jP7zWezVPBZWx_9LjJCgWg", "xxi8", 34_789_878),
-    ("coco", 101): (1.55, 0.18, 17.92, 81.16, 54.54, 43.61, 69.50,
-                    "https://pan.baidu.com/s/1BeGS7gckGAczd1euB55EFA", "1jhd", 53_782_006),
-    ("coco", 152): (0.65, 0.16, 28.81, 94.29, 76.08, 67.57, 89.69,
-                    "https://pan.baidu.com/s/1eqt2U2gIBeE_UMtluCKIcQ", "xnvs", 69_425_654),
-    ("cityscapes", 50): (0.81, 0.11, 11.22, 95.13, 80.01, 72.28, 91.09,
-                         "https://pan.baidu.com/s/1NPLplUoKDaTUHCM5Yd98Iw", "x2d5", 34_780_883),
-    ("cityscapes", 101): (1.11, 0.14, 14.69, 95.35, 81.77, 74.02, 91.47,
-                          "https://pan.baidu.com/s/1B4RVauK2X1EPd9h2WmALLA", "t2m1", 53_773_011),
-    ("cityscapes", 152): (1.35, 0.16, 18.87, 94.80, 78.21, 70.06, 90.52,
-                          "https://pan.baidu.com/s/1PsAnXAv3dTI4gKi87rZjMQ", "y82y", 69_416_659),
+    ("coco", 50): (
+        1.04,
+        0.11,
+        11.14,
+        80.49,
+        53.92,
+        42.71,
+        68.69,
+        "https://pan.baidu.com/s/1jP7zWezVPBZWx_9LjJCgWg",
+        "xxi8",
+        34_789_878,
+    ),
+    ("coco", 101): (
+        1.55,
+        0.18,
+        17.92,
+        81.16,
+        54.54,
+        43.61,
+        69.50,
+        "https://pan.baidu.com/s/1BeGS7gckGAczd1euB55EFA",
+        "1jhd",
+        53_782_006,
+    ),
+    ("coco", 152): (
+        0.65,
+        0.16,
+        28.81,
+        94.29,
+        76.08,
+        67.57,
+        89.69,
+        "https://pan.baidu.com/s/1eqt2U2gIBeE_UMtluCKIcQ",
+        "xnvs",
+        69_425_654,
+    ),
+    ("cityscapes", 50): (
+        0.81,
+        0.11,
+        11.22,
+        95.13,
+        80.01,
+        72.28,
+        91.09,
+        "https://pan.baidu.com/s/1NPLplUoKDaTUHCM5Yd98Iw",
+        "x2d5",
+        34_780_883,
+    ),
+    ("cityscapes", 101): (
+        1.11,
+        0.14,
+        14.69,
+        95.35,
+        81.77,
+        74.02,
+        91.47,
+        "https://pan.baidu.com/s/1B4RVauK2X1EPd9h2WmALLA",
+        "t2m1",
+        53_773_011,
+    ),
+    ("cityscapes", 152): (
+        1.35,
+        0.16,
+        18.87,
+        94.80,
+        78.21,
+        70.06,
+        90.52,
+        "https://pan.baidu.com/s/1PsAnXAv3dTI4gKi87rZjMQ",
+        "y82y",
+        69_416_659,
+    ),
 }
 COMMON_NOTES = (
     "The repository publishes no license file; the weights' terms are unknown.",
@@ -85,8 +153,10 @@ def _entry(dataset: str, depth: int) -> ModelInfo:
         ),
         align_corners=True,
         reported_metrics=(
-            ReportedMetric("pixel_accuracy", "PA", pa), ReportedMetric("mean_accuracy", "mean PA", mpa),
-            ReportedMetric("mean_iou", "mean IoU", miou), ReportedMetric("frequency_weighted_iou", "FW IoU", fwiou),
+            ReportedMetric("pixel_accuracy", "PA", pa),
+            ReportedMetric("mean_accuracy", "mean PA", mpa),
+            ReportedMetric("mean_iou", "mean IoU", miou),
+            ReportedMetric("frequency_weighted_iou", "FW IoU", fwiou),
         ),
         params_m=None,
         flops_g=None,
@@ -96,7 +166,10 @@ def _entry(dataset: str, depth: int) -> ModelInfo:
         train_batch_size=TRAIN_BATCH,
         weights=(
             WeightSource(
-                url=link, format="detectron2", kind="manual", access_code=code,
+                url=link,
+                format="detectron2",
+                kind="manual",
+                access_code=code,
                 filename=f"emanet_r{depth}_{dataset}.pth",
             ),
         ),

@@ -1,12 +1,20 @@
 """The three EurNet ADE20K UperNet models of the EurNet segmentation README."""
+
 from __future__ import annotations
 
 from segzoo.zoo.records import (
-    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+    IMAGENET_RGB,
+    InferencePipeline,
+    ModelInfo,
+    Paper,
+    ReportedMetric,
+    UpstreamConfig,
+    WeightSource,
 )
 
-PAPER = Paper("EurNet: Efficient Multi-Range Relational Modeling of Spatial Multi-Relational Data", "2211.12941",
-              "arXiv 2022")
+PAPER = Paper(
+    "EurNet: Efficient Multi-Range Relational Modeling of Spatial Multi-Relational Data", "2211.12941", "arXiv 2022"
+)
 CITATION = """@article{xu2022eurnet,
   title={EurNet: Efficient Multi-Range Relational Modeling of Spatial Multi-Relational Data},
   author={Xu, Minghao and Guo, Yuanfan and Xu, Yi and Tang, Jian and Chen, Xinlei and Tian, Yuandong},
@@ -50,7 +58,8 @@ def _entry(size: str, row: tuple[float, float, float, float, int]) -> ModelInfo:
         test_pipeline=ADE20K_TEST,
         align_corners=False,
         reported_metrics=(
-            ReportedMetric("mean_iou", "mIoU", miou), ReportedMetric("mean_iou", "mIoU (MS)", miou_ms, "multi_scale_flip")
+            ReportedMetric("mean_iou", "mIoU", miou),
+            ReportedMetric("mean_iou", "mIoU (MS)", miou_ms, "multi_scale_flip"),
         ),
         params_m=params_m,
         flops_g=flops_g,
@@ -58,8 +67,9 @@ def _entry(size: str, row: tuple[float, float, float, float, int]) -> ModelInfo:
         num_params=num_params,
         train_iters=160_000,
         train_batch_size=16,
-        weights=(WeightSource(url=f"{CHECKPOINTS}eurnet_{long_name}_upernet_ade20k_160k_last_epoch.pth",
-                              format="mmseg"),),
+        weights=(
+            WeightSource(url=f"{CHECKPOINTS}eurnet_{long_name}_upernet_ade20k_160k_last_epoch.pth", format="mmseg"),
+        ),
         license="MIT",
         citation=CITATION,
         upstream=UpstreamConfig(

@@ -1,9 +1,16 @@
 """The two GloRe Cityscapes models of the facebookresearch/GloRe README (FCN + 1 GloRe unit)."""
+
 from __future__ import annotations
 
 from segzoo.zoo.emanet import IMAGENET as EMANET_IMAGENET
 from segzoo.zoo.records import (
-    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+    IMAGENET_RGB,
+    InferencePipeline,
+    ModelInfo,
+    Paper,
+    ReportedMetric,
+    UpstreamConfig,
+    WeightSource,
 )
 
 PAPER = Paper("Graph-Based Global Reasoning Networks", "1811.12814", "CVPR 2019")
@@ -13,7 +20,7 @@ CITATION = """@inproceedings{chen2019graph,
   booktitle={Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition},
   pages={433--442},
   year={2019}
-}"""
+}"""  # noqa: E501 (the citation as the authors give it)
 REPO = "facebookresearch/GloRe"
 COMMIT = "9c6a7340ebb44a66a3bf1945094fc685fb7b730d"
 ARCHIVES = "https://dl.fbaipublicfiles.com/glore/cityscapes/"

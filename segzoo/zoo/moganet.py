@@ -1,8 +1,15 @@
 """The ten MogaNet ADE20K models of the MogaNet segmentation README (Semantic FPN and UperNet tables)."""
+
 from __future__ import annotations
 
 from segzoo.zoo.records import (
-    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+    IMAGENET_RGB,
+    InferencePipeline,
+    ModelInfo,
+    Paper,
+    ReportedMetric,
+    UpstreamConfig,
+    WeightSource,
 )
 
 PAPER = Paper("Efficient Multi-order Gated Aggregation Network", "2211.03295", "ICLR 2024")
@@ -11,7 +18,7 @@ CITATION = """@inproceedings{iclr2024MogaNet,
   author={Siyuan Li and Zedong Wang and Zicheng Liu and Cheng Tan and Haitao Lin and Di Wu and Zhiyuan Chen and Jiangbin Zheng and Stan Z. Li},
   booktitle={International Conference on Learning Representations},
   year={2024}
-}"""
+}"""  # noqa: E501 (the citation as the authors give it)
 REPO = "Westlake-AI/MogaNet"
 COMMIT = "386b548c5f0b0287b45c04397aa4ef46a28f7a26"
 RELEASE = "https://github.com/Westlake-AI/MogaNet/releases/download/moganet-seg-weights/"
@@ -24,8 +31,11 @@ IN1K_RELEASE = "https://github.com/Westlake-AI/MogaNet/releases/download/moganet
 IMAGENET = {
     size: WeightSource(url=f"{IN1K_RELEASE}moganet_{stem}_ep300.pth.tar", format="pytorch")
     for size, stem in {
-        "xt": "xtiny_sz224_8xbs128", "t": "tiny_sz224_8xbs128", "s": "small_sz224_8xbs128",
-        "b": "base_sz224_8xbs128", "l": "large_sz224_8xbs64",
+        "xt": "xtiny_sz224_8xbs128",
+        "t": "tiny_sz224_8xbs128",
+        "s": "small_sz224_8xbs128",
+        "b": "base_sz224_8xbs128",
+        "l": "large_sz224_8xbs64",
     }.items()
 }
 SIZE_NAMES = {"xt": ("xtiny", "XT"), "t": ("tiny", "T"), "s": ("small", "S"), "b": ("base", "B"), "l": ("large", "L")}
@@ -62,10 +72,20 @@ def _entry(head: str, size: str, row: tuple[float, float, float, float, int]) ->
     params_m, flops_g, miou, macc, num_params = row
     long_name, short_name = SIZE_NAMES[size]
     if head == "fpn":
-        stem, config_dir, head_name, iters, batch = f"fpn_moganet_{long_name}_80k_ade20k", "sem_fpn", "Semantic FPN", 80_000, 32
+        stem, config_dir, head_name, iters, batch = (
+            f"fpn_moganet_{long_name}_80k_ade20k",
+            "sem_fpn",
+            "Semantic FPN",
+            80_000,
+            32,
+        )
     else:
         stem, config_dir, head_name, iters, batch = (
-            f"upernet_moganet_{long_name}_512x512_160k_ade20k", "upernet", "UperNet", 160_000, 16
+            f"upernet_moganet_{long_name}_512x512_160k_ade20k",
+            "upernet",
+            "UperNet",
+            160_000,
+            16,
         )
     return ModelInfo(
         name=f"moganet_{size}_{head}_ade20k",

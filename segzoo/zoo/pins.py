@@ -3,6 +3,7 @@
 The source READMEs publish no hashes, so they are recorded here by the
 maintainers after a verified download: ``{url: {"sha256": ..., "size": ...}}``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +35,7 @@ def write_pin(url: str, sha256: str, size: int, path: Path = PINS_FILE) -> None:
 
 def apply_pins(entries: Iterable[ModelInfo], pins: dict[str, dict[str, object]]) -> tuple[ModelInfo, ...]:
     """The entries with each weight source's sha256 and size (the ImageNet backbone's too) filled in from ``pins``."""
+
     def pinned_source(source: WeightSource) -> WeightSource:
         if source.url not in pins:
             return source

@@ -1,10 +1,11 @@
 """Immutable records describing a zoo entry: what it is, where its weights live, what the paper reports."""
+
 from __future__ import annotations
 
-from collections.abc import Mapping
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
 import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -112,8 +113,13 @@ class WeightSource:
 # accuracy, the accuracy over all pixels, the frequency-weighted IoU, and Cityscapes' instance-level (iIoU) and
 # category-level means.
 MetricKey = Literal[
-    "mean_iou", "mean_accuracy", "pixel_accuracy", "frequency_weighted_iou",
-    "mean_instance_iou", "category_mean_iou", "category_mean_instance_iou",
+    "mean_iou",
+    "mean_accuracy",
+    "pixel_accuracy",
+    "frequency_weighted_iou",
+    "mean_instance_iou",
+    "category_mean_iou",
+    "category_mean_instance_iou",
 ]
 # How the number was measured: one forward at the test scale, or the multi-scale + flip test (aug-test).
 TestMode = Literal["single_scale", "multi_scale_flip"]
@@ -131,13 +137,19 @@ class ReportedMetric:
 
 # label -> (key, test mode) of every number of a config.json written before the metrics carried their keys
 _OLD_METRIC_LABELS: dict[str, tuple[MetricKey, TestMode]] = {
-    "mIoU": ("mean_iou", "single_scale"), "mAcc": ("mean_accuracy", "single_scale"),
-    "aAcc": ("pixel_accuracy", "single_scale"), "PA": ("pixel_accuracy", "single_scale"),
-    "mean PA": ("mean_accuracy", "single_scale"), "mean IoU": ("mean_iou", "single_scale"),
-    "FW IoU": ("frequency_weighted_iou", "single_scale"), "IoU class": ("mean_iou", "single_scale"),
-    "iIoU class": ("mean_instance_iou", "single_scale"), "IoU category": ("category_mean_iou", "single_scale"),
+    "mIoU": ("mean_iou", "single_scale"),
+    "mAcc": ("mean_accuracy", "single_scale"),
+    "aAcc": ("pixel_accuracy", "single_scale"),
+    "PA": ("pixel_accuracy", "single_scale"),
+    "mean PA": ("mean_accuracy", "single_scale"),
+    "mean IoU": ("mean_iou", "single_scale"),
+    "FW IoU": ("frequency_weighted_iou", "single_scale"),
+    "IoU class": ("mean_iou", "single_scale"),
+    "iIoU class": ("mean_instance_iou", "single_scale"),
+    "IoU category": ("category_mean_iou", "single_scale"),
     "iIoU category": ("category_mean_instance_iou", "single_scale"),
-    "mIoU (MS)": ("mean_iou", "multi_scale_flip"), "mIoU (ms+flip)": ("mean_iou", "multi_scale_flip"),
+    "mIoU (MS)": ("mean_iou", "multi_scale_flip"),
+    "mIoU (ms+flip)": ("mean_iou", "multi_scale_flip"),
 }
 
 
@@ -203,12 +215,13 @@ class ModelInfo:
     (``num_params`` is always the exact count of the model);
     ``flops_input_shape`` is the (C, H, W) of the input the FLOPs were counted on.
     ``reported_metrics`` are the numbers of the paper's table, each with its
-    canonical key and test mode beside the table's label; they were measured on the ``metrics_split`` of ``dataset`` (``test``: an evaluation
-    server) and ``evaluator`` names the convention that computed them:
-    ``mmseg`` (mmsegmentation 0.x), ``detectron2_2019`` (detectron2's
-    ``SemSegEvaluator`` as of 2019) or ``cityscapes`` (the official
-    cityscapesScripts evaluation). ``reported_costs`` holds the table's other
-    columns, e.g. ``{"train time (s/iter)": 0.81, "inference time (s/im)": 0.11}``.
+    canonical key and test mode beside the table's label; they were measured on
+    the ``metrics_split`` of ``dataset`` (``test``: an evaluation server) and
+    ``evaluator`` names the convention that computed them: ``mmseg``
+    (mmsegmentation 0.x), ``detectron2_2019`` (detectron2's ``SemSegEvaluator``
+    as of 2019) or ``cityscapes`` (the official cityscapesScripts evaluation).
+    ``reported_costs`` holds the table's other columns, e.g.
+    ``{"train time (s/iter)": 0.81, "inference time (s/im)": 0.11}``.
     ``pretrained_backbone`` is the ImageNet classification file the paper's
     segmentation training starts from (``None`` where the paper names none;
     the notes say why); :func:`segzoo.registry.load_imagenet_backbone` loads it.
@@ -262,8 +275,12 @@ class ModelInfo:
         if "metrics" not in data:
             return data
         reported = [
-            {"key": _OLD_METRIC_LABELS[label][0], "label": label, "value": value,
-             "test_mode": _OLD_METRIC_LABELS[label][1]}
+            {
+                "key": _OLD_METRIC_LABELS[label][0],
+                "label": label,
+                "value": value,
+                "test_mode": _OLD_METRIC_LABELS[label][1],
+            }
             for label, value in data["metrics"].items()
         ]
         return {**{k: v for k, v in data.items() if k != "metrics"}, "reported_metrics": reported}

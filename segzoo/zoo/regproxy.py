@@ -1,10 +1,17 @@
 """The ten RegionProxy models of the RegionProxy README (ADE20K and Cityscapes tables)."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from segzoo.zoo.records import (
-    IMAGENET_RGB, InferencePipeline, ModelInfo, Paper, ReportedMetric, UpstreamConfig, WeightSource,
+    IMAGENET_RGB,
+    InferencePipeline,
+    ModelInfo,
+    Paper,
+    ReportedMetric,
+    UpstreamConfig,
+    WeightSource,
 )
 
 PAPER = Paper("Semantic Segmentation by Early Region Proxy", "2203.14043", "CVPR 2022")
@@ -20,12 +27,20 @@ DRIVE = "https://drive.google.com/file/d/{}/view?usp=sharing"
 TRAIN_BATCH = 16  # 2 images per GPU on 8 GPUs
 
 BACKBONE_NAMES = {
-    "ti16": "ViT-Ti/16", "s16": "ViT-S/16", "b16": "ViT-B/16", "l16": "ViT-L/16",
-    "r26_s32": "R26+ViT-S/32", "r50_l32": "R50+ViT-L/32",
+    "ti16": "ViT-Ti/16",
+    "s16": "ViT-S/16",
+    "b16": "ViT-B/16",
+    "l16": "ViT-L/16",
+    "r26_s32": "R26+ViT-S/32",
+    "r50_l32": "R50+ViT-L/32",
 }
 ENTRY_PREFIX = {
-    "ti16": "regproxy_vit_ti16", "s16": "regproxy_vit_s16", "b16": "regproxy_vit_b16", "l16": "regproxy_vit_l16",
-    "r26_s32": "regproxy_r26_vit_s32", "r50_l32": "regproxy_r50_vit_l32",
+    "ti16": "regproxy_vit_ti16",
+    "s16": "regproxy_vit_s16",
+    "b16": "regproxy_vit_b16",
+    "l16": "regproxy_vit_l16",
+    "r26_s32": "regproxy_r26_vit_s32",
+    "r50_l32": "regproxy_r50_vit_l32",
 }
 # The ImageNet files training starts from (the README's Training section): AugReg (ImageNet-21k, fine-tuned
 # on ImageNet-1k at 384) through the timm names the README gives, read from timm's own Hugging Face copies of
@@ -41,22 +56,50 @@ IMAGENET = {
         "r26_s32": "vit_small_r26_s32_384.augreg_in21k_ft_in1k",
         "r50_l32": "vit_large_r50_s32_384.augreg_in21k_ft_in1k",
     }.items()
-} | {"b16": WeightSource(url="https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_384-d0272ac0.pth",
-                        format="pytorch")}
+} | {
+    "b16": WeightSource(
+        url="https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_384-d0272ac0.pth", format="pytorch"
+    )
+}
 IMAGENET_NOTE = (
     "ImageNet backbone: the 384x384 classification weights; their position embedding is resized to the "
     "training crop's token grid when loaded (bicubic, align_corners=False), as upstream's init_weights does."
 )
 CONFIG_ARCH = {"ti16": "t16", "s16": "s16", "b16": "b16", "l16": "l16", "r26_s32": "r26-s32", "r50_l32": "r50-l32"}
 
-# arch: (crop, backbone out_indices (affinity branch, classifier; -1: the embedded tokens), schedule, table FLOPs G, table params M, mIoU,
-#        mIoU ms+flip, FPS, Drive file id, exact upstream parameter count, segzoo's full GMACs at the crop)
+# arch: (crop, backbone out_indices (affinity branch, classifier; -1: the embedded tokens), schedule,
+#        table FLOPs G, table params M, mIoU, mIoU ms+flip, FPS, Drive file id, exact upstream parameter count,
+#        segzoo's full GMACs at the crop)
 ADE20K_TABLE: dict[str, tuple[Any, ...]] = {
     "ti16": (512, (4, 11), "poly", 3.9, 5.8, 42.1, 43.1, 38.9, "1sq3g3JcQ2NSJch-MvlvvnHFFeN-MU_DE", 5_779_494, 10.55),
     "s16": (512, (4, 11), "poly", 15, 22, 47.6, 48.5, 32.1, "1pJD4-xRiVj36SplzNhonIuNHd82A05GX", 22_249_254, 32.04),
-    "r26_s32": (512, (-1, 11), "poly", 16, 36, 47.8, 49.1, 28.5, "1n51emyE6EWAuoBq_P8cViFtNmf9dDxzV", 36_392_038, 18.57),
+    "r26_s32": (
+        512,
+        (-1, 11),
+        "poly",
+        16,
+        36,
+        47.8,
+        49.1,
+        28.5,
+        "1n51emyE6EWAuoBq_P8cViFtNmf9dDxzV",
+        36_392_038,
+        18.57,
+    ),
     "b16": (512, (4, 11), "cr", 59, 87, 49.8, 50.5, 20.1, "1PMVQv8cvaZmV16ARdbuQSv6-3DDeLXPy", 87_261_990, 108.01),
-    "r50_l32": (640, (-1, 23), "cr", 82, 323, 51.0, 51.7, 12.7, "1Kk0ABYbMOwvomrU4FaDl4Ban2XBhcxjU", 329_692_518, 163.76),
+    "r50_l32": (
+        640,
+        (-1, 23),
+        "cr",
+        82,
+        323,
+        51.0,
+        51.7,
+        12.7,
+        "1Kk0ABYbMOwvomrU4FaDl4Ban2XBhcxjU",
+        329_692_518,
+        163.76,
+    ),
     "l16": (640, (9, 23), "cr", 326, 306, 52.9, 53.4, 6.6, "1t6Un6m-1xdoir33TG7IAiilaLamgioFZ", 306_102_566, 612.94),
 }
 # arch: (backbone out_indices, schedule, table FLOPs G or None, table params M, mIoU, mIoU ms+flip, Drive file id,
@@ -98,9 +141,20 @@ def _config_path(arch: str, out_indices: tuple[int, int], crop: int, schedule: s
 
 
 def _entry(
-    arch: str, dataset: str, crop: int, out_indices: tuple[int, int], schedule: str, flops_g: float | None,
-    params_m: float, metrics: tuple[float, float], drive_id: str, num_params: int, notes: tuple[str, ...],
-    reported_costs: dict[str, float], pipeline: InferencePipeline, flops_input_shape: tuple[int, int, int],
+    arch: str,
+    dataset: str,
+    crop: int,
+    out_indices: tuple[int, int],
+    schedule: str,
+    flops_g: float | None,
+    params_m: float,
+    metrics: tuple[float, float],
+    drive_id: str,
+    num_params: int,
+    notes: tuple[str, ...],
+    reported_costs: dict[str, float],
+    pipeline: InferencePipeline,
+    flops_input_shape: tuple[int, int, int],
 ) -> ModelInfo:
     name = f"{ENTRY_PREFIX[arch]}_{dataset}"
     iters = 160_000 if dataset == "ade20k" else 80_000
@@ -134,7 +188,9 @@ def _entry(
         train_batch_size=TRAIN_BATCH,
         weights=(
             WeightSource(
-                url=DRIVE.format(drive_id), format="mmseg", kind="google-drive",
+                url=DRIVE.format(drive_id),
+                format="mmseg",
+                kind="google-drive",
                 filename=config.rsplit("/", 1)[-1].replace(".py", ".pth"),
             ),
         ),
@@ -153,7 +209,16 @@ def _ade20k(arch: str, row: tuple[Any, ...]) -> ModelInfo:
     crop, out_indices, schedule, flops_g, params_m, miou, miou_ms, fps, drive_id, num_params, full_macs = row
     count = f"segzoo's full count (torch FlopCounterMode, attention included) is {full_macs} GMACs at {crop}x{crop}."
     return _entry(
-        arch, "ade20k", crop, out_indices, schedule, flops_g, params_m, (miou, miou_ms), drive_id, num_params,
+        arch,
+        "ade20k",
+        crop,
+        out_indices,
+        schedule,
+        flops_g,
+        params_m,
+        (miou, miou_ms),
+        drive_id,
+        num_params,
         notes=(f"{MMCV_FLOPS_NOTE} {count}",),
         reported_costs={"FPS": fps},
         pipeline=InferencePipeline(
@@ -172,7 +237,16 @@ def _cityscapes(arch: str, row: tuple[Any, ...]) -> ModelInfo:
         f"{round(window_macs * CITYSCAPES_WINDOWS)} GMACs per image."
     )
     return _entry(
-        arch, "cityscapes", 768, out_indices, schedule, flops_g, params_m, (miou, miou_ms), drive_id, num_params,
+        arch,
+        "cityscapes",
+        768,
+        out_indices,
+        schedule,
+        flops_g,
+        params_m,
+        (miou, miou_ms),
+        drive_id,
+        num_params,
         notes=(f"{MMCV_FLOPS_NOTE} {count}",),
         reported_costs={},
         pipeline=InferencePipeline(

@@ -4,6 +4,7 @@ The family modules are found, not listed: every public module of the ``recipes``
 package is imported once, on the first lookup, so adding a family adds a module
 and edits nothing here (and importing :mod:`segzoo.training` stays cheap).
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,8 +47,14 @@ def discover_recipes() -> None:
 
 def recipe_from_registry(info: ModelInfo, **settings: Any) -> Recipe:
     """A recipe for ``info`` whose iterations, total batch, crop and upstream config are the registry entry's."""
-    return Recipe(name=info.name, iters=info.train_iters, batch_size=info.train_batch_size,
-                  crop_size=info.crop_size, upstream=info.upstream, **settings)
+    return Recipe(
+        name=info.name,
+        iters=info.train_iters,
+        batch_size=info.train_batch_size,
+        crop_size=info.crop_size,
+        upstream=info.upstream,
+        **settings,
+    )
 
 
 def get_recipe(name: str) -> Recipe:
@@ -57,8 +64,10 @@ def get_recipe(name: str) -> Recipe:
     try:
         builder = RECIPE_BUILDERS[info.family]
     except KeyError:
-        raise KeyError(f"no training recipe for family {info.family!r} (model {info.name!r}); "
-                       f"families with recipes: {sorted(RECIPE_BUILDERS)}") from None
+        raise KeyError(
+            f"no training recipe for family {info.family!r} (model {info.name!r}); "
+            f"families with recipes: {sorted(RECIPE_BUILDERS)}"
+        ) from None
     return builder(info)
 
 

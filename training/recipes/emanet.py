@@ -1,4 +1,5 @@
 """EMANet recipes: leftthomas/EMANet configs (detectron2 master of February 2020)."""
+
 from __future__ import annotations
 
 from segzoo.training.recipe import LossSpec, LossTerm, OptimizerSpec, PipelineSpec, Recipe, ScheduleSpec
@@ -8,8 +9,14 @@ from segzoo.zoo.records import ModelInfo
 # configs/base.yaml SOLVER (BASE_LR 9e-3, BIAS_LR_FACTOR 2, WEIGHT_DECAY_BIAS 0) over detectron2's defaults
 # (SGD momentum 0.9, WEIGHT_DECAY 1e-4, WEIGHT_DECAY_NORM 0).
 OPTIMIZER = OptimizerSpec(
-    type="SGD", lr=9e-3, weight_decay=1e-4, momentum=0.9, param_rules="detectron2",
-    bias_lr_factor=2.0, weight_decay_bias=0.0, weight_decay_norm=0.0,
+    type="SGD",
+    lr=9e-3,
+    weight_decay=1e-4,
+    momentum=0.9,
+    param_rules="detectron2",
+    bias_lr_factor=2.0,
+    weight_decay_bias=0.0,
+    weight_decay_norm=0.0,
 )
 # WarmupCosineLR with detectron2's default warm-up: linear over 1000 iterations from a factor of 1/1000.
 SCHEDULE = ScheduleSpec(policy="cosine", style="detectron2", warmup="linear", warmup_iters=1000, warmup_ratio=1e-3)
@@ -46,8 +53,9 @@ def emanet_recipe(info: ModelInfo) -> Recipe:
         optimizer=OPTIMIZER,
         schedule=SCHEDULE,
         losses=LOSSES,
-        pipeline=PipelineSpec(style="detectron2", min_size_train=min_sizes, max_size_train=max_size,
-                              flip_prob=0.5, photometric=False),
+        pipeline=PipelineSpec(
+            style="detectron2", min_size_train=min_sizes, max_size_train=max_size, flip_prob=0.5, photometric=False
+        ),
         eval_interval=2000,
         checkpoint_interval=5000,
         expected_wall_time=(

@@ -1,4 +1,5 @@
 """EurNet recipes: hirl-team/EurNet-Image (branch seg) segmentation/configs/eurnet (mmseg 0.x, mmcv 1.x)."""
+
 from __future__ import annotations
 
 from segzoo.training.recipe import OptimizerSpec, ParamRule, Recipe
@@ -9,9 +10,15 @@ from segzoo.zoo.records import ModelInfo
 # upernet_eurnet_*_512x512_160k_ade20k.py: AdamW lr 6e-5, weight_decay 0.01, custom_keys
 # absolute_pos_embed / relative_position_bias_table / norm: decay_mult 0.
 OPTIMIZER = OptimizerSpec(
-    type="AdamW", lr=6e-5, weight_decay=0.01, betas=(0.9, 0.999),
-    custom_keys=(ParamRule("absolute_pos_embed", decay_mult=0.0),
-                 ParamRule("relative_position_bias_table", decay_mult=0.0), ParamRule("norm", decay_mult=0.0)),
+    type="AdamW",
+    lr=6e-5,
+    weight_decay=0.01,
+    betas=(0.9, 0.999),
+    custom_keys=(
+        ParamRule("absolute_pos_embed", decay_mult=0.0),
+        ParamRule("relative_position_bias_table", decay_mult=0.0),
+        ParamRule("norm", decay_mult=0.0),
+    ),
 )
 NOTES = (
     "custom_keys (kept from Swin's config): 'absolute_pos_embed' and 'norm' (block, patch-embed, downsample and "

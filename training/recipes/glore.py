@@ -1,5 +1,6 @@
 """GloRe recipes: no segmentation config was published (facebookresearch/GloRe ships the code in its weight
 archives); what the recipe assumes is said in its notes."""
+
 from __future__ import annotations
 
 from segzoo.training.recipe import OptimizerSpec, PipelineSpec, Recipe, ScheduleSpec

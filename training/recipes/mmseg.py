@@ -1,4 +1,5 @@
 """What the mmseg configs of MogaNet, EurNet and RegionProxy share: pipeline, losses, warm-up poly schedule."""
+
 from __future__ import annotations
 
 from segzoo.training.recipe import LossSpec, LossTerm, PipelineSpec, ScheduleSpec
@@ -27,6 +28,8 @@ def mmseg_pipeline(info: ModelInfo) -> PipelineSpec:
 def wall_time_estimate(info: ModelInfo, seconds_per_iter: float, gpus: str) -> str:
     """An estimate of the paper's setting's wall time where upstream publishes none, with its basis."""
     hours = info.train_iters * seconds_per_iter / 3600
-    return (f"about {hours:.0f} h on {gpus} (estimate: {info.train_iters} iterations x ~{seconds_per_iter} s/iter, "
-            "a typical mmseg step time for a model of this size at this crop and batch; upstream publishes no "
-            "timing; measure one step with benchmarks/train.py for your hardware)")
+    return (
+        f"about {hours:.0f} h on {gpus} (estimate: {info.train_iters} iterations x ~{seconds_per_iter} s/iter, "
+        "a typical mmseg step time for a model of this size at this crop and batch; upstream publishes no "
+        "timing; measure one step with benchmarks/train.py for your hardware)"
+    )

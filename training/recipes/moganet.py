@@ -1,10 +1,15 @@
 """MogaNet recipes: Westlake-AI/MogaNet segmentation/configs (mmseg 0.29.1, mmcv 1.x)."""
+
 from __future__ import annotations
 
 from segzoo.training.recipe import OptimizerSpec, ParamRule, Recipe, ScheduleSpec
 from segzoo.training.recipes._registry import recipe_from_registry, register_recipes
 from segzoo.training.recipes.mmseg import (
-    DECODE_LOSS, POLY_WITH_WARMUP, UPERNET_LOSSES, mmseg_pipeline, wall_time_estimate,
+    DECODE_LOSS,
+    POLY_WITH_WARMUP,
+    UPERNET_LOSSES,
+    mmseg_pipeline,
+    wall_time_estimate,
 )
 from segzoo.zoo.records import ModelInfo
 
@@ -14,9 +19,15 @@ FPN_OPTIMIZER = OptimizerSpec(type="AdamW", lr=2e-4, weight_decay=1e-4, betas=(0
 FPN_SCHEDULE = ScheduleSpec(policy="poly", power=0.9, min_lr=0.0)
 # upernet/moganet/*.py: AdamW lr 1e-4, weight_decay 0.01, custom_keys layer_scale / scale / norm: decay_mult 0.
 UPERNET_OPTIMIZER = OptimizerSpec(
-    type="AdamW", lr=1e-4, weight_decay=0.01, betas=(0.9, 0.999),
-    custom_keys=(ParamRule("layer_scale", decay_mult=0.0), ParamRule("scale", decay_mult=0.0),
-                 ParamRule("norm", decay_mult=0.0)),
+    type="AdamW",
+    lr=1e-4,
+    weight_decay=0.01,
+    betas=(0.9, 0.999),
+    custom_keys=(
+        ParamRule("layer_scale", decay_mult=0.0),
+        ParamRule("scale", decay_mult=0.0),
+        ParamRule("norm", decay_mult=0.0),
+    ),
 )
 COMMON_NOTES = (
     "SyncBN everywhere (models/*_moganet.py norm_cfg: stem, conv norms and heads); ImageNet-1K MogaNet weights "

@@ -1,4 +1,5 @@
 """RegionProxy recipes: YiF-Zhang/RegionProxy configs (mmseg 0.17, mmcv 1.3.13)."""
+
 from __future__ import annotations
 
 from segzoo.backbones.vit import VIT_ARCHS
@@ -11,11 +12,17 @@ from segzoo.zoo.records import ModelInfo
 # schedules/adamw+*.py: AdamW lr 6e-5, weight_decay 0.01, no decay on pos_embed, cls_token, '.ln' (mmseg ViT's
 # LayerNorms ln1/ln2), dist_token, norm.
 OPTIMIZER = OptimizerSpec(
-    type="AdamW", lr=6e-5, weight_decay=0.01, betas=(0.9, 0.999),
-    custom_keys=tuple(ParamRule(key, decay_mult=0.0) for key in ("pos_embed", "cls_token", ".ln", "dist_token", "norm")),
+    type="AdamW",
+    lr=6e-5,
+    weight_decay=0.01,
+    betas=(0.9, 0.999),
+    custom_keys=tuple(
+        ParamRule(key, decay_mult=0.0) for key in ("pos_embed", "cls_token", ".ln", "dist_token", "norm")
+    ),
 )
 # schedules/adamw+cr+*.py: CosineRestart with linear warm-up, restart weights 1, 0.5, 0.25, min_lr_ratio 0.
 COSINE_RESTART_PERIODS = {160_000: (20_000, 40_000, 100_000), 80_000: (10_000, 20_000, 50_000)}
+
 
 def upstream_parameter_name(info: ModelInfo, name: str) -> str:
     """The mmseg 0.17 name of the parameter segzoo calls ``name`` in the RegionProxy model of ``info``."""
@@ -28,9 +35,13 @@ def regproxy_recipe(info: ModelInfo) -> Recipe:
     interval = info.train_iters // 40  # 4000 for 160k, 2000 for 80k (checkpoint_config and evaluation)
     if cosine_restart:
         schedule = ScheduleSpec(
-            policy="cosine_restart", periods=COSINE_RESTART_PERIODS[info.train_iters],
-            restart_weights=(1.0, 0.5, 0.25), min_lr_ratio=0.0,
-            warmup="linear", warmup_iters=1500, warmup_ratio=1e-6,
+            policy="cosine_restart",
+            periods=COSINE_RESTART_PERIODS[info.train_iters],
+            restart_weights=(1.0, 0.5, 0.25),
+            min_lr_ratio=0.0,
+            warmup="linear",
+            warmup_iters=1500,
+            warmup_ratio=1e-6,
         )
     else:
         schedule = POLY_WITH_WARMUP
