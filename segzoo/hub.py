@@ -10,6 +10,7 @@ from pathlib import Path
 import safetensors.torch
 
 from segzoo._version import __version__
+from segzoo.cards import render_model_card
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import hf_hub
 from segzoo.zoo.records import ModelInfo, to_plain
@@ -30,8 +31,6 @@ def _info_for(model: EncoderDecoder) -> ModelInfo:
 
 def save_pretrained(model: EncoderDecoder, folder: str | Path, repo_id: str | None = None) -> Path:
     """Write ``model`` in segzoo's native layout, the same as a Hugging Face repository's files."""
-    from segzoo.cards import render_model_card  # noqa: PLC0415 (not at import: `python -m segzoo.cards` runs it first)
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     info = _info_for(model)

@@ -1,0 +1,3 @@
+from segzoo.cards.cli import main
+
+main()
