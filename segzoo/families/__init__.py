@@ -11,10 +11,7 @@ applies.
 """
 from __future__ import annotations
 
-import functools
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -77,40 +74,14 @@ def without_classifier(state_dict: StateDict, classifier_keys: tuple[str, ...]) 
     return {key: tensor for key, tensor in state_dict.items() if key not in classifier_keys}
 
 
-_INIT_FUNCTIONS = (
-    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
-    "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
-)
-_NO_INIT_LOCK = threading.Lock()
-
-
-@contextmanager
-def _no_weight_init() -> Iterator[None]:
-    """In this thread, let ``torch.nn.init`` leave tensors as allocated; other threads are unaffected."""
-    owner = threading.get_ident()
-
-    def skipping(init_fn):
-        @functools.wraps(init_fn)
-        def maybe_init(tensor, *args, **kwargs):
-            return tensor if threading.get_ident() == owner else init_fn(tensor, *args, **kwargs)
-        return maybe_init
-
-    with _NO_INIT_LOCK:
-        originals = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-        for name, init_fn in originals.items():
-            setattr(nn.init, name, skipping(init_fn))
-        try:
-            yield
-        finally:
-            for name, init_fn in originals.items():
-                setattr(nn.init, name, init_fn)
-
-
 def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> EncoderDecoder:
     """Build the architecture ``name`` with builder arguments ``kwargs``.
 
-    With ``initialize=False`` the weights are allocated but not initialized,
-    for a caller that assigns every tensor from a checkpoint right after.
+    With ``initialize=False`` it is built on the meta device (in this thread
+    only): tensors with shapes and dtypes but no memory, and no initialization
+    run, for a caller that assigns every tensor from a checkpoint right after
+    with :func:`segzoo.weights.load_state_dict_strict`, which also computes
+    what a checkpoint does not hold.
     """
     try:
         builder = _ARCHITECTURES[name]
@@ -118,7 +89,7 @@ def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> Enc
         raise KeyError(f"no architecture named {name!r}; known: {sorted(_ARCHITECTURES)}") from None
     if initialize:
         return builder(**kwargs)
-    with _no_weight_init():
+    with torch.device("meta"):
         return builder(**kwargs)
 
 
