@@ -1,8 +1,9 @@
-"""Time to get a ready model: random initialization vs. create_model(pretrained=True) from a warm cache.
+"""Time to get a ready model: random initialization vs. create_model(pretrained=True) from a warm cache, and
+vs. create_model(checkpoint_path=...) from the user's own copy of the file (read into memory, not mapped).
 
 Checkpoints are synthetic (random tensors in the published mmseg layout, the
 size of the real files), served from a local mirror folder into a temporary
-cache, so the script needs no network. Both timings are medians over the same
+cache, so the script needs no network. All timings are medians over the same
 number of interleaved runs in one process.
 
     python benchmarks/load_time.py [--runs 7] [--models moganet_xt_fpn_ade20k moganet_l_upernet_ade20k]
@@ -16,6 +17,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,13 +34,15 @@ def synthetic_checkpoint(name: str, folder: Path) -> Path:
     return path
 
 
-def median_seconds(fn, runs: int) -> float:
-    times = []
+def median_seconds(fns: list[Callable[[], object]], runs: int) -> list[float]:
+    """The median time of each of ``fns``, run in turn ``runs`` times, so that a noisy machine slows all alike."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, fn_times in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            fn_times.append(time.perf_counter() - start)
+    return [statistics.median(fn_times) for fn_times in times]
 
 
 def main() -> None:
@@ -51,17 +55,22 @@ def main() -> None:
         mirror, cache = Path(tmp, "mirror"), Path(tmp, "cache")
         mirror.mkdir()
         os.environ.update(SEGZOO_MIRROR=str(mirror), SEGZOO_CACHE=str(cache))
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-        print(f"| model | params | file (MB) | random init (s) | pretrained from cache (s) | speed-up |")
-        print(f"|---|---:|---:|---:|---:|---:|")
+        machine = platform.processor() or platform.machine()
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {machine}")
+        print("| model | params | file (MB) | random init (s) | pretrained from cache (s) | speed-up "
+              "| local file (s) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name in args.models:
             path = synthetic_checkpoint(name, mirror)
             segzoo.create_model(name, pretrained=True, progress=False)  # warm the cache
-            random_init = median_seconds(lambda: segzoo.create_model(name), args.runs)
-            pretrained = median_seconds(lambda: segzoo.create_model(name, pretrained=True, progress=False), args.runs)
+            random_init, pretrained, local_file = median_seconds([
+                lambda: segzoo.create_model(name),
+                lambda: segzoo.create_model(name, pretrained=True, progress=False),
+                lambda: segzoo.create_model(name, checkpoint_path=path),
+            ], args.runs)
             params = segzoo.model_info(name).num_params
             print(f"| {name} | {params / 1e6:.1f}M | {path.stat().st_size / 1e6:.0f} | {random_init:.3f} "
-                  f"| {pretrained:.3f} | {random_init / pretrained:.1f}x |")
+                  f"| {pretrained:.3f} | {random_init / pretrained:.1f}x | {local_file:.3f} |")
 
 
 if __name__ == "__main__":

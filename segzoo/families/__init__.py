@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._device import DeviceContext
 
 from segzoo.segmentors import EncoderDecoder
 
@@ -79,7 +80,7 @@ def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> Enc
 
     With ``initialize=False`` it is built on the meta device (in this thread
     only): tensors with shapes and dtypes but no memory, and no initialization
-    run, for a caller that assigns every tensor from a checkpoint right after
+    run (``torch.nn.init`` returns at once), for a caller that assigns every tensor from a checkpoint right after
     with :func:`segzoo.weights.load_state_dict_strict`, which also computes
     what a checkpoint does not hold.
     """
@@ -89,8 +90,21 @@ def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> Enc
         raise KeyError(f"no architecture named {name!r}; known: {sorted(_ARCHITECTURES)}") from None
     if initialize:
         return builder(**kwargs)
-    with torch.device("meta"):
+    with _MetaWithoutInit("meta"):
         return builder(**kwargs)
+
+
+class _MetaWithoutInit(DeviceContext):
+    """``with torch.device("meta")`` that also returns at once from ``torch.nn.init`` functions, which would
+    do nothing on meta tensors but cost time on each of the model's layers. Like it, local to this thread."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INIT_FUNCTIONS:
+            return args[0] if args else kwargs["tensor"]
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+_INIT_FUNCTIONS = frozenset(getattr(nn.init, name) for name in nn.init.__all__ if name.endswith("_"))
 
 
 from segzoo.families import emanet, eurnet, glore, moganet, regproxy  # noqa: E402,F401  (registers the builders)

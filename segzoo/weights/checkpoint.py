@@ -152,16 +152,21 @@ def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Make the checkpoint's tensors the model's parameters and buffers, copying only those not contiguous."""
+    """Make the checkpoint's tensors the model's parameters and buffers, copying only those not contiguous.
+
+    They go straight into the modules' tables of parameters and buffers, whose
+    keys were checked against ``model.state_dict()`` (``setattr`` would check
+    them again, tensor by tensor).
+    """
     modules = dict(model.named_modules())
     for key, tensor in state_dict.items():
         module_name, _, attr = key.rpartition(".")
         module = modules[module_name]
-        current = getattr(module, attr)
         tensor = tensor.contiguous()
-        if isinstance(current, nn.Parameter):
-            tensor = nn.Parameter(tensor, requires_grad=current.requires_grad)
-        setattr(module, attr, tensor)
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(tensor, requires_grad=module._parameters[attr].requires_grad)
+        else:
+            module._buffers[attr] = tensor
 
 
 def _listed(keys: list[str]) -> str:
@@ -209,7 +214,7 @@ def load_state_dict_strict(
     """
     skip = list(skip)
     prefixes = tuple(f"{name}." for name in skip)
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.startswith(prefixes)}
     given = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
     missing = sorted(expected.keys() - given.keys())
     unexpected = sorted(given.keys() - expected.keys())
@@ -233,8 +238,7 @@ def load_state_dict_strict(
         if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
             module.to_empty(device="cpu")
         module.reset_parameters()
-    _materialize_derived_buffers(model)
-    on_meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    on_meta = _materialize_derived_buffers(model)
     if on_meta:
         raise RuntimeError(
             f"{type(model).__name__} still has tensors on the meta device after loading {source} "
@@ -243,17 +247,25 @@ def load_state_dict_strict(
         )
 
 
-def _materialize_derived_buffers(model: nn.Module) -> None:
-    """Compute the buffers a checkpoint does not hold (``persistent=False``) of a model built on the meta device.
+def _materialize_derived_buffers(model: nn.Module) -> list[str]:
+    """Compute the buffers a checkpoint does not hold (``persistent=False``) of a model built on the meta device;
+    returns the names of the tensors still on the meta device after that (none, for a well-formed model).
 
     A module that registers such a buffer, derived from its configuration
     (e.g. a relative-position index), computes it in a method
     ``init_non_persistent_buffers()`` (timm's convention), called here once
-    the module's meta tensors have memory. Modules without it are left as
-    they are, so that :func:`load_state_dict_strict` names their meta tensors.
+    the module's meta tensors have memory.
     """
-    for module in model.modules():
-        init = getattr(module, "init_non_persistent_buffers", None)
-        if init is not None and any(t.is_meta for t in module.buffers(recurse=False)):
+    on_meta = []
+    for module_name, module in model.named_modules():
+        if any(t is not None and t.is_meta for t in module._buffers.values()) and hasattr(
+            type(module), "init_non_persistent_buffers"
+        ):
             module.to_empty(device="cpu", recurse=False)
-            init()
+            module.init_non_persistent_buffers()
+        on_meta += [
+            f"{module_name}.{name}".lstrip(".")
+            for name, t in (*module._parameters.items(), *module._buffers.items())
+            if t is not None and t.is_meta
+        ]
+    return on_meta
