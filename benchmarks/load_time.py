@@ -8,6 +8,7 @@ number of interleaved runs in one process.
 
     python benchmarks/load_time.py [--runs 7] [--models moganet_xt_fpn_ade20k moganet_l_upernet_ade20k]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,20 +58,26 @@ def main() -> None:
         os.environ.update(SEGZOO_MIRROR=str(mirror), SEGZOO_CACHE=str(cache))
         machine = platform.processor() or platform.machine()
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {machine}")
-        print("| model | params | file (MB) | random init (s) | pretrained from cache (s) | speed-up "
-              "| local file (s) |")
+        print(
+            "| model | params | file (MB) | random init (s) | pretrained from cache (s) | speed-up | local file (s) |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|")
         for name in args.models:
             path = synthetic_checkpoint(name, mirror)
             segzoo.create_model(name, pretrained=True, progress=False)  # warm the cache
-            random_init, pretrained, local_file = median_seconds([
-                lambda: segzoo.create_model(name),
-                lambda: segzoo.create_model(name, pretrained=True, progress=False),
-                lambda: segzoo.create_model(name, checkpoint_path=path),
-            ], args.runs)
+            random_init, pretrained, local_file = median_seconds(
+                [
+                    lambda: segzoo.create_model(name),
+                    lambda: segzoo.create_model(name, pretrained=True, progress=False),
+                    lambda: segzoo.create_model(name, checkpoint_path=path),
+                ],
+                args.runs,
+            )
             params = segzoo.model_info(name).num_params
-            print(f"| {name} | {params / 1e6:.1f}M | {path.stat().st_size / 1e6:.0f} | {random_init:.3f} "
-                  f"| {pretrained:.3f} | {random_init / pretrained:.1f}x | {local_file:.3f} |")
+            print(
+                f"| {name} | {params / 1e6:.1f}M | {path.stat().st_size / 1e6:.0f} | {random_init:.3f} "
+                f"| {pretrained:.3f} | {random_init / pretrained:.1f}x | {local_file:.3f} |"
+            )
 
 
 if __name__ == "__main__":

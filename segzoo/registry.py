@@ -1,4 +1,5 @@
 """Find, describe and build zoo models by name."""
+
 from __future__ import annotations
 
 import difflib
@@ -14,7 +15,12 @@ from segzoo.features import create_backbone  # noqa: F401  (public here, beside 
 from segzoo.optimize import optimize_for_inference
 from segzoo.segmentors import EncoderDecoder
 from segzoo.weights import (
-    UnsafeCheckpointError, hf_hub, load_pretrained, load_state_dict_strict, offline, read_state_dict,
+    UnsafeCheckpointError,
+    hf_hub,
+    load_pretrained,
+    load_state_dict_strict,
+    offline,
+    read_state_dict,
 )
 from segzoo.zoo import ENTRIES, ModelInfo
 from segzoo.zoo.records import HF_HUB_PREFIX, from_plain
@@ -44,7 +50,8 @@ class UnknownModelError(LookupError):
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     """Sorted registered names matching the fnmatch ``pattern``; with ``pretrained``, only those with weights."""
     return sorted(
-        name for name, info in _BY_NAME.items()
+        name
+        for name, info in _BY_NAME.items()
         if fnmatch.fnmatchcase(name, pattern) and (info.weights or not pretrained)
     )
 
@@ -170,8 +177,7 @@ def _load_from_file(
         state_dict = read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle, mapped=False)
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(
-            f"{err}\nIf you trust this file, pass allow_unsafe_pickle=True (--allow-unsafe-pickle on the "
-            f"command line)."
+            f"{err}\nIf you trust this file, pass allow_unsafe_pickle=True (--allow-unsafe-pickle on the command line)."
         ) from err
     state_dict = convert_state_dict(model.info.architecture, state_dict)
     reinit = _classifiers_to_reinit(model, state_dict, classifiers)
@@ -195,6 +201,7 @@ def _classifiers_to_reinit(model: EncoderDecoder, state_dict: dict, candidates: 
     """
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     return [
-        name for name in candidates
+        name
+        for name in candidates
         if any(k.startswith(f"{name}.") and v.shape != shapes.get(k) for k, v in state_dict.items())
     ]

@@ -1,4 +1,5 @@
 """Getting weights over HTTP: cache, verification, resume, retries, locking, and the faults they guard against."""
+
 import dataclasses
 import hashlib
 import json
@@ -155,8 +156,12 @@ def test_two_processes_download_once_and_both_succeed(served, isolated_cache):
     )
     env = {**os.environ, "SEGZOO_CACHE": str(isolated_cache)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, f"{served.url}/weights.pth", PAYLOAD_SHA],
-                         stdout=subprocess.PIPE, env=env, cwd=REPO)
+        subprocess.Popen(
+            [sys.executable, "-c", code, f"{served.url}/weights.pth", PAYLOAD_SHA],
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=REPO,
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
@@ -319,10 +324,15 @@ def test_trickling_server_is_aborted_by_the_low_speed_limit(served, isolated_cac
     assert "weights.pth" not in _cache_files(isolated_cache)
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("SEGZOO_DOWNLOAD_TIMEOUT", "soon"), ("SEGZOO_DOWNLOAD_TIMEOUT", "0"), ("SEGZOO_DOWNLOAD_RETRIES", "-1"),
-    ("SEGZOO_DOWNLOAD_MIN_SPEED", "fast"),
-])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("SEGZOO_DOWNLOAD_TIMEOUT", "soon"),
+        ("SEGZOO_DOWNLOAD_TIMEOUT", "0"),
+        ("SEGZOO_DOWNLOAD_RETRIES", "-1"),
+        ("SEGZOO_DOWNLOAD_MIN_SPEED", "fast"),
+    ],
+)
 def test_bad_limit_settings_name_the_variable(served, monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
     with pytest.raises(segzoo.weights.WeightsError, match=variable):

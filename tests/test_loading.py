@@ -1,5 +1,6 @@
 """Models that receive weights: built on the meta device, then every tensor assigned from the checkpoint or
 computed; a user's file is read into memory the model owns."""
+
 import os
 import subprocess
 import sys
@@ -78,8 +79,11 @@ def test_derived_buffers_are_computed_after_loading_onto_the_meta_device():
 
     with torch.device("meta"):
         model = nn.Sequential(_WithoutInit())
-    with pytest.raises(RuntimeError, match=r"meta device after loading weights.pth \(1\): 0.table; .*"
-                                           r"init_non_persistent_buffers"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"meta device after loading weights.pth \(1\): 0.table; .*"
+        r"init_non_persistent_buffers",
+    ):
         load_state_dict_strict(model, {}, "weights.pth")
 
 
@@ -112,12 +116,18 @@ print("unchanged")
 def test_model_owns_its_tensors_when_the_user_file_changes(tmp_path, suffix):
     name = "moganet_xt_fpn_ade20k"
     path, other = tmp_path / f"mine{suffix}", tmp_path / f"other{suffix}"
-    save = save_mmseg_checkpoint if suffix == ".pth" else lambda file, tensors: safetensors.torch.save_file(
-        tensors, file)
+    save = (
+        save_mmseg_checkpoint if suffix == ".pth" else lambda file, tensors: safetensors.torch.save_file(tensors, file)
+    )
     for seed, file in enumerate((path, other)):
         save(file, synthetic_state_dict(name, seed=seed))  # MogaNet's published layout is segzoo's
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-c", _REWRITE_AND_TRUNCATE, str(path), str(other)],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _REWRITE_AND_TRUNCATE, str(path), str(other)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
     assert run.stdout.strip() == "unchanged"

@@ -9,6 +9,7 @@ and a converter from the ImageNet classification file the paper's training
 starts from to the backbone's layout, which :func:`convert_imagenet_state_dict`
 applies.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ def register_architecture(
     the built model's ``backbone`` (classifier dropped, names and shapes as
     the backbone has them).
     """
+
     def register(builder: Builder) -> Builder:
         if builder.__name__ in _ARCHITECTURES:
             raise ValueError(f"architecture {builder.__name__!r} is registered twice")

@@ -1,4 +1,5 @@
 """Read checkpoint files without running untrusted code, find the state dict, load it strictly."""
+
 from __future__ import annotations
 
 import logging
