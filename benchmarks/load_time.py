@@ -1,9 +1,10 @@
-"""Time to get a ready model: random initialization vs. create_model(pretrained=True) from a warm cache.
+"""Time to get a ready model: random initialization vs. create_model(pretrained=True) from a warm cache, and
+vs. create_model(checkpoint_path=...) from the user's own copy of the file (read into memory, not mapped).
 
 Checkpoints are synthetic (random tensors in the published mmseg layout, the
 size of the real files), served from a local mirror folder into a temporary
-cache, so the script needs no network. Both timings are medians over the same
-number of interleaved runs in one process.
+cache, so the script needs no network. All timings are medians over the same
+number of interleaved runs in one process (``benchmarks/measure.py``).
 
     python benchmarks/load_time.py [--runs 7] [--models moganet_xt_fpn_ade20k moganet_l_upernet_ade20k]
 """
@@ -16,10 +17,11 @@ import os
 import platform
 import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
+from measure import interleaved_seconds
 
 import segzoo
 from segzoo.families import build_architecture
@@ -33,15 +35,6 @@ def synthetic_checkpoint(name: str, folder: Path) -> Path:
     return path
 
 
-def median_seconds(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7)
@@ -52,20 +45,29 @@ def main() -> None:
         mirror, cache = Path(tmp, "mirror"), Path(tmp, "cache")
         mirror.mkdir()
         os.environ.update(SEGZOO_MIRROR=str(mirror), SEGZOO_CACHE=str(cache))
+        machine = platform.processor() or platform.machine()
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {machine}")
         print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+            "| model | params | file (MB) | random init (s) | pretrained from cache (s) | speed-up | local file (s) |"
         )
-        print("| model | params | file (MB) | random init (s) | pretrained from cache (s) | speed-up |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name in args.models:
             path = synthetic_checkpoint(name, mirror)
             segzoo.create_model(name, pretrained=True, progress=False)  # warm the cache
-            random_init = median_seconds(lambda: segzoo.create_model(name), args.runs)
-            pretrained = median_seconds(lambda: segzoo.create_model(name, pretrained=True, progress=False), args.runs)
+            seconds = interleaved_seconds(
+                {
+                    "random init": partial(segzoo.create_model, name),
+                    "pretrained": partial(segzoo.create_model, name, pretrained=True, progress=False),
+                    "local file": partial(segzoo.create_model, name, checkpoint_path=path),
+                },
+                args.runs,
+                warmup=0,
+            )
+            random_init, pretrained, local_file = (statistics.median(times) for times in seconds.values())
             params = segzoo.model_info(name).num_params
             print(
                 f"| {name} | {params / 1e6:.1f}M | {path.stat().st_size / 1e6:.0f} | {random_init:.3f} "
-                f"| {pretrained:.3f} | {random_init / pretrained:.1f}x |"
+                f"| {pretrained:.3f} | {random_init / pretrained:.1f}x | {local_file:.3f} |"
             )
 
 

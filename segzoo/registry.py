@@ -128,53 +128,96 @@ def create_model(
     architecture builder (e.g. ``drop_path_rate``). ``fuse=True`` returns the eval-only
     inference fast path of :func:`segzoo.optimize_for_inference` (same outputs, faster).
     """
+    _check_num_classes(num_classes)
+    from_hub = name.startswith(HF_HUB_PREFIX)
+    info = _hub_info(name) if from_hub else model_info(name)
+    classes = info.num_classes if num_classes is None else num_classes
+    with_weights = pretrained or checkpoint_path is not None or from_hub
+    model = _build(info, classes, kwargs, initialize=not with_weights)
+    if with_weights:
+        classifiers = model.classifier_names() if classes != info.num_classes else []
+        if from_hub:
+            reinit = _load_from_hub(model, name, classifiers)
+        elif checkpoint_path is not None:
+            reinit = _load_from_file(model, checkpoint_path, classifiers, allow_unsafe_pickle)
+        else:
+            reinit = _load_published(model, classifiers, progress, verify)
+        if reinit:
+            warnings.warn(
+                f"{info.name}: num_classes={classes} differs from the checkpoint's classifier; "
+                f"kept all weights but re-initialized {', '.join(reinit)}",
+                stacklevel=2,
+            )
+    if fuse:
+        return optimize_for_inference(model, inplace=True)
+    return model.eval()
+
+
+def _check_num_classes(num_classes: object) -> None:
+    """Refuse, before anything is built or fetched, a ``num_classes`` that is not a positive integer."""
     if num_classes is not None and (
         not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1
     ):
         raise ValueError(
             f"num_classes must be a positive integer (how many classes your labels have), got {num_classes!r}"
         )
-    from_hub = name.startswith(HF_HUB_PREFIX)
-    if from_hub:
-        config_path = hf_hub.download_file(name, hf_hub.CONFIG_NAME, local_only=offline())
-        info = from_plain(ModelInfo, json.loads(config_path.read_text())["info"])
-    else:
-        info = model_info(name)
-    with_weights = pretrained or checkpoint_path is not None or from_hub
-    classes = info.num_classes if num_classes is None else num_classes
+
+
+def _hub_info(name: str) -> ModelInfo:
+    """The entry record in the ``config.json`` of the ``hf-hub:ORG/REPO[@REVISION]`` repository ``name``."""
+    config_path = hf_hub.download_file(name, hf_hub.CONFIG_NAME, local_only=offline())
+    return from_plain(ModelInfo, json.loads(config_path.read_text())["info"])
+
+
+def _build(info: ModelInfo, num_classes: int, builder_args: dict[str, Any], initialize: bool) -> EncoderDecoder:
+    """The entry's architecture for ``num_classes`` classes, carrying ``info``; on the meta device, for weights
+    to be assigned, unless ``initialize``."""
     model = build_architecture(
-        info.architecture, initialize=not with_weights, **{**info.arch_args, **kwargs, "num_classes": classes}
+        info.architecture, initialize=initialize, **{**info.arch_args, **builder_args, "num_classes": num_classes}
     )
     model.info = info
-    reinit = model.classifier_names() if classes != info.num_classes else []
-    if from_hub:
-        path = hf_hub.download_file(name, hf_hub.WEIGHTS_NAME, local_only=offline())
-        state_dict = read_state_dict(path)
-        reinit = _classifiers_to_reinit(model, state_dict, reinit)
-        load_state_dict_strict(model, state_dict, f"{name} ({path})", skip=reinit)
-    elif checkpoint_path is not None:
-        try:
-            state_dict = read_state_dict(checkpoint_path, allow_unsafe_pickle=allow_unsafe_pickle)
-        except UnsafeCheckpointError as err:
-            raise UnsafeCheckpointError(
-                f"{err}\nIf you trust this file, pass allow_unsafe_pickle=True (--allow-unsafe-pickle on the "
-                f"command line)."
-            ) from err
-        state_dict = convert_state_dict(info.architecture, state_dict)
-        reinit = _classifiers_to_reinit(model, state_dict, reinit)
-        load_state_dict_strict(model, state_dict, str(checkpoint_path), skip=reinit)
-    elif pretrained:
-        convert = functools.partial(convert_state_dict, info.architecture)
-        load_pretrained(model, info, convert, skip=reinit, progress=progress, verify=verify)
-    if reinit and with_weights:
-        warnings.warn(
-            f"{info.name}: num_classes={classes} differs from the checkpoint's classifier; "
-            f"kept all weights but re-initialized {', '.join(reinit)}",
-            stacklevel=2,
-        )
-    if fuse:
-        return optimize_for_inference(model, inplace=True)
-    return model.eval()
+    return model
+
+
+def _load_from_hub(model: EncoderDecoder, name: str, classifiers: list[str]) -> list[str]:
+    """Load the weights of the segzoo-native repository ``name``; returns the classifiers re-initialized.
+
+    The file stays memory-mapped: the hub's cache stores it content-addressed and never rewrites it in place.
+    """
+    path = hf_hub.download_file(name, hf_hub.WEIGHTS_NAME, local_only=offline())
+    state_dict = read_state_dict(path)
+    reinit = _classifiers_to_reinit(model, state_dict, classifiers)
+    load_state_dict_strict(model, state_dict, f"{name} ({path})", skip=reinit)
+    return reinit
+
+
+def _load_from_file(
+    model: EncoderDecoder, path: str | Path, classifiers: list[str], allow_unsafe_pickle: bool
+) -> list[str]:
+    """Load the user's checkpoint file ``path`` (original or segzoo layout); returns the classifiers re-initialized.
+
+    The file is read into memory the model owns, not mapped: the user may rewrite or truncate it later.
+    """
+    try:
+        state_dict = read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle, mapped=False)
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(
+            f"{err}\nIf you trust this file, pass allow_unsafe_pickle=True (--allow-unsafe-pickle on the command line)."
+        ) from err
+    state_dict = convert_state_dict(model.info.architecture, state_dict)
+    reinit = _classifiers_to_reinit(model, state_dict, classifiers)
+    load_state_dict_strict(model, state_dict, str(path), skip=reinit)
+    return reinit
+
+
+def _load_published(
+    model: EncoderDecoder, classifiers: list[str], progress: bool | None, verify: bool | None
+) -> list[str]:
+    """Load the entry's published weights through the cache; returns the classifiers re-initialized (all of
+    ``classifiers``: published weights have the entry's classes)."""
+    convert = functools.partial(convert_state_dict, model.info.architecture)
+    load_pretrained(model, model.info, convert, skip=classifiers, progress=progress, verify=verify)
+    return classifiers
 
 
 def _classifiers_to_reinit(model: EncoderDecoder, state_dict: dict, candidates: list[str]) -> list[str]:

@@ -11,18 +11,17 @@ plug-in, a test) registers the same way.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import pkgutil
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from segzoo.weights.converters import Converter, ImageNetConverter, StateDict
 from segzoo.zoo.records import ModelInfo
@@ -171,52 +170,29 @@ def without_classifier(state_dict: StateDict, classifier_keys: tuple[str, ...]) 
     return {key: tensor for key, tensor in state_dict.items() if key not in classifier_keys}
 
 
-_INIT_FUNCTIONS = (
-    "uniform_",
-    "normal_",
-    "trunc_normal_",
-    "constant_",
-    "ones_",
-    "zeros_",
-    "kaiming_uniform_",
-    "kaiming_normal_",
-    "xavier_uniform_",
-    "xavier_normal_",
-)
-_NO_INIT_LOCK = threading.Lock()
+class _SkipInit(TorchFunctionMode):
+    """Returns at once from ``torch.nn.init`` functions, which would do nothing on meta tensors but cost time on
+    each of the model's layers; like any torch function mode, it is local to the thread that enters it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INIT_FUNCTIONS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
-@contextmanager
-def _no_weight_init() -> Iterator[None]:
-    """In this thread, let ``torch.nn.init`` leave tensors as allocated; other threads are unaffected."""
-    owner = threading.get_ident()
-
-    def skipping(init_fn):
-        @functools.wraps(init_fn)
-        def maybe_init(tensor, *args, **kwargs):
-            return tensor if threading.get_ident() == owner else init_fn(tensor, *args, **kwargs)
-
-        return maybe_init
-
-    with _NO_INIT_LOCK:
-        originals = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-        for name, init_fn in originals.items():
-            setattr(nn.init, name, skipping(init_fn))
-        try:
-            yield
-        finally:
-            for name, init_fn in originals.items():
-                setattr(nn.init, name, init_fn)
+_INIT_FUNCTIONS = frozenset(getattr(nn.init, name) for name in nn.init.__all__ if name.endswith("_"))
 
 
 def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> nn.Module:
     """Build the architecture ``name`` with builder arguments ``kwargs``.
 
-    With ``initialize=False`` the weights are allocated but not initialized,
-    for a caller that assigns every tensor from a checkpoint right after.
+    With ``initialize=False`` it is built on the meta device (in this thread only): tensors with shapes and
+    dtypes but no memory, and no initialization run, for a caller that assigns every tensor from a checkpoint
+    right after with :func:`segzoo.weights.load_state_dict_strict`, which also computes what a checkpoint does
+    not hold.
     """
     build = architecture(name).build
     if initialize:
         return build(**kwargs)
-    with _no_weight_init():
+    with torch.device("meta"), _SkipInit():
         return build(**kwargs)

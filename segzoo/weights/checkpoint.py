@@ -73,12 +73,15 @@ def sniff_format(path: Path) -> str:
     )
 
 
-def load_checkpoint_object(path: str | Path, allow_unsafe_pickle: bool = False) -> object:
+def load_checkpoint_object(path: str | Path, allow_unsafe_pickle: bool = False, mapped: bool = True) -> object:
     """The object a checkpoint file holds, read without running code unless ``allow_unsafe_pickle``.
 
     safetensors files are recognised by their content, whatever their suffix.
     A pickle that needs more than tensors and plain data raises
     :class:`UnsafeCheckpointError`; callers that offer the opt-in say how.
+    ``mapped`` lets the tensors stay memory-mapped onto the file where the
+    format allows it, which only a file nobody rewrites or truncates may do
+    (segzoo's cache); otherwise they are read into memory the caller owns.
     """
     path = Path(path)
     kind = sniff_format(path)
@@ -86,10 +89,11 @@ def load_checkpoint_object(path: str | Path, allow_unsafe_pickle: bool = False) 
         raise CheckpointError(f"{path} is a {kind} archive; read_state_dict finds the checkpoint inside it")
     if kind == "safetensors":
         try:
-            return safetensors.torch.load_file(path)
+            tensors = safetensors.torch.load_file(path)
+            return tensors if mapped else {key: tensor.clone() for key, tensor in tensors.items()}
         except (safetensors.SafetensorError, OSError) as err:
             raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
-    mmap = kind == "torch-zip"  # torch can map only its zip format
+    mmap = mapped and kind == "torch-zip"  # torch can map only its zip format
     try:
         if allow_unsafe_pickle:
             log.warning("unpickling %s without restrictions (allow_unsafe_pickle=True)", path)
@@ -108,11 +112,15 @@ def load_checkpoint_object(path: str | Path, allow_unsafe_pickle: bool = False) 
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (truncated or damaged?): {err}") from err
 
 
-def read_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, allow_unsafe_pickle: bool = False, mapped: bool = True
+) -> dict[str, torch.Tensor]:
     """Tensors of a segzoo ``.safetensors`` file, of an mmseg / detectron2 / bare ``.pth`` checkpoint, or of
     the checkpoint inside a tar or zip archive, on the CPU.
 
-    Files are memory-mapped where the format allows it. ``.pth`` files are
+    Files are memory-mapped where the format allows it, unless ``mapped`` is
+    False: a file the user owns, which may change or be truncated while the
+    model lives, is read into memory instead. ``.pth`` files are
     unpickled with ``weights_only=True``; a file that needs arbitrary objects
     is refused unless ``allow_unsafe_pickle`` is set, which runs whatever code
     the file contains: use it only for files you trust. Archives are checked
@@ -124,10 +132,10 @@ def read_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict
     if sniff_format(path) in ARCHIVE_FORMATS:
         with extracted_checkpoint(path) as checkpoint:
             try:
-                return read_state_dict(checkpoint, allow_unsafe_pickle)
+                return read_state_dict(checkpoint, allow_unsafe_pickle, mapped)
             except CheckpointError as err:
                 raise type(err)(f"in the archive {path}: {err}") from err
-    return _find_state_dict(load_checkpoint_object(path, allow_unsafe_pickle), path)
+    return _find_state_dict(load_checkpoint_object(path, allow_unsafe_pickle, mapped), path)
 
 
 def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -145,15 +153,21 @@ def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Make the checkpoint's tensors the model's parameters and buffers, without copying."""
+    """Make the checkpoint's tensors the model's parameters and buffers, copying only those not contiguous.
+
+    They go straight into the modules' tables of parameters and buffers, whose
+    keys were checked against ``model.state_dict()`` (``setattr`` would check
+    them again, tensor by tensor).
+    """
     modules = dict(model.named_modules())
     for key, tensor in state_dict.items():
         module_name, _, attr = key.rpartition(".")
         module = modules[module_name]
-        current = getattr(module, attr)
-        if isinstance(current, nn.Parameter):
-            tensor = nn.Parameter(tensor, requires_grad=current.requires_grad)
-        setattr(module, attr, tensor)
+        tensor = tensor.contiguous()
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(tensor, requires_grad=module._parameters[attr].requires_grad)
+        else:
+            module._buffers[attr] = tensor
 
 
 def _listed(keys: list[str]) -> str:
@@ -190,8 +204,10 @@ def load_state_dict_strict(
 ) -> None:
     """Put ``state_dict`` into ``model``, requiring every key and shape to match.
 
-    The tensors are assigned, not copied, so ``model`` may be built without
-    initialization (or on the meta device). Floating-point tensors of another
+    The tensors are assigned, not copied, so ``model`` may be built on the
+    meta device (``build_architecture(..., initialize=False)``); what a
+    checkpoint does not hold is then computed here (see
+    :func:`_materialize_derived_buffers`). Floating-point tensors of another
     precision (half, double) are cast to the model's dtype, with a log line;
     other dtype differences are errors. Submodules named in ``skip`` ignore
     the checkpoint and are freshly initialized. On any mismatch nothing is
@@ -199,7 +215,7 @@ def load_state_dict_strict(
     """
     skip = list(skip)
     prefixes = tuple(f"{name}." for name in skip)
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.startswith(prefixes)}
     given = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
     missing = sorted(expected.keys() - given.keys())
     unexpected = sorted(given.keys() - expected.keys())
@@ -223,3 +239,34 @@ def load_state_dict_strict(
         if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
             module.to_empty(device="cpu")
         module.reset_parameters()
+    on_meta = _materialize_derived_buffers(model)
+    if on_meta:
+        raise RuntimeError(
+            f"{type(model).__name__} still has tensors on the meta device after loading {source} "
+            f"({len(on_meta)}): {_listed(on_meta)}; a module computes the buffers a checkpoint does not hold "
+            f"in init_non_persistent_buffers()"
+        )
+
+
+def _materialize_derived_buffers(model: nn.Module) -> list[str]:
+    """Compute the buffers a checkpoint does not hold (``persistent=False``) of a model built on the meta device;
+    returns the names of the tensors still on the meta device after that (none, for a well-formed model).
+
+    A module that registers such a buffer, derived from its configuration
+    (e.g. a relative-position index), computes it in a method
+    ``init_non_persistent_buffers()`` (timm's convention), called here once
+    the module's meta tensors have memory.
+    """
+    on_meta = []
+    for module_name, module in model.named_modules():
+        if any(t is not None and t.is_meta for t in module._buffers.values()) and hasattr(
+            type(module), "init_non_persistent_buffers"
+        ):
+            module.to_empty(device="cpu", recurse=False)
+            module.init_non_persistent_buffers()
+        on_meta += [
+            f"{module_name}.{name}".lstrip(".")
+            for name, t in (*module._parameters.items(), *module._buffers.items())
+            if t is not None and t.is_meta
+        ]
+    return on_meta
