@@ -23,7 +23,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml $(LOCK)
 demo: $(BIN)/.installed
 	$(BIN)/segzoo --verbose predict --out demo.png
 
-test: $(BIN)/.installed
+test: lint
 	$(BIN)/python -m pytest
 
 # ruff (lint and format check) and import-linter's layer contracts (pyproject.toml), the latter over the package

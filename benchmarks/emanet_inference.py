@@ -20,8 +20,10 @@ import statistics
 from functools import partial
 
 import torch
-from measure import interleaved_seconds, pair_ratios, peak_memory_mb, run_fresh
+from measure import interleaved_seconds, pair_ratios, run_fresh
 from torch.utils.flop_counter import FlopCounterMode
+
+from segzoo.training.run_log import peak_memory_mb
 
 MODEL = "emanet_r50_cityscapes"
 SIZE = (1024, 2048)

@@ -22,10 +22,11 @@ from itertools import product
 
 import torch
 import torch.nn.functional as F
-from measure import interleaved_seconds, peak_memory_mb, run_fresh
+from measure import interleaved_seconds, run_fresh
 from torch.utils.flop_counter import FlopCounterMode
 
 from segzoo.backbones.eurnet import EXCLUDED, EurNet, GatedRelationalMessagePassing, relative_position_term
+from segzoo.training.run_log import peak_memory_mb
 
 MODEL = "eurnet_t_upernet_ade20k"
 BUILD_ONLY = "build"  # --peak-of: build the model, run nothing

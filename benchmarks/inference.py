@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from measure import interleaved_seconds, peak_memory_mb, run_fresh
+from measure import interleaved_seconds, run_fresh
 from torch.utils.flop_counter import FlopCounterMode
+
+from segzoo.training.run_log import peak_memory_mb
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ one process, each once per round, so that load from other processes on a shared 
 compare them by :func:`pair_ratios`, the ratio within each round. Times are wall-clock seconds, the GPU
 synchronized before and after each run.
 
-Peak memory: :func:`peak_memory_mb` is the peak so far of the whole process (run the work in a fresh process
-with :func:`run_fresh` to make it the work's own); :class:`PeakMemory` is the growth during one block.
+Peak memory: ``segzoo.training.run_log.peak_memory_mb`` (the training loop's, which the scripts use) is the peak
+so far of the whole process (run the work in a fresh process with :func:`run_fresh` to make it the work's own);
+:class:`PeakMemory` is the growth during one block.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import ctypes.util
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -64,13 +64,6 @@ def interleaved_seconds(
 def pair_ratios(numerators: list[float], denominators: list[float]) -> list[float]:
     """The ratio of two variants' times round by round (interleaved rounds saw the same load)."""
     return [a / b for a, b in zip(numerators, denominators)]
-
-
-def peak_memory_mb(device: torch.device | str) -> float:
-    """Peak memory of this process so far: allocated GPU memory, or the peak resident set size on the CPU."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def run_fresh(script: str, *args: str) -> Any:

@@ -20,10 +20,11 @@ import statistics
 from collections.abc import Iterator
 
 import torch
-from measure import interleaved_seconds, peak_memory_mb
+from measure import interleaved_seconds
 
 import segzoo
 from segzoo.training import build_optimizer, compute_losses, get_recipe
+from segzoo.training.run_log import peak_memory_mb
 
 
 class Variant:

@@ -32,13 +32,11 @@ DETECTRON2_NORMS = (
 
 @dataclass(frozen=True)
 class ParameterSetting:
-    """One parameter's multipliers of the base rate and base weight decay, and the rule that set them."""
+    """One parameter's multipliers of the base rate and base weight decay."""
 
     name: str
-    upstream_name: str
     lr_mult: float
     decay_mult: float
-    rule: str
 
 
 def _owned_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
@@ -52,38 +50,38 @@ def _owned_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, n
             yield (f"{prefix}.{local}" if prefix else local), module, local, param
 
 
-def _mmcv_setting(spec: OptimizerSpec, module: nn.Module, upstream: str) -> tuple[float, float, str]:
-    """mmcv 1.x ``DefaultOptimizerConstructor.add_params`` for one parameter: (lr_mult, decay_mult, rule)."""
+def _mmcv_setting(spec: OptimizerSpec, module: nn.Module, upstream: str) -> tuple[float, float]:
+    """mmcv 1.x ``DefaultOptimizerConstructor.add_params`` for one parameter: (lr_mult, decay_mult)."""
     # mmcv matches ``f"{prefix}.{name}"``: a parameter of the root module is seen as ".name".
     matched = upstream if "." in upstream else f".{upstream}"
     # sorted(sorted(keys), key=len, reverse=True): longest first, ties alphabetical; the first hit wins.
     for rule in sorted(sorted(spec.custom_keys, key=lambda r: r.key), key=lambda r: len(r.key), reverse=True):
         if rule.key in matched:
-            return rule.lr_mult, rule.decay_mult, f"custom key {rule.key!r}"
+            return rule.lr_mult, rule.decay_mult
     local = upstream.rsplit(".", 1)[-1]
     is_norm = isinstance(module, MMCV_NORMS)
     lr_mult = spec.bias_lr_mult if local == "bias" and not is_norm else 1.0
     if is_norm:
-        return lr_mult, spec.norm_decay_mult, "norm layer"
+        return lr_mult, spec.norm_decay_mult
     if isinstance(module, nn.Conv2d) and module.in_channels == module.groups:
-        return lr_mult, spec.dwconv_decay_mult, "depth-wise conv"
+        return lr_mult, spec.dwconv_decay_mult
     if local == "bias":
-        return lr_mult, spec.bias_decay_mult, "bias"
-    return lr_mult, 1.0, "default"
+        return lr_mult, spec.bias_decay_mult
+    return lr_mult, 1.0
 
 
-def _detectron2_setting(spec: OptimizerSpec, module: nn.Module, local: str) -> tuple[float, float, str]:
+def _detectron2_setting(spec: OptimizerSpec, module: nn.Module, local: str) -> tuple[float, float]:
     """detectron2 ``build_optimizer`` (2020-02) for one parameter, as multipliers of the base rate and decay."""
 
     def decay_mult(weight_decay: float) -> float:
         return weight_decay / spec.weight_decay if spec.weight_decay else 0.0
 
     if isinstance(module, DETECTRON2_NORMS):
-        return 1.0, decay_mult(spec.weight_decay_norm), "norm layer"
+        return 1.0, decay_mult(spec.weight_decay_norm)
     if local == "bias":
         bias_decay = spec.weight_decay if spec.weight_decay_bias is None else spec.weight_decay_bias
-        return spec.bias_lr_factor, decay_mult(bias_decay), "bias"
-    return 1.0, 1.0, "default"
+        return spec.bias_lr_factor, decay_mult(bias_decay)
+    return 1.0, 1.0
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
@@ -101,12 +99,11 @@ def _settings(model: nn.Module, recipe: Recipe) -> Iterator[tuple[ParameterSetti
     """
     spec = recipe.optimizer
     for name, module, local, param in _owned_parameters(_unwrapped(model)):
-        upstream = upstream_parameter_name(recipe, name)
         if spec.param_rules == "mmcv":
-            lr_mult, decay_mult, rule = _mmcv_setting(spec, module, upstream)
+            lr_mult, decay_mult = _mmcv_setting(spec, module, upstream_parameter_name(recipe, name))
         else:
-            lr_mult, decay_mult, rule = _detectron2_setting(spec, module, local)
-        yield ParameterSetting(name, upstream, lr_mult, decay_mult, rule), param
+            lr_mult, decay_mult = _detectron2_setting(spec, module, local)
+        yield ParameterSetting(name, lr_mult, decay_mult), param
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:

@@ -24,8 +24,8 @@ class JsonLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device | str) -> float:
     """Peak memory so far: allocated GPU memory, or the process's peak resident size on the CPU."""
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
