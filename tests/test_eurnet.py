@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,7 +14,9 @@ import torch
 import segzoo
 from segzoo.backbones.eurnet import MediumRangeGraph
 from segzoo.families import build_architecture
+from segzoo.weights import load_state_dict_strict
 from tests.conftest import REPO, SHARED, save_mmseg_checkpoint, upstream_manifests
+from tests.test_benchmarks import load_benchmark
 
 NAMES = [f"eurnet_{size}_upernet_ade20k" for size in "tsb"]
 GOLDEN = SHARED / "golden" / "eurnet"
@@ -24,10 +25,7 @@ GOLDEN = SHARED / "golden" / "eurnet"
 @cache
 def baseline():
     """The benchmark's port of the upstream structure (edge lists, index_add_, full kNN matrix)."""
-    spec = importlib.util.spec_from_file_location("eurnet_inference", REPO / "benchmarks" / "eurnet_inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("eurnet_inference")
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +110,8 @@ def test_knn_indices_equal_upstream(tiny):
 
     spec = json.loads((GOLDEN / f"{NAMES[0]}.json").read_text())
     weights = synth_state_dict(spec["manifest"], spec.get("weights_seed", 0))
-    model = build_architecture("eurnet_upernet", initialize=False, arch="t").eval()
-    model.load_state_dict(weights)
+    model = build_architecture("eurnet_upernet", initialize=False, arch="t").eval()  # on the meta device
+    load_state_dict_strict(model, weights, "synthetic upstream weights")
     picked = []
     hooks = [
         s.graph_construction_model.medium.register_forward_hook(lambda m, i, o: picked.append(o))

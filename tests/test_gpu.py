@@ -80,11 +80,11 @@ def test_fast_path_bf16_channels_last_compiled_against_eager_fp32(name):
 
 
 @pytest.mark.parametrize("name", ONE_PER_ARCHITECTURE)
-def test_forward_replays_as_one_cuda_graph(name, no_tf32, monkeypatch):
+def test_forward_replays_as_one_cuda_graph(name, no_tf32):
     """Captured once (no host sync or host copy in the forward; EurNet at 128x160 completes its kNN graph from
     ties), the graph replays what eager computes on a new input."""
     model = segzoo.create_model(name).eval().to("cuda")
     first, second = (torch.randn(1, 3, *input_size(name), device="cuda") for _ in range(2))
     with torch.no_grad():
-        run = load_benchmark("zoo", monkeypatch).cuda_graph_runner(model, first)
+        run = load_benchmark("zoo").cuda_graph_runner(model, first)
         assert relative_error(run(second).clone(), model(second)) < 1e-5

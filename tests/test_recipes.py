@@ -19,8 +19,7 @@ from segzoo.training.schedules import learning_rate
 
 def _meta_model(name: str) -> nn.Module:
     info = model_info(name)
-    with torch.device("meta"):
-        return build_architecture(info.architecture, initialize=False, num_classes=info.num_classes, **info.arch_args)
+    return build_architecture(info.architecture, initialize=False, num_classes=info.num_classes, **info.arch_args)
 
 
 def _lr_and_decay(optimizer: torch.optim.Optimizer) -> dict[str, tuple[float, float]]:
