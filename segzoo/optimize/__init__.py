@@ -18,8 +18,9 @@ from every public submodule and runs them phase by phase, in the order of :data:
    (:mod:`segzoo.optimize.moganet`);
 3. ``rewrite blocks``, on folded weights: the dilated ResNets' wide 3x3 convolutions by Winograd F(2x2, 3x3)
    on the CPU (:mod:`segzoo.optimize.resnet`), and those of the heads on them (:mod:`.emanet`, :mod:`.glore`);
-   the GloRe unit's 1x1 projections on the node side of its graph products (:mod:`segzoo.optimize.glore`); the Semantic-FPN neck's output convs split into a conv of the narrow
-   input and a stride-2 transposed conv of the coarser sum, and the FPN head's coarse levels sharing their
+   the GloRe unit's 1x1 projections on the node side of its graph products (:mod:`segzoo.optimize.glore`);
+   the Semantic-FPN neck's output convs split into a conv of the narrow input and a stride-2 transposed conv
+   of the coarser sum, and the FPN head's coarse levels sharing their
    last upsampling (:mod:`segzoo.optimize.fpn`); UperNet's 3x3 fusion convolution on the coarse levels
    before upsampling them (:mod:`segzoo.optimize.uper`: the convolution's channel mix commutes with the
    bilinear resize); the ViT blocks with their LayerNorm affines folded into the linear layers after them,
