@@ -15,19 +15,6 @@ from segzoo.training.recipes import upstream_parameter_name
 
 # mmcv 1.x DefaultOptimizerConstructor: is_norm = isinstance(module, (_BatchNorm, _InstanceNorm, GroupNorm, LayerNorm)).
 MMCV_NORMS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
-# detectron2 build_optimizer (2020-02): its norm_module_types.
-DETECTRON2_NORMS = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.GroupNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-)
 
 
 @dataclass(frozen=True)
@@ -39,15 +26,15 @@ class ParameterSetting:
     decay_mult: float
 
 
-def _owned_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
-    """``(full name, owning module, local name, parameter)`` in ``named_modules`` order, each parameter once."""
+def _owned_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Parameter]]:
+    """``(full name, owning module, parameter)`` in ``named_modules`` order, each parameter once."""
     seen: set[int] = set()
     for prefix, module in model.named_modules():
         for local, param in module.named_parameters(recurse=False):
             if id(param) in seen or not param.requires_grad:
                 continue
             seen.add(id(param))
-            yield (f"{prefix}.{local}" if prefix else local), module, local, param
+            yield (f"{prefix}.{local}" if prefix else local), module, param
 
 
 def _mmcv_setting(spec: OptimizerSpec, module: nn.Module, upstream: str) -> tuple[float, float]:
@@ -70,15 +57,16 @@ def _mmcv_setting(spec: OptimizerSpec, module: nn.Module, upstream: str) -> tupl
     return lr_mult, 1.0
 
 
-def _detectron2_setting(spec: OptimizerSpec, module: nn.Module, local: str) -> tuple[float, float]:
-    """detectron2 ``build_optimizer`` (2020-02) for one parameter, as multipliers of the base rate and decay."""
+def _detectron2_setting(spec: OptimizerSpec, upstream: str) -> tuple[float, float]:
+    """detectron2 ``build_optimizer`` (commit 83670010) for one parameter by its upstream name, as multipliers of
+    the base rate and decay."""
 
     def decay_mult(weight_decay: float) -> float:
         return weight_decay / spec.weight_decay if spec.weight_decay else 0.0
 
-    if isinstance(module, DETECTRON2_NORMS):
+    if upstream.endswith(("norm.weight", "norm.bias")):
         return 1.0, decay_mult(spec.weight_decay_norm)
-    if local == "bias":
+    if upstream.endswith(".bias"):
         bias_decay = spec.weight_decay if spec.weight_decay_bias is None else spec.weight_decay_bias
         return spec.bias_lr_factor, decay_mult(bias_decay)
     return 1.0, 1.0
@@ -98,11 +86,12 @@ def _settings(model: nn.Module, recipe: Recipe) -> Iterator[tuple[ParameterSetti
     the module that owns it; a ``module.`` wrapper is looked through.
     """
     spec = recipe.optimizer
-    for name, module, local, param in _owned_parameters(_unwrapped(model)):
+    for name, module, param in _owned_parameters(_unwrapped(model)):
+        upstream = upstream_parameter_name(recipe, name)
         if spec.param_rules == "mmcv":
-            lr_mult, decay_mult = _mmcv_setting(spec, module, upstream_parameter_name(recipe, name))
+            lr_mult, decay_mult = _mmcv_setting(spec, module, upstream)
         else:
-            lr_mult, decay_mult = _detectron2_setting(spec, module, local)
+            lr_mult, decay_mult = _detectron2_setting(spec, upstream)
         yield ParameterSetting(name, lr_mult, decay_mult), param
 
 

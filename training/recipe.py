@@ -30,9 +30,12 @@ class OptimizerSpec:
       parameter of a norm layer gets ``norm_decay_mult``, of a depth-wise conv
       ``dwconv_decay_mult``, any other ``bias`` ``bias_decay_mult``, and every
       ``bias`` outside norm layers ``bias_lr_mult``.
-    - ``detectron2`` (2019-2020 ``build_optimizer``): parameters of norm layers
-      get ``weight_decay_norm`` (rate unchanged); other ``bias`` parameters get
-      ``lr * bias_lr_factor`` and ``weight_decay_bias``.
+    - ``detectron2`` (``build_optimizer`` of master 2019-11-07, commit 83670010,
+      which EMANet trained with): it tells norm parameters by their upstream
+      name, so a name ending ``norm.weight`` or ``norm.bias`` gets
+      ``weight_decay_norm`` (rate unchanged), any other name ending ``.bias``
+      ``lr * bias_lr_factor`` and ``weight_decay_bias``, the rest the base rate
+      and decay. (Norm layers by module type came on 2020-01-28, e29680b5.)
     """
 
     type: Literal["SGD", "AdamW"]

@@ -26,14 +26,20 @@ def convert_detectron2(state_dict: StateDict) -> StateDict:
     """
     if not any(key.startswith("sem_seg_head.") for key in state_dict):
         return state_dict
-    converted = {}
-    for key, tensor in state_dict.items():
-        for old, new in _RENAMES:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        converted[key] = tensor
-    return converted
+    return {_renamed(key, _RENAMES): tensor for key, tensor in state_dict.items()}
+
+
+def _renamed(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    for old, new in renames:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def detectron2_parameter_name(name: str) -> str:
+    """The name upstream's detectron2 model gives the tensor segzoo calls ``name``: the converter's rename run
+    backwards."""
+    return _renamed(name, tuple((new, old) for old, new in _RENAMES))
 
 
 # The ImageNet classifier of Hang Zhang's encoding ResNets (deep stem, the layout of segzoo's DilatedResNet).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from segzoo.families.emanet import detectron2_parameter_name
 from segzoo.training.recipe import LossSpec, LossTerm, OptimizerSpec, PipelineSpec, Recipe, ScheduleSpec
 from segzoo.training.recipes._registry import recipe_from_registry, register_recipes
 from segzoo.zoo.records import ModelInfo
@@ -27,8 +28,12 @@ TRAIN_SIZES = {
     "Cityscapes": (tuple(range(800, 1025, 32)), 2048),
 }
 NOTES = (
-    "detectron2 build_optimizer: BatchNorm weights and biases get weight decay 0 (WEIGHT_DECAY_NORM) at the base "
-    "rate; the other biases (EMA unit conv1, classifier) lr x 2 and weight decay 0; all other weights 1e-4.",
+    "Optimizer rules as trained: detectron2's build_optimizer of master 2019-11-07 (commit 83670010), which the "
+    "EMANet results date from, told norm parameters by name. Upstream names ending norm.weight / norm.bias (the "
+    "head's conv-norm units) get weight decay 0 (WEIGHT_DECAY_NORM) at the base rate; every other name ending .bias "
+    "(the backbone's BatchNorm biases bn1.bias ..., EMA unit conv1, classifier) lr x 2 and weight decay 0; the rest, "
+    "the backbone's BatchNorm weights included, weight decay 1e-4. Today's detectron2 finds norm layers by module "
+    "type (since 2020-01-28, e29680b5), which would group the backbone's BatchNorms differently.",
     "WarmupCosineLR multiplies the half cosine over all 30000 iterations by the warm-up factor "
     "1e-3 * (1 - i / 1000) + i / 1000 for i < 1000 (the cosine is not shifted to start after warm-up).",
     "Data: shortest edge drawn from MIN_SIZE_TRAIN ('choice'), longest edge capped at MAX_SIZE_TRAIN, horizontal "
@@ -66,4 +71,4 @@ def emanet_recipe(info: ModelInfo) -> Recipe:
     )
 
 
-register_recipes("emanet", emanet_recipe)
+register_recipes("emanet", emanet_recipe, lambda info, name: detectron2_parameter_name(name))
