@@ -23,8 +23,9 @@ pytest.importorskip("torchvision")
 import segzoo
 from segzoo.cli import main
 from segzoo.training import get_recipe
+from segzoo.training.build import uses_sync_bn
 from segzoo.training.checkpoint import latest_checkpoint
-from segzoo.training.distributed import seed_everything
+from segzoo.training.distributed import Processes, seed_everything
 from segzoo.training.loop import LOG_NAME, TrainConfig, train
 from segzoo.training.recipe import ScheduleSpec
 from tests.conftest import REPO
@@ -394,3 +395,29 @@ def test_fine_tuning_on_custom_data_starts_from_the_published_weights(
     )
     loaded = segzoo.create_model(ENTRY, checkpoint_path=out / "model.safetensors", num_classes=3)
     assert torch.equal(loaded.state_dict()[classifier[0]], trained[classifier[0]])
+
+
+@pytest.mark.parametrize(
+    "device, world_size, requested, expected",
+    [
+        ("cpu", 2, None, False),  # the recipe's SyncBN needs CUDA: plain BatchNorm
+        ("cuda", 2, None, True),
+        ("cuda", 1, None, False),  # one process: nothing to synchronize
+        ("cuda", 2, False, False),  # --no-sync-bn
+        ("cpu", 2, False, False),
+    ],
+)
+def test_sync_bn_only_where_it_works(device, world_size, requested, expected):
+    processes = Processes(rank=0, world_size=world_size, device=torch.device(device))
+    assert uses_sync_bn(get_recipe("moganet_xt_fpn_ade20k"), processes, requested) is expected
+
+
+def test_sync_bn_asked_for_on_the_cpu_is_refused():
+    processes = Processes(rank=0, world_size=2, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"--sync-bn: SyncBatchNorm works only with CUDA devices"):
+        uses_sync_bn(get_recipe("moganet_xt_fpn_ade20k"), processes, requested=True)
+
+
+def test_no_sync_bn_shows_in_the_printed_recipe(capsys):
+    assert main(["train", "moganet_xt_fpn_ade20k", "--no-sync-bn", "--print-recipe"]) == 0
+    assert json.loads(capsys.readouterr().out)["sync_bn"] is False

@@ -37,11 +37,38 @@ def build_model(config: TrainConfig, recipe: Recipe, fresh: bool) -> EncoderDeco
     return model.train()
 
 
-def wrap_model(model: nn.Module, recipe: Recipe, processes: Processes) -> nn.Module:
-    """``model`` as the processes train it: in DDP (with SyncBN where the recipe has it) when there are several."""
+def uses_sync_bn(recipe: Recipe, processes: Processes, requested: bool | None = None) -> bool:
+    """Whether the run converts BatchNorm to SyncBN: where the recipe (or ``requested``, the ``--sync-bn`` /
+    ``--no-sync-bn`` override) has it and it works, i.e. several processes on CUDA devices (their group uses NCCL;
+    torch's SyncBatchNorm runs on GPU modules only). Elsewhere plain BatchNorm, said once in the log; a run that
+    asks for SyncBN where it cannot work is refused."""
+    wanted = recipe.sync_bn if requested is None else requested
+    if not (wanted and processes.distributed):
+        return False
+    if processes.device.type == "cuda":
+        return True
+    if requested:
+        raise ValueError(
+            f"--sync-bn: SyncBatchNorm works only with CUDA devices (NCCL), and this run trains on "
+            f"{processes.device.type}; leave the option out to train with plain BatchNorm"
+        )
+    if processes.is_main:
+        log.info(
+            "SyncBN off: it needs CUDA devices with NCCL and this run trains on %s; plain BatchNorm takes each "
+            "process's batch statistics",
+            processes.device.type,
+        )
+    return False
+
+
+def wrap_model(
+    model: nn.Module, recipe: Recipe, processes: Processes, requested_sync_bn: bool | None = None
+) -> nn.Module:
+    """``model`` as the processes train it: in DDP (with SyncBN where :func:`uses_sync_bn` says) when there are
+    several."""
     if not processes.distributed:
         return model
-    if recipe.sync_bn:
+    if uses_sync_bn(recipe, processes, requested_sync_bn):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [processes.device.index] if processes.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)

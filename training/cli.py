@@ -99,6 +99,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="custom data: start from the ImageNet backbone, not the entry's published weights",
     )
+    parser.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        help="SyncBN across processes (default: the recipe's, where it works: several processes on CUDA devices)",
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

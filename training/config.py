@@ -25,7 +25,9 @@ class TrainConfig:
     ``pretrained`` (default: only for custom data) starts from the entry's
     published weights; otherwise the ImageNet backbone of the recipe is loaded
     unless ``imagenet`` is off. ``resume`` is ``"latest"`` (the furthest
-    checkpoint in ``work_dir``) or a checkpoint file.
+    checkpoint in ``work_dir``) or a checkpoint file. ``sync_bn`` overrides the
+    recipe's SyncBN (which is used only where it works: several processes on
+    CUDA devices, whose group uses NCCL).
     """
 
     entry: str
@@ -48,6 +50,7 @@ class TrainConfig:
     imagenet: bool = True
     pretrained: bool | None = None
     quiet: bool = False
+    sync_bn: bool | None = None
 
     @property
     def custom_data(self) -> bool:
@@ -81,4 +84,6 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
         changes["eval_interval"] = config.eval_interval
     if config.checkpoint_interval is not None:
         changes["checkpoint_interval"] = config.checkpoint_interval
+    if config.sync_bn is not None:
+        changes["sync_bn"] = config.sync_bn
     return dataclasses.replace(recipe, **changes)

@@ -84,7 +84,7 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
     optimizer = build_optimizer(model, recipe)  # before the DDP wrapper: parameter names as upstream's rules see them
     scheduler = build_lr_scheduler(optimizer, recipe)
     scaler = torch.amp.GradScaler(processes.device.type, enabled=config.amp == "fp16")
-    wrapped = wrap_model(model, recipe, processes)
+    wrapped = wrap_model(model, recipe, processes, config.sync_bn)
     start = 0
     if state is not None:
         check_same_run(state, recipe, split, resume_path)
