@@ -24,10 +24,11 @@ import segzoo
 from segzoo.cli import main
 from segzoo.training import get_recipe
 from segzoo.training.build import uses_sync_bn
-from segzoo.training.checkpoint import latest_checkpoint
+from segzoo.training.checkpoint import latest_checkpoint, remove_interrupted_writes
 from segzoo.training.distributed import Processes, seed_everything
 from segzoo.training.loop import LOG_NAME, TrainConfig, train
 from segzoo.training.recipe import ScheduleSpec
+from segzoo.training.run_log import JsonLog
 from tests.conftest import REPO
 
 ENTRY = "moganet_xt_fpn_ade20k"  # the smallest model of the registry
@@ -252,8 +253,10 @@ def resumed_and_uninterrupted(ade_root: Path, module_tmp: Callable[[str], Path])
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
-    logged = [json.loads(line)["iter"] for line in (root / "killed" / LOG_NAME).read_text().splitlines()]
+    records = [json.loads(line) for line in (root / "killed" / LOG_NAME).read_text().splitlines()]
+    logged = [record["iter"] for record in records if "lr" in record]
     assert logged.count(1) == 1 and logged[-1] == 10, logged  # went on from a checkpoint, not from the start
+    assert logged == sorted(set(logged)), logged  # each iteration once: the resumed run dropped what it did again
     return root / "killed" / "iter_00000010.pth", root / "whole" / "iter_00000010.pth"
 
 
@@ -422,3 +425,21 @@ def test_sync_bn_asked_for_on_the_cpu_is_refused():
 def test_no_sync_bn_shows_in_the_printed_recipe(capsys):
     assert main(["train", "moganet_xt_fpn_ade20k", "--no-sync-bn", "--print-recipe"]) == 0
     assert json.loads(capsys.readouterr().out)["sync_bn"] is False
+
+
+def test_log_keeps_each_iteration_once_after_a_resume(tmp_path):
+    path = tmp_path / LOG_NAME
+    path.write_text("".join(json.dumps({"iter": i, "lr": 0.1}) + "\n" for i in range(1, 8)) + '{"iter": 8, "l')
+    JsonLog(path).keep_until(4)
+    assert [json.loads(line)["iter"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_interrupted_checkpoint_writes_are_removed_at_the_next_start(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stray = tmp_path / f".iter_00000010.pth.{dead.pid}.tmp"
+    live = tmp_path / f".iter_00000020.pth.{os.getpid()}.tmp"
+    for path in (stray, live):
+        path.write_bytes(b"half a checkpoint")
+    assert remove_interrupted_writes(tmp_path) == [stray]
+    assert not stray.exists() and live.exists()

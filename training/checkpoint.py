@@ -37,6 +37,28 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def remove_interrupted_writes(work_dir: Path) -> list[Path]:
+    """Delete the temporary files that :func:`save_checkpoint` calls left behind in ``work_dir`` when their process
+    was killed (those of a process still running are left alone); returns them."""
+    removed = []
+    for tmp in work_dir.glob(".iter_*.pth.*.tmp"):
+        pid = tmp.name.removesuffix(".tmp").rsplit(".", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
     """Write ``state`` to ``path`` through a temporary file and a rename: a killed run leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,8 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
     val_dataset = build_val_dataset(config, recipe)
     if processes.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in ckpt.remove_interrupted_writes(work_dir):
+            log.info("removed %s, a checkpoint write that a killed run left unfinished", tmp)
     seed_everything(config.seed)  # same initialization on every process
     model = build_model(config, recipe, fresh=state is None).to(processes.device)
     if state is not None:
@@ -108,6 +110,8 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
         set_rng_states(rngs[processes.rank] if processes.rank < len(rngs) else rngs[0])
         log.info("resumed from %s at iteration %d", resume_path, start)
     run = _Run(config, recipe, processes, split, wrapped, model, optimizer, scheduler, scaler, val_dataset)
+    if state is not None:
+        run.log.keep_until(start)  # the iterations after the checkpoint run again
     return run.loop(batches, start)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,23 @@ class JsonLog:
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def keep_until(self, iteration: int) -> None:
+        """Drop the records of iterations after ``iteration`` (a resumed run does them again), and a line that a
+        killed process left half written, so that each iteration is logged once."""
+        if self.path is None or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("iter", 0) <= iteration:
+                kept.append(line + "\n")
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
 
 
 def peak_memory_mb(device: torch.device | str) -> float:
