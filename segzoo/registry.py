@@ -37,7 +37,6 @@ from segzoo.zoo.records import HF_HUB_PREFIX, from_plain
 class _Catalog:
     """Every registered entry by name (with the maintainers' pinned hashes applied) and the unambiguous aliases."""
 
-    families: tuple[Family, ...]
     by_name: Mapping[str, ModelInfo]
     aliases: Mapping[str, str]
 
@@ -54,7 +53,7 @@ def _catalog_of(registered: tuple[Family, ...]) -> _Catalog:
     for info in entries:
         targets.setdefault(_alias_of(info), []).append(info.name)
     aliases = {alias: names[0] for alias, names in targets.items() if len(names) == 1}
-    return _Catalog(registered, {info.name: info for info in entries}, aliases)
+    return _Catalog({info.name: info for info in entries}, aliases)
 
 
 def _catalog() -> _Catalog:

@@ -5,7 +5,6 @@ Adding a family needs no edit here: a new module in this package is found on the
 """
 
 from segzoo.families._registry import (
-    DYNAMIC,
     EXPORT_FORMATS,
     EXPORTS_DYNAMICALLY,
     Architecture,
@@ -26,7 +25,6 @@ from segzoo.families._registry import (
 )
 
 __all__ = [
-    "DYNAMIC",
     "EXPORTS_DYNAMICALLY",
     "EXPORT_FORMATS",
     "Architecture",
