@@ -10,6 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import segzoo
 from segzoo import optimize
+from segzoo.features import FeatureExtractor
 from segzoo.optimize import EvalOnly, optimize_for_inference
 from tests.conftest import ONE_PER_ARCHITECTURE
 
@@ -151,15 +152,43 @@ def test_rewrite_table_runs_in_phase_order():
     assert "segzoo.backbones" not in central and "segzoo.heads" not in central, "the central module names a family"
 
 
-def test_a_model_without_fast_class_is_wrapped():
+def test_fast_feature_extractor_keeps_its_keys():
+    """optimize_for_inference(create_backbone(...)) is a FeatureExtractor whose state dict keys are rooted as the
+    eager extractor's (no wrapper prefix)."""
     extractor = segzoo.create_backbone("moganet_xt_fpn_ade20k", pretrained=False)
     randomize_folded_statistics(extractor)
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
     fast = optimize_for_inference(extractor)
-    assert isinstance(fast, EvalOnly) and fast.feature_info == extractor.feature_info
+    assert isinstance(fast, EvalOnly) and isinstance(fast, FeatureExtractor)
+    assert fast.feature_info == extractor.feature_info
+    assert all(key.startswith("backbone.") for key in fast.state_dict())
     reloaded = torch_save_round_trip(fast)
     with torch.inference_mode():
         for out, again, ref in zip(fast(x), reloaded(x), extractor(x)):
             assert relative_error(out, ref) < RTOL and torch.equal(again, out)
+    with pytest.raises(RuntimeError, match="optimized for inference"):
+        reloaded.train()
+
+
+class _UserModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.stem(images)
+
+
+def test_a_model_without_fast_class_is_wrapped():
+    """A module segzoo has no fast class for is wrapped: eval-only, same outputs, the same state dict keys."""
+    model = _UserModel().eval()
+    randomize_folded_statistics(model)
+    x = torch.randn(1, 3, 16, 20, generator=torch.Generator().manual_seed(2))
+    fast = optimize_for_inference(model)
+    assert isinstance(fast, EvalOnly) and list(fast.state_dict()) == ["stem.0.weight", "stem.0.bias"]
+    fast.load_state_dict(fast.state_dict())
+    reloaded = torch_save_round_trip(fast)
+    with torch.inference_mode():
+        assert relative_error(fast(x), model(x)) < RTOL and torch.equal(reloaded(x), fast(x))
     with pytest.raises(RuntimeError, match="optimized for inference"):
         reloaded.train()

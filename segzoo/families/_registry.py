@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
 
 from segzoo.weights.converters import Converter, ImageNetConverter, StateDict
 from segzoo.zoo.records import ModelInfo
@@ -170,17 +171,24 @@ def without_classifier(state_dict: StateDict, classifier_keys: tuple[str, ...]) 
     return {key: tensor for key, tensor in state_dict.items() if key not in classifier_keys}
 
 
-class _SkipInit(TorchFunctionMode):
-    """Returns at once from ``torch.nn.init`` functions, which would do nothing on meta tensors but cost time on
-    each of the model's layers; like any torch function mode, it is local to the thread that enters it."""
+class _MetaBuild(TorchFunctionMode):
+    """Builds on the meta device without running initialization: tensor constructors given no device make meta
+    tensors (as ``with torch.device("meta")`` does) and ``torch.nn.init`` functions return at once (they would do
+    nothing on meta tensors but cost time on each of the model's layers). One mode doing both costs one pass
+    through Python per tensor operation of the constructors, not two; like any torch function mode, it is local
+    to the thread that enters it."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _INIT_FUNCTIONS:
             return args[0] if args else kwargs["tensor"]
+        if func in _CONSTRUCTORS and (kwargs is None or kwargs.get("device") is None):
+            kwargs = {**(kwargs or {}), "device": _META}
         return func(*args, **(kwargs or {}))
 
 
 _INIT_FUNCTIONS = frozenset(getattr(nn.init, name) for name in nn.init.__all__ if name.endswith("_"))
+_CONSTRUCTORS = frozenset(_device_constructors())  # the functions torch.device(...) as a context gives a device
+_META = torch.device("meta")
 
 
 def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> nn.Module:
@@ -194,5 +202,5 @@ def build_architecture(name: str, initialize: bool = True, **kwargs: Any) -> nn.
     build = architecture(name).build
     if initialize:
         return build(**kwargs)
-    with torch.device("meta"), _SkipInit():
+    with _MetaBuild():
         return build(**kwargs)

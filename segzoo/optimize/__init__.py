@@ -176,8 +176,9 @@ class EvalOnly:
 
 
 class FastModule(EvalOnly, nn.Module):
-    """The fast form of a model whose class has no fast subclass: holds it as ``module``, runs it, and answers
-    attribute look-ups from it (as ``torch.compile``'s wrapper does)."""
+    """The fast form of a model whose class has no fast subclass: holds it as ``module``, runs it, answers
+    attribute look-ups from it (as ``torch.compile``'s wrapper does) and saves and loads its state dict under the
+    wrapped module's keys."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
@@ -185,6 +186,13 @@ class FastModule(EvalOnly, nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
+
+    def state_dict(self, *args, **kwargs):
+        """The wrapped module's state dict, under its own keys (no ``module.`` prefix)."""
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def __getattr__(self, name: str):
         try:

@@ -1,7 +1,9 @@
-"""The segmentor on the fast path: an eval-only :class:`~segzoo.segmentors.EncoderDecoder`."""
+"""The models' roots on the fast path: an eval-only :class:`~segzoo.segmentors.EncoderDecoder` and an eval-only
+:class:`~segzoo.features.FeatureExtractor` (what :func:`segzoo.create_backbone` returns)."""
 
 from __future__ import annotations
 
+from segzoo.features import FeatureExtractor
 from segzoo.optimize import EvalOnly, Rewrite
 from segzoo.segmentors import EncoderDecoder
 
@@ -10,4 +12,11 @@ class FastEncoderDecoder(EvalOnly, EncoderDecoder):
     """An :class:`~segzoo.segmentors.EncoderDecoder` after :func:`~segzoo.optimize.optimize_for_inference`."""
 
 
-REWRITES = (Rewrite("encoder-decoder segmentor", "rewrite blocks", (EncoderDecoder,), FastEncoderDecoder.from_module),)
+class FastFeatureExtractor(EvalOnly, FeatureExtractor):
+    """A :class:`~segzoo.features.FeatureExtractor` after :func:`~segzoo.optimize.optimize_for_inference`."""
+
+
+REWRITES = (
+    Rewrite("encoder-decoder segmentor", "rewrite blocks", (EncoderDecoder,), FastEncoderDecoder.from_module),
+    Rewrite("feature extractor", "rewrite blocks", (FeatureExtractor,), FastFeatureExtractor.from_module),
+)

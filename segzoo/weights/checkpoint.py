@@ -152,14 +152,14 @@ def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Make the checkpoint's tensors the model's parameters and buffers, copying only those not contiguous.
+def _assign(modules: Mapping[str, nn.Module], state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Make the checkpoint's tensors the parameters and buffers of ``modules`` (a model's, by name), copying only
+    those not contiguous.
 
     They go straight into the modules' tables of parameters and buffers, whose
     keys were checked against ``model.state_dict()`` (``setattr`` would check
     them again, tensor by tensor).
     """
-    modules = dict(model.named_modules())
     for key, tensor in state_dict.items():
         module_name, _, attr = key.rpartition(".")
         module = modules[module_name]
@@ -233,13 +233,14 @@ def load_state_dict_strict(
             parts.append(f"the file holds: {prefix_summary(given)}")
             parts.append(f"the model expects: {prefix_summary(expected)}")
         raise CheckpointMismatchError("\n  ".join(parts))
-    _assign(model, _matching_dtypes(given, expected, source))
+    modules = dict(model.named_modules())
+    _assign(modules, _matching_dtypes(given, expected, source))
     for name in skip:
         module = model.get_submodule(name)
         if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
             module.to_empty(device="cpu")
         module.reset_parameters()
-    on_meta = _materialize_derived_buffers(model)
+    on_meta = _materialize_derived_buffers(modules)
     if on_meta:
         raise RuntimeError(
             f"{type(model).__name__} still has tensors on the meta device after loading {source} "
@@ -248,9 +249,10 @@ def load_state_dict_strict(
         )
 
 
-def _materialize_derived_buffers(model: nn.Module) -> list[str]:
-    """Compute the buffers a checkpoint does not hold (``persistent=False``) of a model built on the meta device;
-    returns the names of the tensors still on the meta device after that (none, for a well-formed model).
+def _materialize_derived_buffers(modules: Mapping[str, nn.Module]) -> list[str]:
+    """Compute the buffers a checkpoint does not hold (``persistent=False``) of a model built on the meta device,
+    given its modules by name; returns the names of those still on the meta device after that (none, for a
+    well-formed model). Every other tensor was in the state dict the strict load assigned.
 
     A module that registers such a buffer, derived from its configuration
     (e.g. a relative-position index), computes it in a method
@@ -258,15 +260,16 @@ def _materialize_derived_buffers(model: nn.Module) -> list[str]:
     the module's meta tensors have memory.
     """
     on_meta = []
-    for module_name, module in model.named_modules():
-        if any(t is not None and t.is_meta for t in module._buffers.values()) and hasattr(
-            type(module), "init_non_persistent_buffers"
-        ):
+    for module_name, module in modules.items():
+        if not module._non_persistent_buffers_set:
+            continue
+        derived = [module._buffers.get(name) for name in module._non_persistent_buffers_set]
+        if any(t is not None and t.is_meta for t in derived) and hasattr(type(module), "init_non_persistent_buffers"):
             module.to_empty(device="cpu", recurse=False)
             module.init_non_persistent_buffers()
         on_meta += [
             f"{module_name}.{name}".lstrip(".")
-            for name, t in (*module._parameters.items(), *module._buffers.items())
-            if t is not None and t.is_meta
+            for name in sorted(module._non_persistent_buffers_set)
+            if module._buffers.get(name) is not None and module._buffers[name].is_meta
         ]
     return on_meta
