@@ -22,7 +22,7 @@ pytest.importorskip("torchvision")
 
 import segzoo
 from segzoo.cli import main
-from segzoo.training import get_recipe
+from segzoo.training import drops, get_recipe
 from segzoo.training.build import uses_sync_bn
 from segzoo.training.checkpoint import latest_checkpoint, remove_interrupted_writes
 from segzoo.training.distributed import Processes, seed_everything
@@ -139,43 +139,23 @@ def test_loss_goes_down_overfitting_two_images(tmp_path: Path) -> None:
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
 
 
-def without_dropout(monkeypatch) -> None:
-    """Zero the decode head's dropout: its draws differ between a second process and a second micro-step."""
-    import segzoo.training.loop as loop
-
-    build = loop.build_model
-
-    def build_model(*args, **kwargs):
-        model = build(*args, **kwargs)
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-                module.p = 0.0
-        return model
-
-    monkeypatch.setattr(loop, "build_model", build_model)
-
-
 _WORKER = """
 import dataclasses, sys
-import pytest
 from segzoo.training.loop import train
-from tests.test_training_loop import constant_rate, small_config, without_dropout
+from tests.test_training_loop import SPLIT_DROP_PATH, constant_rate, small_config
 data, work = sys.argv[1:3]
-without_dropout(pytest.MonkeyPatch())
 # the recipe asks for SyncBN, which on the CPU becomes plain BatchNorm
-train(small_config(data, work, iters=3, drop_path=0.0, accumulation=1),
+train(small_config(data, work, iters=3, drop_path=SPLIT_DROP_PATH, accumulation=1),
       dataclasses.replace(constant_rate(1e-3), iters=3))
 """
+SPLIT_DROP_PATH = 0.2  # with the decode head's Dropout2d(0.1): both kinds of draws are on
 
 
-def test_two_processes_equal_one_accumulating_two(
-    ade_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Same parameters after 3 steps. Not BN running statistics: DDP broadcasts rank 0's at every forward.
-    SyncBN, drop-path and dropout off: with SyncBN both images share batch statistics, which one process
-    accumulating cannot reproduce, and random draws of a second process differ from a second micro-step's."""
-    without_dropout(monkeypatch)
-    script = tmp_path / "worker.py"
+@pytest.fixture(scope="module")
+def two_processes(ade_root: Path, module_tmp: Callable[[str], Path]) -> dict[str, torch.Tensor]:
+    """The final state of 3 steps on 2 processes x 1 image (plain BatchNorm, dropout and drop-path on)."""
+    work = module_tmp("two")
+    script = work / "worker.py"
     script.write_text(_WORKER)
     launch = [
         sys.executable,
@@ -186,18 +166,65 @@ def test_two_processes_equal_one_accumulating_two(
         "2",
         str(script),
         str(ade_root),
-        str(tmp_path / "two"),
+        str(work / "run"),
     ]
     done = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    single = train(
-        small_config(ade_root, tmp_path / "one", iters=3, drop_path=0.0, accumulation=2),
-        dataclasses.replace(constant_rate(1e-3, sync_bn=False), iters=3),
-    )
-    two, one = model_tensors(tmp_path / "two" / "iter_00000003.pth"), model_tensors(single)
+    return model_tensors(work / "run" / "iter_00000003.pth")
+
+
+def one_process_accumulating_two(data: Path, work_dir: Path) -> dict[str, torch.Tensor]:
+    """The final state of the same 3 steps on 1 process x 2 micro-steps x 1 image."""
+    recipe = dataclasses.replace(constant_rate(1e-3, sync_bn=False), iters=3)
+    config = small_config(data, work_dir, iters=3, drop_path=SPLIT_DROP_PATH, accumulation=2)
+    return model_tensors(train(config, recipe))
+
+
+def test_two_processes_equal_one_accumulating_two(
+    two_processes: dict[str, torch.Tensor], ade_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bitwise equal parameters: dropout and drop-path masks are keyed by stream position, so a second process draws
+    what a second micro-step draws, and both splits add the same two gradients, halved. Masks keyed by another
+    seed change every parameter."""
+    import segzoo.training.loop as loop
+
+    one = one_process_accumulating_two(ade_root, tmp_path / "one")
+    names = sorted(parameter_names())
     assert moved(one)
-    for name in parameter_names():
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
+    assert [n for n in names if not torch.equal(two_processes[n], one[n])] == []
+    monkeypatch.setattr(loop, "seed_drops", lambda model, seed: drops.seed_drops(model, seed + 1))
+    other_masks = one_process_accumulating_two(ade_root, tmp_path / "other")
+    assert [n for n in names if torch.equal(two_processes[n], other_masks[n])] == []
+
+
+def test_batch_norm_statistics_follow_rank_0s_micro_batches(
+    two_processes: dict[str, torch.Tensor], ade_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With plain BatchNorm, DDP broadcasts rank 0's buffers before each step's first forward, so the running
+    statistics follow rank 0's micro-batches only: the accumulating run whose second micro-steps leave them alone
+    (momentum 0) ends with the same statistics, bitwise; only the count of batches tracked differs."""
+    import segzoo.training.loop as loop
+
+    compute_losses, forwards = loop.compute_losses, iter(range(10**6))
+
+    def second_micro_step_keeps_statistics(model, images, labels, recipe):
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert all(norm.momentum is not None for norm in norms)  # an exponential average, not a cumulative one
+        momenta = [norm.momentum for norm in norms]
+        if next(forwards) % 2 == 1:
+            for norm in norms:
+                norm.momentum = 0.0
+        try:
+            return compute_losses(model, images, labels, recipe)
+        finally:
+            for norm, momentum in zip(norms, momenta):
+                norm.momentum = momentum
+
+    monkeypatch.setattr(loop, "compute_losses", second_micro_step_keeps_statistics)
+    one = one_process_accumulating_two(ade_root, tmp_path / "one")
+    counters = [n for n in one if n.endswith("num_batches_tracked")]
+    assert counters and all(one[n] == 6 and two_processes[n] == 3 for n in counters)
+    assert [n for n in one if n not in counters and not torch.equal(two_processes[n], one[n])] == []
 
 
 def _train_command(data: Path, work: Path) -> list[str]:

@@ -23,6 +23,12 @@ class BatchSplit:
     def total(self) -> int:
         return self.world_size * self.accumulation * self.batch_size
 
+    def positions(self, step: int, micro: int, rank: int) -> range:
+        """The data-stream positions of the micro-batch that process ``rank`` trains on at accumulation micro-step
+        ``micro`` of optimizer step ``step`` (0-based): step ``s`` takes positions ``[s * total, (s + 1) * total)``."""
+        first = step * self.total + (micro * self.world_size + rank) * self.batch_size
+        return range(first, first + self.batch_size)
+
 
 def split_batch(recipe: Recipe, config: TrainConfig, world_size: int) -> BatchSplit:
     """The per-process batch and accumulation that reproduce ``recipe.batch_size`` on ``world_size`` processes.

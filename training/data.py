@@ -13,6 +13,7 @@ import torch
 
 from segzoo.datasets.folders import IGNORE_INDEX, DatasetError, SegmentationFolder, open_data
 from segzoo.registry import model_info
+from segzoo.training.batch import BatchSplit
 from segzoo.training.recipe import Recipe
 from segzoo.training.transforms import TrainTransform
 
@@ -64,11 +65,10 @@ class InfiniteSampler(torch.utils.data.Sampler[tuple[int, int]]):
         return int(self._order[offset])
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        total = self.world_size * self.accumulation * self.micro_batch
+        split = BatchSplit(self.world_size, self.micro_batch, self.accumulation)
         for step in itertools.count(self.start_step):
             for micro in range(self.accumulation):
-                first = step * total + (micro * self.world_size + self.rank) * self.micro_batch
-                for position in range(first, first + self.micro_batch):
+                for position in split.positions(step, micro, self.rank):
                     yield self._index(position), position
 
 

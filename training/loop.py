@@ -4,10 +4,12 @@ One optimizer step ("iteration") consumes the recipe's total batch:
 ``world_size`` processes x ``accumulation`` micro-steps x ``batch_size``
 images. Gradients of the micro-steps are summed (each loss divided by
 ``accumulation``) and DDP averages them over processes only on the last
-micro-step, so any split of the total batch computes the same step. The data
-stream, its augmentation (drawn from the seed and the stream position) and
-every process's random state are saved in the checkpoints, so a run killed at
-any moment and resumed from its latest checkpoint ends with the same weights.
+micro-step. The data stream, its augmentation and the dropout and drop-path
+masks are drawn from the seed and each sample's stream position only, so with
+plain BatchNorm any split of the total batch computes the same step (see
+:mod:`segzoo.training.drops`). The stream position and every process's random
+state are saved in the checkpoints, so a run killed at any moment and resumed
+from its latest checkpoint ends with the same weights.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from segzoo.training.distributed import (
     seed_everything,
     set_rng_states,
 )
+from segzoo.training.drops import seed_drops
 from segzoo.training.losses import compute_losses
 from segzoo.training.optim import build_optimizer
 from segzoo.training.recipe import Recipe
@@ -83,6 +86,7 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
     model = build_model(config, recipe, fresh=state is None).to(processes.device)
     if state is not None:
         model.load_state_dict(state["model"])
+    draws = seed_drops(model, config.seed)
     optimizer = build_optimizer(model, recipe)  # before the DDP wrapper: parameter names as upstream's rules see them
     scheduler = build_lr_scheduler(optimizer, recipe)
     scaler = torch.amp.GradScaler(processes.device.type, enabled=config.amp == "fp16")
@@ -92,7 +96,7 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
         check_same_run(state, recipe, split, resume_path)
         start = restore_optimization(state, optimizer, scheduler, scaler)
     else:
-        seed_everything(config.seed + processes.rank)  # per-process draws (drop-path, dropout)
+        seed_everything(config.seed + processes.rank)  # per-process draws of anything not keyed by stream position
     loader = build_train_loader(
         dataset,
         recipe,
@@ -109,7 +113,7 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
         rngs = state["rng"]
         set_rng_states(rngs[processes.rank] if processes.rank < len(rngs) else rngs[0])
         log.info("resumed from %s at iteration %d", resume_path, start)
-    run = _Run(config, recipe, processes, split, wrapped, model, optimizer, scheduler, scaler, val_dataset)
+    run = _Run(config, recipe, processes, split, wrapped, model, draws, optimizer, scheduler, scaler, val_dataset)
     if state is not None:
         run.log.keep_until(start)  # the iterations after the checkpoint run again
     return run.loop(batches, start)
@@ -118,9 +122,11 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
 class _Run:
     """The state of a run in progress, and its loop."""
 
-    def __init__(self, config, recipe, processes, split, wrapped, model, optimizer, scheduler, scaler, val_dataset):
+    def __init__(
+        self, config, recipe, processes, split, wrapped, model, draws, optimizer, scheduler, scaler, val_dataset
+    ):
         self.config, self.recipe, self.processes, self.split = config, recipe, processes, split
-        self.wrapped, self.model, self.optimizer = wrapped, model, optimizer
+        self.wrapped, self.model, self.draws, self.optimizer = wrapped, model, draws, optimizer
         self.scheduler, self.scaler = scheduler, scaler
         self.val_dataset = val_dataset
         self.log = JsonLog(config.work_path / LOG_NAME if processes.is_main else None)
@@ -131,12 +137,14 @@ class _Run:
             else contextlib.nullcontext()
         )
 
-    def step(self, batches) -> dict[str, torch.Tensor]:
-        """One optimizer step over ``accumulation`` micro-batches; returns this process's mean loss terms."""
+    def step(self, batches, iteration: int) -> dict[str, torch.Tensor]:
+        """Optimizer step ``iteration`` (1-based) over ``accumulation`` micro-batches; returns this process's mean
+        loss terms."""
         device, accumulation = self.processes.device, self.split.accumulation
         totals: dict[str, torch.Tensor] = {}
         for micro in range(accumulation):
             images, labels = next(batches)
+            self.draws.start(self.split.positions(iteration - 1, micro, self.processes.rank))
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             last = micro == accumulation - 1
             sync = contextlib.nullcontext() if last or not self.processes.distributed else self.wrapped.no_sync()
@@ -170,7 +178,7 @@ class _Run:
         ) as bar:
             for iteration in range(start + 1, recipe.iters + 1):
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this iteration trains with
-                losses = self.step(batches)
+                losses = self.step(batches, iteration)
                 window_iters += 1
                 done = iteration == recipe.iters
                 if iteration % config.log_interval == 0 or done:

@@ -46,7 +46,7 @@ def check_same_run(state: dict[str, Any], recipe: Recipe, split: BatchSplit, pat
     if saved["world_size"] != split.world_size:
         warnings.warn(
             f"{path} was written by {saved['world_size']} processes, this run has {split.world_size}: "
-            f"the data stream goes on exactly, dropout and drop-path draws do not",
+            f"the data stream and the dropout and drop-path masks go on exactly, BatchNorm statistics do not",
             stacklevel=3,
         )
 
