@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -14,27 +15,64 @@ from segzoo.segmentors import EncoderDecoder
 from segzoo.training.config import TrainConfig
 from segzoo.training.distributed import Processes
 from segzoo.training.recipe import Recipe
+from segzoo.weights import CheckpointError, UnsafeCheckpointError
 
 log = logging.getLogger("segzoo.training")
 
+# What a new run starts from (besides an --init-from file), as :func:`starting_weights` says.
+PUBLISHED, IMAGENET, RANDOM = "published weights", "ImageNet backbone", "random initialization"
+
 
 def build_model(config: TrainConfig, recipe: Recipe, fresh: bool) -> EncoderDecoder:
-    """The model to train: published weights (fine-tuning), else random init plus the recipe's ImageNet backbone.
+    """The model to train, with the weights :func:`starting_weights` names: the ``--init-from`` file, the
+    published weights (fine-tuning), or random init plus the recipe's ImageNet backbone.
 
     ``fresh`` is false when a checkpoint will overwrite every weight (resume): nothing is loaded then.
     """
     kwargs = {} if config.drop_path is None else {"drop_path_rate": config.drop_path}
-    pretrained = config.custom_data if config.pretrained is None else config.pretrained
+    if fresh and config.init_from is not None:
+        return _init_from_file(config, kwargs).train()
+    start = starting_weights(config, recipe) if fresh else RANDOM
     model = segzoo.create_model(
         config.entry,
-        pretrained=fresh and pretrained,
+        pretrained=start == PUBLISHED,
         num_classes=config.num_classes,
         progress=False if config.quiet else None,
         **kwargs,
     )
-    if fresh and not pretrained and config.imagenet and recipe.imagenet_backbone:
+    if start == IMAGENET:
         load_imagenet_backbone(model, config.entry, progress=False if config.quiet else None)
     return model.train()
+
+
+def starting_weights(config: TrainConfig, recipe: Recipe) -> str:
+    """What a new run starts from: the ``--init-from`` file's path, :data:`PUBLISHED` (the default on custom
+    data), :data:`IMAGENET` (the recipe's backbone file) or :data:`RANDOM`."""
+    if config.init_from is not None:
+        return config.init_from
+    if config.custom_data if config.pretrained is None else config.pretrained:
+        return PUBLISHED
+    return IMAGENET if config.imagenet and recipe.imagenet_backbone else RANDOM
+
+
+def _init_from_file(config: TrainConfig, builder_args: dict[str, Any]) -> EncoderDecoder:
+    """The entry's model with the weights of the local file ``config.init_from``, in memory the model owns; a
+    classifier of another class count than ``num_classes`` is re-initialized (with a warning)."""
+    path = Path(config.init_from).expanduser()
+    try:
+        return segzoo.create_model(config.entry, checkpoint_path=path, num_classes=config.num_classes, **builder_args)
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(
+            f"--init-from {path}: {err.__cause__ or err}. If you trust the file, convert it first (`segzoo convert "
+            f"{config.entry} --checkpoint {path} --allow-unsafe-pickle --out DIR`) and pass "
+            f"--init-from DIR/model.safetensors"
+        ) from err
+    except CheckpointError as err:
+        raise type(err)(
+            f"--init-from {path}: {config.entry} cannot start from this file: {err}\nPass a checkpoint of "
+            f"{config.entry} (its upstream file, a segzoo .safetensors or an iter_*.pth that segzoo train wrote), "
+            f"with --num-classes K if its classifier was fine-tuned to K classes"
+        ) from err
 
 
 def uses_sync_bn(recipe: Recipe, processes: Processes, requested: bool | None = None) -> bool:

@@ -27,6 +27,16 @@ def _interval(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a training run (see :class:`segzoo.training.config.TrainConfig`)."""
     parser.add_argument("entry", help="registered model name or alias whose recipe to run")
@@ -44,7 +54,34 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CKPT",
         help="go on from CKPT, or without a value from the latest checkpoint in the work dir",
     )
-    parser.add_argument("--iters", type=positive_int, help="iterations (default: the recipe's)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument(
+        "--iters",
+        type=positive_int,
+        help="iterations; the schedule (warm-up included) and the intervals stretch to them "
+        "(default: the recipe's; with custom data 2000)",
+    )
+    length.add_argument(
+        "--epochs",
+        type=_positive_float,
+        metavar="E",
+        help="iterations of E passes over the train split: ceil(E x images / total batch), stretched as --iters",
+    )
+    parser.add_argument(
+        "--lr", type=_positive_float, help="base learning rate (default: the recipe's; per-parameter factors apply)"
+    )
+    parser.add_argument(
+        "--warmup-iters",
+        type=_interval,
+        metavar="W",
+        help="warm-up iterations (0: none; default: the recipe's, stretched with --iters)",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="FILE",
+        help="start from this local checkpoint of the entry (upstream file, segzoo .safetensors or a segzoo train "
+        "iter_*.pth) instead of published or ImageNet weights",
+    )
     parser.add_argument(
         "--batch-size",
         type=positive_int,
@@ -146,12 +183,14 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
+    from segzoo.training.build import starting_weights
     from segzoo.training.config import resolve_recipe
     from segzoo.zoo.records import to_plain
 
     config = config_from_args(args)
     if args.print_recipe:
-        print(json.dumps(to_plain(resolve_recipe(config)), indent=2))
+        recipe = resolve_recipe(config)
+        print(json.dumps({**to_plain(recipe), "start_from": starting_weights(config, recipe)}, indent=2))
         return 0
     require_train_extra()
     from segzoo.training.loop import train  # its data pipeline needs torchvision

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from bisect import bisect_right
 
@@ -61,6 +62,33 @@ def learning_rate(schedule: ScheduleSpec, total_iters: int, base_lr: float, iter
     if schedule.policy == "step":
         return base_lr * factor * schedule.gamma ** bisect_right(schedule.steps, iteration)
     raise ValueError(f"detectron2 schedule policy {schedule.policy!r} is not supported; use 'cosine' or 'step'")
+
+
+def rescaled(schedule: ScheduleSpec, old_iters: int, new_iters: int) -> ScheduleSpec:
+    """``schedule`` stretched from ``old_iters`` to ``new_iters`` iterations: warm-up, cosine-restart period
+    boundaries and step milestones scale in proportion (rounded), so a shorter or longer run goes through the
+    same phases as the recipe's (``poly`` and ``cosine`` already follow the run's length)."""
+    if new_iters == old_iters:
+        return schedule
+
+    def scale(iteration: int) -> int:
+        return round(iteration * new_iters / old_iters)
+
+    boundaries = [scale(end) for end in itertools.accumulate(schedule.periods)]
+    return dataclasses.replace(
+        schedule,
+        warmup_iters=scale(schedule.warmup_iters),
+        periods=tuple(end - start for start, end in zip([0, *boundaries], boundaries)),
+        steps=tuple(scale(step) for step in schedule.steps),
+    )
+
+
+def with_warmup(schedule: ScheduleSpec, warmup_iters: int) -> ScheduleSpec:
+    """``schedule`` with a warm-up of ``warmup_iters`` iterations (0: none); a schedule that had none gets a
+    linear one from its ``warmup_ratio`` (mmcv's default 0.1 unless the recipe set another)."""
+    if warmup_iters == 0:
+        return dataclasses.replace(schedule, warmup=None, warmup_iters=0)
+    return dataclasses.replace(schedule, warmup=schedule.warmup or "linear", warmup_iters=warmup_iters)
 
 
 class RecipeLRScheduler(torch.optim.lr_scheduler.LRScheduler):
