@@ -1,8 +1,8 @@
 """The check of a user's dataset before training or evaluation uses it: every image and label read once.
 
 Each image is decoded to its last byte (a truncated file fails) and each label's mode, size and
-class indices are read, on several threads: Pillow's decoders and numpy's counting release the GIL,
-and threads read as fast as processes here without starting any. What a file held is remembered in
+class indices are read, on several threads: Pillow's decoders release the GIL, and on two cores
+threads read as fast as processes without starting any. What a file held is remembered in
 segzoo's cache by the file's size and modification time, so a rerun reads only the files that
 changed. The cache keeps facts, not verdicts: it serves any ``num_classes`` and any image reader.
 """
@@ -77,7 +77,7 @@ def read_image_facts(path: Path) -> ImageFacts:
     with Image.open(path) as image:
         width, height = image.size
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
         image.load()
     return ImageFacts(width, height, orientation if isinstance(orientation, int) else 1)
 
