@@ -288,6 +288,9 @@ def test_custom_folder_names_unpaired_files(tmp_path: Path) -> None:
         open_custom_dataset(tmp_path, "train", 3)
     with pytest.raises(DatasetError, match=r"no folder .*images/val; expected DIR/images"):
         open_custom_dataset(tmp_path, "val", 3)
+    (tmp_path / "labels" / "train" / "a.png").unlink()  # one of each: both named
+    with pytest.raises(DatasetError, match=r"1 of 2 images .* no label.*a\.png; 1 labels .* no image.*z\.png; exp"):
+        open_custom_dataset(tmp_path, "train", 3)
 
 
 def test_custom_folder_rejects_colour_labels_and_classes_out_of_range(tmp_path: Path) -> None:

@@ -325,18 +325,21 @@ def open_custom_dataset(
     labels = {path.stem: path for path in label_dir.glob("*.png")}
     if not images:
         raise DatasetError(f"no images in {image_dir}; {CUSTOM_LAYOUT}")
+    unpaired = []
     no_label = sorted(images.keys() - labels.keys())
     if no_label:
-        raise DatasetError(
+        unpaired.append(
             f"{len(no_label)} of {len(images)} images in {image_dir} have no label <stem>.png in {label_dir}: "
-            f"{_listing([images[stem] for stem in no_label], MAX_LISTED_FILES)}; {CUSTOM_LAYOUT}"
+            f"{_listing([images[stem] for stem in no_label], MAX_LISTED_FILES)}"
         )
     no_image = sorted(labels.keys() - images.keys())
     if no_image:
-        raise DatasetError(
+        unpaired.append(
             f"{len(no_image)} labels in {label_dir} have no image of the same stem in {image_dir}: "
-            f"{_listing([labels[stem] for stem in no_image], MAX_LISTED_FILES)}; {CUSTOM_LAYOUT}"
+            f"{_listing([labels[stem] for stem in no_image], MAX_LISTED_FILES)}"
         )
+    if unpaired:
+        raise DatasetError("; ".join([*unpaired, CUSTOM_LAYOUT]))
     samples = [Sample(stem, images[stem], labels[stem]) for stem in images]
     folder = CustomFolder(root, samples, split, num_classes)
     folder.pipeline = pipeline
