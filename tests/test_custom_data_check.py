@@ -158,6 +158,16 @@ def test_a_rerun_reads_only_the_files_that_changed(tmp_path: Path, counted_reads
     assert sum(counted_reads.values()) == 4
 
 
+def test_a_cache_that_cannot_be_written_costs_only_the_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("SEGZOO_CACHE", str(blocker))
+    check_custom_data(open_splits(make_dataset(tmp_path / "data")), 0, progress=False)
+    assert "could not remember the check of" in caplog.text
+
+
 def test_segzoo_eval_names_a_label_out_of_range_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = make_dataset(tmp_path / "data", "val")
     bad = label_with(root, "s1", 3, split="val")
