@@ -14,6 +14,7 @@ from PIL import Image
 
 pytest.importorskip("torchvision")
 
+from segzoo.datasets.check import check_custom_data
 from segzoo.datasets.folders import DatasetError, open_custom_dataset
 from segzoo.training import get_recipe
 from segzoo.training.data import (
@@ -287,17 +288,20 @@ def test_custom_folder_names_unpaired_files(tmp_path: Path) -> None:
         open_custom_dataset(tmp_path, "train", 3)
     with pytest.raises(DatasetError, match=r"no folder .*images/val; expected DIR/images"):
         open_custom_dataset(tmp_path, "val", 3)
+    (tmp_path / "labels" / "train" / "a.png").unlink()  # one of each: both named
+    with pytest.raises(DatasetError, match=r"1 of 2 images .* no label.*a\.png; 1 labels .* no image.*z\.png; exp"):
+        open_custom_dataset(tmp_path, "train", 3)
 
 
 def test_custom_folder_rejects_colour_labels_and_classes_out_of_range(tmp_path: Path) -> None:
     make_custom(tmp_path)
     save(tmp_path / "labels" / "train" / "a.png", np.zeros((12, 16, 3), np.uint8))
-    with pytest.raises(DatasetError, match=r"a\.png is a 'RGB' image; labels must be single-channel.*Convert"):
-        open_custom_dataset(tmp_path, "train", 3)
+    with pytest.raises(DatasetError, match=r"a\.png is a 'RGB' image; labels must be single-channel.*convert"):
+        check_custom_data([open_custom_dataset(tmp_path, "train", 3)], progress=False)
     label = np.zeros((12, 16), np.uint8)
     label[3, 4] = 7
     save(tmp_path / "labels" / "train" / "a.png", label)
-    folder = open_custom_dataset(tmp_path, "train", 3)
+    folder = open_custom_dataset(tmp_path, "train", 3)  # a label changed after the check still fails when read
     with pytest.raises(DatasetError, match=r"a\.png has class index 7, but the dataset has 3 classes"):
         folder[0]
 

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segzoo.datasets.folders import IGNORE_INDEX, DatasetError, SegmentationFolder, open_data
+from segzoo.datasets.check import check_custom_data
+from segzoo.datasets.folders import IGNORE_INDEX, CustomFolder, DatasetError, SegmentationFolder, open_data
 from segzoo.registry import model_info
 from segzoo.training.batch import BatchSplit
+from segzoo.training.distributed import Processes, barrier
 from segzoo.training.recipe import Recipe
 from segzoo.training.transforms import TrainTransform
 
@@ -27,6 +29,22 @@ def build_train_dataset(recipe: Recipe, data: str | Path, *, num_classes: int | 
     """
     info = model_info(recipe.name)
     return open_data(info.dataset, data, "train", num_classes, info.test_pipeline)
+
+
+def check_training_data(
+    datasets: Sequence[SegmentationFolder | None], processes: Processes, *, workers: int, quiet: bool = False
+) -> None:
+    """Read every file of the custom splits among ``datasets`` before anything is built, on ``workers`` threads
+    (see :func:`segzoo.datasets.check.check_custom_data`). The main process reads them; the others wait and then
+    find them in the check's cache."""
+    folders = [dataset for dataset in datasets if isinstance(dataset, CustomFolder)]
+    if not folders:
+        return
+    if processes.is_main:
+        check_custom_data(folders, workers, progress=False if quiet else None)
+    barrier(processes)
+    if not processes.is_main:
+        check_custom_data(folders, workers, progress=False)
 
 
 class InfiniteSampler(torch.utils.data.Sampler[tuple[int, int]]):

@@ -30,7 +30,7 @@ from segzoo.training import checkpoint as ckpt
 from segzoo.training.batch import split_batch
 from segzoo.training.build import build_model, build_val_dataset, wrap_model
 from segzoo.training.config import TrainConfig, check_config, resolve_recipe
-from segzoo.training.data import build_train_dataset, build_train_loader
+from segzoo.training.data import build_train_dataset, build_train_loader, check_training_data
 from segzoo.training.distributed import (
     Processes,
     barrier,
@@ -78,6 +78,7 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
     resume_path, state = find_resume_state(config)
     dataset = build_train_dataset(recipe, config.data, num_classes=config.num_classes)  # fails early on a wrong folder
     val_dataset = build_val_dataset(config, recipe)
+    check_training_data([dataset, val_dataset], processes, workers=config.workers, quiet=config.quiet)
     if processes.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         for tmp in ckpt.remove_interrupted_writes(work_dir):

@@ -23,7 +23,8 @@ def _eval(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     import segzoo
-    from segzoo.datasets.folders import open_data
+    from segzoo.datasets.check import check_custom_data
+    from segzoo.datasets.folders import CustomFolder, open_data
     from segzoo.evaluation.runner import evaluate, format_report
 
     device = args.device
@@ -37,6 +38,8 @@ def _eval(args: argparse.Namespace) -> int:
         dataset = open_data(
             info.dataset, args.data, args.split, args.num_classes, info.test_pipeline
         )  # before downloads
+        if isinstance(dataset, CustomFolder):
+            check_custom_data([dataset], progress=progress(args) if not launched or dist.get_rank() == 0 else False)
         model = load_model(args, args.model)
         result = evaluate(
             model.to(device),

@@ -22,6 +22,7 @@ from segzoo.zoo.records import InferencePipeline
 
 IGNORE_INDEX = 255
 _MAX_LISTED = 3  # missing files named in an error message
+MAX_LISTED_FILES = 20  # bad files of a user's dataset named in an error message
 
 
 class DatasetError(ValueError):
@@ -233,10 +234,10 @@ def _by_key(folder: Path, pattern: str, suffix: str) -> dict[str, Path]:
     return {p.relative_to(folder).as_posix()[: -len(suffix)]: p for p in folder.glob(pattern)}
 
 
-def _listing(paths: Sequence[Path]) -> str:
-    """A few of the expected ``paths``, and how many more there are."""
-    shown = ", ".join(str(path) for path in paths[:_MAX_LISTED])
-    more = len(paths) - _MAX_LISTED
+def _listing(paths: Sequence[Path], limit: int = _MAX_LISTED) -> str:
+    """The first ``limit`` of ``paths``, and how many more there are."""
+    shown = ", ".join(str(path) for path in paths[:limit])
+    more = len(paths) - limit
     return shown + (f" and {more} more" if more > 0 else "")
 
 
@@ -268,7 +269,8 @@ CUSTOM_LAYOUT = (
 
 class CustomFolder(SegmentationFolder):
     """A user's dataset (see :func:`open_custom_dataset`): classes ``class_0`` ... ``class_{K-1}``,
-    every label value checked against ``num_classes`` when a sample is read."""
+    every label value checked against ``num_classes`` when a sample is read (a file may change after
+    :func:`segzoo.datasets.check.check_custom_data` read it)."""
 
     def __init__(self, root: Path, samples: Sequence[Sample], split: str, num_classes: int) -> None:
         # SegmentationFolder's own __init__ looks the dataset's classes up by name; a custom one has none
@@ -300,9 +302,9 @@ def open_custom_dataset(
 ) -> CustomFolder:
     """The ``split`` ("train" or "val") of a user's dataset laid out as ``CUSTOM_LAYOUT`` says.
 
-    Images and labels pair by file stem; a DatasetError names the folder and the first
-    unpaired files, a label that is not single-channel 8-bit with what to do, and (when
-    read) a label value that is neither below ``num_classes`` nor 255. ``pipeline`` as in
+    Images and labels pair by file stem; a DatasetError names the folder or the unpaired
+    files. Only file names are looked at: :func:`segzoo.datasets.check.check_custom_data`
+    reads every file before training or evaluation starts. ``pipeline`` as in
     :func:`open_dataset`.
     """
     root = Path(root).expanduser()
@@ -323,27 +325,21 @@ def open_custom_dataset(
     labels = {path.stem: path for path in label_dir.glob("*.png")}
     if not images:
         raise DatasetError(f"no images in {image_dir}; {CUSTOM_LAYOUT}")
+    unpaired = []
     no_label = sorted(images.keys() - labels.keys())
     if no_label:
-        raise DatasetError(
+        unpaired.append(
             f"{len(no_label)} of {len(images)} images in {image_dir} have no label <stem>.png in {label_dir}: "
-            f"{_listing([images[stem] for stem in no_label])}; {CUSTOM_LAYOUT}"
+            f"{_listing([images[stem] for stem in no_label], MAX_LISTED_FILES)}"
         )
     no_image = sorted(labels.keys() - images.keys())
     if no_image:
-        raise DatasetError(
+        unpaired.append(
             f"{len(no_image)} labels in {label_dir} have no image of the same stem in {image_dir}: "
-            f"{_listing([labels[stem] for stem in no_image])}; {CUSTOM_LAYOUT}"
+            f"{_listing([labels[stem] for stem in no_image], MAX_LISTED_FILES)}"
         )
-    for path in sorted(labels.values()):
-        with Image.open(path) as img:  # reads the header only
-            mode = img.mode
-        if mode not in ("L", "P"):
-            raise DatasetError(
-                f"label {path} is a {mode!r} image; labels must be single-channel 8-bit PNGs of class indices "
-                f"(mode 'L' or 'P'). Convert colour-coded masks to one index per pixel first, e.g. "
-                f"Image.fromarray(index_array.astype('uint8')).save(path)"
-            )
+    if unpaired:
+        raise DatasetError("; ".join([*unpaired, CUSTOM_LAYOUT]))
     samples = [Sample(stem, images[stem], labels[stem]) for stem in images]
     folder = CustomFolder(root, samples, split, num_classes)
     folder.pipeline = pipeline
