@@ -421,9 +421,9 @@ def test_refused_entry_is_listed_as_a_manual_download(drive, tmp_path, capsys, m
     name = "moganet_xt_fpn_ade20k"
     info = dataclasses.replace(registry._catalog().by_name[name], weights=(_source(QUOTA, sha256=None),))
     monkeypatch.setitem(registry._catalog().by_name, name, info)
-    assert main(["download", name, "--to", str(tmp_path / "mirror"), "--quiet"]) == 0
+    assert main(["download", name, "--to", str(tmp_path / "mirror"), "--quiet"]) == 1  # the mirror lacks a file
     out = capsys.readouterr().out
-    assert f"{name}: manual download needed" in out and "download quota" in out
+    assert f"{name}: needs a person: Google Drive did not serve" in out and "download quota" in out
 
 
 def test_drive_that_never_answers_fails_in_bounded_time(silent_server_url, isolated_cache, monkeypatch):

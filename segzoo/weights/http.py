@@ -119,7 +119,7 @@ def _watched(pool_class: type[urllib3.HTTPConnectionPool]) -> type[urllib3.HTTPC
                 watchdog.watch(connection)
             return connection
 
-    WatchedPool.__name__ = WatchedPool.__qualname__ = f"Watched{pool_class.__name__}"
+    WatchedPool.__name__ = WatchedPool.__qualname__ = pool_class.__name__  # as urllib3's messages name it
     return WatchedPool
 
 
