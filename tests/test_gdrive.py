@@ -435,3 +435,18 @@ def test_drive_that_never_answers_fails_in_bounded_time(silent_server_url, isola
     assert time.monotonic() - start < 5
     assert "after 3 attempts" in str(err.value) and "checkpoint_path" in str(err.value)
     assert _cache_files(isolated_cache) == []
+
+
+def test_drive_page_that_never_ends_hits_the_response_deadline(isolated_cache, monkeypatch):
+    from tests.test_download import trickling_server
+
+    endless_page = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\n<\r\n")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RESPONSE_DEADLINE", "0.5")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "0")
+    with trickling_server(*endless_page) as url:
+        monkeypatch.setattr("segzoo.weights.gdrive.ENTRY_URL", f"{url}/uc")
+        start = time.monotonic()
+        with pytest.raises(WeightsUnavailableError, match="SEGZOO_DOWNLOAD_RESPONSE_DEADLINE"):
+            fetch_weights(_source(SMALL), progress=False)
+    assert time.monotonic() - start < 3
+    assert _cache_files(isolated_cache) == []
