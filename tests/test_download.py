@@ -472,21 +472,38 @@ def lock_held_elsewhere(lock: Path, record: bool = True):
         holder.join()
 
 
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from segzoo.weights.cache import exclusive
+with exclusive(Path(sys.argv[1]), "fetching a test file"):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
 def test_waiting_for_a_lock_without_progress_ends_naming_its_holder(served, isolated_cache, monkeypatch):
     isolated_cache.mkdir()
     lock = isolated_cache / "weights.pth.lock"
-    monkeypatch.setenv("SEGZOO_LOCK_TIMEOUT", "1")
-    with lock_held_elsewhere(lock):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        monkeypatch.setenv("SEGZOO_LOCK_TIMEOUT", "1")
         start = time.monotonic()
         with pytest.raises(WeightsUnavailableError) as err:
             fetch_weights(_source(served), progress=False)
         assert time.monotonic() - start < 3
+    finally:
+        holder.kill()
+        holder.wait()
     message = str(err.value)
-    for needed in (str(lock), f"process {os.getpid()} on host {socket.gethostname()}", "fetching a test file"):
+    for needed in (str(lock), f"process {holder.pid} on host {socket.gethostname()}", "fetching a test file"):
         assert needed in message
     assert "SEGZOO_LOCK_TIMEOUT" in message and "delete" in message
     assert served.gets("/weights.pth") == []
-    assert fetch_weights(_source(served), progress=False).path.read_bytes() == PAYLOAD  # released: it goes ahead
+    assert fetch_weights(_source(served), progress=False).path.read_bytes() == PAYLOAD  # the kernel freed the lock
 
 
 def test_lock_whose_recorded_holder_is_gone_is_called_stale(served, isolated_cache, monkeypatch):
