@@ -1,13 +1,19 @@
 """Getting weights over HTTP: cache, verification, resume, retries, locking, and the faults they guard against."""
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
+import filelock
 import pytest
 import torch
 
@@ -337,3 +343,206 @@ def test_bad_limit_settings_name_the_variable(served, monkeypatch, variable, val
     monkeypatch.setenv(variable, value)
     with pytest.raises(segzoo.weights.WeightsError, match=variable):
         fetch_weights(_source(served), progress=False)
+
+
+@contextlib.contextmanager
+def trickling_server(head: bytes, piece: bytes, delay_s: float = 0.02, per_byte: bool = True):
+    """A server on 127.0.0.1 that answers each request with ``head``, then ``piece`` over and over, never ending.
+
+    ``piece`` goes one byte per ``delay_s`` (``per_byte``), or whole, as fast as the client reads.
+    """
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)  # the request
+            try:
+                conn.sendall(head)
+                while not stop.is_set():
+                    for byte in (piece[i : i + 1] for i in range(len(piece))) if per_byte else [piece]:
+                        conn.sendall(byte)
+                        if per_byte and stop.wait(delay_s):
+                            return
+            except OSError:  # the client gave up
+                return
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+TRICKLED_HEADERS = (b"HTTP/1.1 200 OK\r\n", b"X-Padding: 1\r\n")
+ENDLESS_CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"1\r\n \r\n",
+)
+
+
+def test_default_limits_end_trickled_headers_within_two_minutes(monkeypatch):
+    from segzoo.weights.download import DownloadLimits
+
+    for var in DownloadLimits._ENV.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("segzoo.weights.download.BACKOFF_S", 0.5)
+    assert DownloadLimits.from_env().worst_case_trickled_response_s <= 100
+
+
+def test_headers_trickled_byte_by_byte_hit_the_response_deadline(isolated_cache, monkeypatch):
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RESPONSE_DEADLINE", "0.5")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "1")
+    with trickling_server(*TRICKLED_HEADERS) as url:
+        start = time.monotonic()
+        with pytest.raises(WeightsUnavailableError) as err:
+            fetch_weights(WeightSource(url=f"{url}/weights.pth", format="mmseg"), progress=False)
+    assert time.monotonic() - start < 4
+    message = str(err.value)
+    assert "after 2 attempts" in message and "SEGZOO_DOWNLOAD_RESPONSE_DEADLINE" in message and "0.5s" in message
+    assert _cache_files(isolated_cache) == []
+
+
+def test_body_longer_than_the_attempt_deadline_is_cut_off_and_resumed(served, isolated_cache, monkeypatch):
+    served.chunk_delay_s = 0.3  # 16 pieces of 64 KiB: about 5 s, fast enough for the speed limit
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_DEADLINE", "1")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "1")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="SEGZOO_DOWNLOAD_DEADLINE") as err:
+        fetch_weights(_source(served), progress=False)
+    assert time.monotonic() - start < 4 and "the next attempt resumes" in str(err.value)
+    second = served.gets("/weights.pth")[1]
+    assert second is not None and second.startswith("bytes=")  # the second attempt resumed the first's bytes
+
+
+@pytest.mark.parametrize("served_manifest", [TRICKLED_HEADERS, ENDLESS_CHUNKED], ids=["headers", "endless-body"])
+def test_trickled_mirror_manifest_hits_the_response_deadline(served_manifest, monkeypatch):
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RESPONSE_DEADLINE", "0.5")
+    with trickling_server(*served_manifest) as url:
+        monkeypatch.setenv("SEGZOO_MIRROR", url)
+        start = time.monotonic()
+        with pytest.raises(WeightsUnavailableError) as err:
+            fetch_weights(WeightSource(url="https://example.com/weights.pth", format="mmseg"), progress=False)
+    assert time.monotonic() - start < 3
+    message = str(err.value)
+    assert f"{url}/manifest.json" in message and "SEGZOO_DOWNLOAD_RESPONSE_DEADLINE" in message
+
+
+def test_huge_mirror_manifest_is_never_read_whole(file_server, monkeypatch):
+    (file_server.root / "manifest.json").write_bytes(b" " * (5 << 20))  # announced in Content-Length
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    source = WeightSource(url="https://example.com/weights.pth", format="mmseg")
+    with pytest.raises(WeightsUnavailableError, match="announces 5242880 bytes, more than the 4 MiB"):
+        fetch_weights(source, progress=False)
+    endless = (ENDLESS_CHUNKED[0], b"10000\r\n" + b" " * 0x10000 + b"\r\n")  # unannounced, fast
+    with trickling_server(*endless, per_byte=False) as url:
+        monkeypatch.setenv("SEGZOO_MIRROR", url)
+        with pytest.raises(WeightsUnavailableError, match="sent more than 4194304 bytes"):
+            fetch_weights(source, progress=False)
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(lock: Path, record: bool = True):
+    """``lock`` held by another thread (the same as another process for file locks) until the block ends."""
+    from segzoo.weights.cache import exclusive
+
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with exclusive(lock, "fetching a test file") if record else filelock.FileLock(str(lock)):
+            taken.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    taken.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from segzoo.weights.cache import exclusive
+with exclusive(Path(sys.argv[1]), "fetching a test file"):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_waiting_for_a_lock_without_progress_ends_naming_its_holder(served, isolated_cache, monkeypatch):
+    isolated_cache.mkdir()
+    lock = isolated_cache / "weights.pth.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        monkeypatch.setenv("SEGZOO_LOCK_TIMEOUT", "1")
+        start = time.monotonic()
+        with pytest.raises(WeightsUnavailableError) as err:
+            fetch_weights(_source(served), progress=False)
+        assert time.monotonic() - start < 3
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(err.value)
+    for needed in (str(lock), f"process {holder.pid} on host {socket.gethostname()}", "fetching a test file"):
+        assert needed in message
+    assert "SEGZOO_LOCK_TIMEOUT" in message and "delete" in message
+    assert served.gets("/weights.pth") == []
+    assert fetch_weights(_source(served), progress=False).path.read_bytes() == PAYLOAD  # the kernel freed the lock
+
+
+def test_lock_whose_recorded_holder_is_gone_is_called_stale(served, isolated_cache, monkeypatch):
+    from segzoo.weights.cache import holder_path
+
+    isolated_cache.mkdir()
+    lock = isolated_cache / "weights.pth.lock"
+    monkeypatch.setenv("SEGZOO_LOCK_TIMEOUT", "0.5")
+    with lock_held_elsewhere(lock, record=False):  # e.g. a lock on a network file system that outlived its process
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        holder_path(lock).write_text(
+            json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": "then", "doing": "fetching"})
+        )
+        with pytest.raises(WeightsUnavailableError, match="no longer runs, so the lock is stale"):
+            fetch_weights(_source(served), progress=False)
+
+
+def test_lock_holder_that_makes_progress_is_waited_for(served, isolated_cache, monkeypatch):
+    isolated_cache.mkdir()
+    partial = partial_path(isolated_cache / "weights.pth")
+    monkeypatch.setenv("SEGZOO_LOCK_TIMEOUT", "0.5")
+    with lock_held_elsewhere(isolated_cache / "weights.pth.lock"):
+        waiter = concurrent.futures.ThreadPoolExecutor(1).submit(fetch_weights, _source(served), progress=False)
+        for _ in range(10):  # what a download in progress does to its partial file, for 2 s
+            time.sleep(0.2)
+            with open(partial, "ab") as f:
+                f.write(b"x")
+        assert not waiter.done()
+    assert waiter.result(timeout=10).path.read_bytes() == PAYLOAD
+
+
+def test_callers_waiting_behind_a_trickling_download_are_not_blocked_for_good(isolated_cache, monkeypatch):
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RESPONSE_DEADLINE", "0.5")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "0")
+    with trickling_server(*TRICKLED_HEADERS) as url, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        source = WeightSource(url=f"{url}/weights.pth", format="mmseg")
+        start = time.monotonic()
+        waiters = [pool.submit(fetch_weights, source, progress=False) for _ in range(3)]
+        errors = [w.exception(timeout=10) for w in waiters]
+    assert time.monotonic() - start < 5  # each in turn: one attempt of 0.5 s
+    assert all("SEGZOO_DOWNLOAD_RESPONSE_DEADLINE" in str(e) for e in errors), errors

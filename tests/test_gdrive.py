@@ -421,9 +421,9 @@ def test_refused_entry_is_listed_as_a_manual_download(drive, tmp_path, capsys, m
     name = "moganet_xt_fpn_ade20k"
     info = dataclasses.replace(registry._catalog().by_name[name], weights=(_source(QUOTA, sha256=None),))
     monkeypatch.setitem(registry._catalog().by_name, name, info)
-    assert main(["download", name, "--to", str(tmp_path / "mirror"), "--quiet"]) == 0
+    assert main(["download", name, "--to", str(tmp_path / "mirror"), "--quiet"]) == 1  # the mirror lacks a file
     out = capsys.readouterr().out
-    assert f"{name}: manual download needed" in out and "download quota" in out
+    assert f"{name}: needs a person: Google Drive did not serve" in out and "download quota" in out
 
 
 def test_drive_that_never_answers_fails_in_bounded_time(silent_server_url, isolated_cache, monkeypatch):
@@ -434,4 +434,19 @@ def test_drive_that_never_answers_fails_in_bounded_time(silent_server_url, isola
         fetch_weights(_source(SMALL), progress=False)
     assert time.monotonic() - start < 5
     assert "after 3 attempts" in str(err.value) and "checkpoint_path" in str(err.value)
+    assert _cache_files(isolated_cache) == []
+
+
+def test_drive_page_that_never_ends_hits_the_response_deadline(isolated_cache, monkeypatch):
+    from tests.test_download import trickling_server
+
+    endless_page = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\n<\r\n")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RESPONSE_DEADLINE", "0.5")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RETRIES", "0")
+    with trickling_server(*endless_page) as url:
+        monkeypatch.setattr("segzoo.weights.gdrive.ENTRY_URL", f"{url}/uc")
+        start = time.monotonic()
+        with pytest.raises(WeightsUnavailableError, match="SEGZOO_DOWNLOAD_RESPONSE_DEADLINE"):
+            fetch_weights(_source(SMALL), progress=False)
+    assert time.monotonic() - start < 3
     assert _cache_files(isolated_cache) == []

@@ -1,5 +1,6 @@
 """Air-gapped use: offline mode, mirror folders, `segzoo download`, and `segzoo pin`."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -9,6 +10,7 @@ import torch
 import segzoo
 from segzoo.cli import main
 from segzoo.weights import ChecksumMismatchError, WeightsUnavailableError
+from segzoo.zoo import WeightSource
 from segzoo.zoo.pins import apply_pins, read_pins
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
 
@@ -95,7 +97,74 @@ def test_pin_refuses_a_file_that_does_not_load(file_server, tmp_path, monkeypatc
     monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
     pins_file = tmp_path / "pins.json"
     assert main(["pin", NAME, "--pins-file", str(pins_file), "--quiet"]) == 1
-    assert "does not match" in capsys.readouterr().err and not pins_file.exists()
+    out, err = capsys.readouterr()
+    assert f"{NAME}: failed:" in out and "does not match" in out and not pins_file.exists()
+    assert (
+        err
+        == f"segzoo: error: 1 of 1 files are not pinned in {pins_file}: 0 need a person, 1 failed (each listed above)\n"
+    )
+
+
+def test_pin_writes_the_source_trees_pins_only_from_a_checkout(upstream, tmp_path, monkeypatch, capsys):
+    from segzoo.zoo import pins
+
+    assert pins.checkout_pins_file() == pins.PINS_FILE  # the tests run from a checkout
+    installed = tmp_path / "site-packages" / "segzoo" / "zoo" / "pins.json"
+    monkeypatch.setattr(pins, "PINS_FILE", installed)
+    assert pins.checkout_pins_file() is None
+    assert main(["pin", NAME, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("segzoo: error: segzoo runs from an installed copy") and "--pins-file" in err
+    assert len(err.splitlines()) == 1 and not installed.exists()
+    assert upstream.parent.joinpath("manifest.json").exists() is False  # nothing was downloaded for it
+
+
+SHARE_PAGE = "https://pan.example.com/s/1AbCdEf"
+SERVED, MISSING, SHARED = "moganet_xt_fpn_ade20k", "moganet_t_fpn_ade20k", "moganet_s_fpn_ade20k"
+
+
+@pytest.fixture
+def zoo_with_a_share_page(monkeypatch):
+    """SHARED's weights on a share page with an access code, as EMANet's are."""
+    from segzoo import registry
+
+    source = WeightSource(url=SHARE_PAGE, format="mmseg", kind="manual", access_code="x2d5", filename="shared.pth")
+    info = dataclasses.replace(registry._catalog().by_name[SHARED], weights=(source,))
+    monkeypatch.setitem(registry._catalog().by_name, SHARED, info)
+    return source
+
+
+def test_download_tries_every_entry_and_reports_each_one_it_could_not_get(
+    zoo_with_a_share_page, file_server, tmp_path, monkeypatch, capsys, isolated_cache
+):
+    served = segzoo.model_info(SERVED).weights[0]
+    save_mmseg_checkpoint(file_server.root / served.filename, synthetic_state_dict(SERVED))
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)  # a URL mirror lacking MISSING's file and the share page's
+    folder = tmp_path / "mirror"
+    assert main(["download", SHARED, MISSING, SERVED, "--to", str(folder), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    missing = segzoo.model_info(MISSING).weights[0].filename
+    assert f"{MISSING}: failed: could not download {file_server.url}/{missing}" in out and "404" in out
+    shared = next(line for line in out.splitlines() if line.startswith(f"{SHARED}:"))
+    for needed in ("needs a person", SHARE_PAGE, "(extraction code x2d5)", "shared.pth", str(isolated_cache)):
+        assert needed in shared
+    assert err == f"segzoo: error: 2 of 3 files are not in {folder}: 1 need a person, 1 failed (each listed above)\n"
+    assert list(json.loads((folder / "manifest.json").read_text())) == [SERVED]
+    assert (folder / served.filename).is_file()
+    # The person saves the share page's file in the cache; the next run copies it too.
+    save_mmseg_checkpoint(isolated_cache / "shared.pth", synthetic_state_dict(SHARED))
+    save_mmseg_checkpoint(file_server.root / missing, synthetic_state_dict(MISSING))
+    assert main(["download", SHARED, MISSING, SERVED, "--to", str(folder), "--quiet"]) == 0
+    assert sorted(json.loads((folder / "manifest.json").read_text())) == sorted([SERVED, MISSING, SHARED])
+
+
+def test_download_offline_goes_through_every_entry(zoo_with_a_share_page, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEGZOO_OFFLINE", "1")
+    assert main(["download", SERVED, SHARED, MISSING, "--to", str(tmp_path / "mirror"), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()[1:]] == [SERVED, SHARED, MISSING]
+    assert out.count("failed: segzoo is offline") == 2 and SHARE_PAGE in out and "x2d5" in out
+    assert "3 of 3 files" in err and "Traceback" not in err
 
 
 def test_registry_pins_file_is_well_formed():

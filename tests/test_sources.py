@@ -11,8 +11,15 @@ import torch
 
 import segzoo
 from segzoo.cli import main
-from segzoo.weights import CheckpointError, CheckpointMismatchError, WeightsUnavailableError, read_state_dict
+from segzoo.weights import (
+    CheckpointError,
+    CheckpointMismatchError,
+    WeightsUnavailableError,
+    fetch_weights,
+    read_state_dict,
+)
 from segzoo.weights.cache import LOCK_FILE_NAME
+from segzoo.weights.fetch import ManualDownloadRequired
 from segzoo.zoo import WeightSource
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
 
@@ -59,11 +66,20 @@ def test_share_page_file_put_in_the_cache_or_a_mirror_loads(manual, isolated_cac
     segzoo.create_model(NAME, pretrained=True, progress=False)
 
 
+def test_share_page_missing_from_a_url_mirror_still_says_what_to_do(manual, file_server, monkeypatch):
+    monkeypatch.setenv("SEGZOO_MIRROR", file_server.url)
+    with pytest.raises(ManualDownloadRequired) as err:
+        fetch_weights(manual, progress=False)
+    message = str(err.value)
+    for needed in ("404", f"{file_server.url}/moganet_xt_fpn.pth", SHARE_PAGE, "x2d5", "needs a person"):
+        assert needed in message
+
+
 def test_download_lists_share_page_entries_as_manual(manual, tmp_path, capsys, isolated_cache):
     folder = tmp_path / "mirror"
-    assert main(["download", NAME, "--to", str(folder), "--quiet"]) == 0
+    assert main(["download", NAME, "--to", str(folder), "--quiet"]) == 1  # the mirror lacks a file
     out = capsys.readouterr().out
-    assert f"{NAME}: manual download needed" in out and SHARE_PAGE in out
+    assert f"{NAME}: share page, needs a person: open {SHARE_PAGE} in a browser (extraction code x2d5)" in out
     assert json.loads((folder / "manifest.json").read_text()) == {}
     isolated_cache.mkdir(exist_ok=True)
     save_mmseg_checkpoint(isolated_cache / "moganet_xt_fpn.pth", synthetic_state_dict(NAME))

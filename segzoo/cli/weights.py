@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from segzoo.cli.options import add_checkpoint, add_names_or_all, add_num_classes, add_quiet, load_model, progress
 
 if TYPE_CHECKING:
-    from segzoo.mirror import FileKind
+    from segzoo.mirror import FileKind, Outcome
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -19,9 +19,38 @@ def _names(args: argparse.Namespace) -> list[str]:
     return segzoo.list_models() if args.all else [segzoo.model_info(name).name for name in args.models]
 
 
-def _report_manual(manual: dict[str, str]) -> None:
-    for name, instructions in manual.items():
-        print(f"{name}: manual download needed. {instructions}")
+def _report(outcome: Outcome, what_is_missing: str) -> int:
+    """Print each file set aside and a summary line; the exit status: 1 if any file was set aside."""
+    from segzoo.weights.cache import cache_dir
+
+    for item in outcome.unfinished:
+        source = item.source
+        if source.kind == "manual":
+            code = f" (extraction code {source.access_code})" if source.access_code else ""
+            print(
+                f"{item.key}: share page, needs a person: open {source.url} in a browser{code}, download "
+                f"{source.filename} and save it as {cache_dir() / source.filename}, then run this command again"
+            )
+            if not item.needs_a_person:
+                print(f"{item.key}: and it failed: {_first_line(item.reason)}")
+        elif item.needs_a_person:
+            print(f"{item.key}: needs a person: {' '.join(item.reason.split())}")
+        else:
+            print(f"{item.key}: failed: {_first_line(item.reason)}")
+    if not outcome.unfinished:
+        return 0
+    by_hand = sum(item.source.kind == "manual" or item.needs_a_person for item in outcome.unfinished)
+    total = len(outcome.done) + len(outcome.unfinished)
+    print(
+        f"segzoo: error: {len(outcome.unfinished)} of {total} files {what_is_missing}: {by_hand} need a person, "
+        f"{len(outcome.unfinished) - by_hand} failed (each listed above)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _first_line(reason: str) -> str:
+    return reason.splitlines()[0] if reason else reason
 
 
 def _file_kind(args: argparse.Namespace) -> FileKind:
@@ -32,32 +61,29 @@ def _file_kind(args: argparse.Namespace) -> FileKind:
 
 def _download(args: argparse.Namespace) -> int:
     from segzoo.mirror import download_to_folder
+    from segzoo.weights.fetch import MANIFEST_NAME
 
-    manifest, skipped = download_to_folder(_names(args), Path(args.to), progress=progress(args), kind=_file_kind(args))
-    _report_manual(skipped)
-    print(f"wrote {manifest}")
-    return 1 if skipped and args.imagenet else 0  # share pages are expected among the segmentation weights
+    folder = Path(args.to)
+    outcome = download_to_folder(_names(args), folder, progress=progress(args), kind=_file_kind(args))
+    print(f"wrote {folder / MANIFEST_NAME} ({len(outcome.done)} files)")
+    return _report(outcome, f"are not in {folder}")
 
 
 def _pin(args: argparse.Namespace) -> int:
     from segzoo.mirror import pin
-    from segzoo.zoo.pins import PINS_FILE
+    from segzoo.zoo.pins import PINS_FILE, checkout_pins_file
 
-    pins_file = Path(args.pins_file or PINS_FILE)
-    pinned, skipped = pin(_names(args), pins_file, progress=progress(args), kind=_file_kind(args))
-    for name, sha256 in pinned.items():
-        print(f"{name}: sha256 {sha256}")
-    if args.imagenet:
-        for url, why in skipped.items():
-            print(f"{url}: not pinned. {why}")
-    else:
-        _report_manual(skipped)
-    if skipped:
-        print(
-            f"segzoo: error: {len(skipped)} entries are not pinned; fetch their files as said above and pin again",
-            file=sys.stderr,
+    pins_file = Path(args.pins_file) if args.pins_file else checkout_pins_file()
+    if pins_file is None:
+        raise ValueError(
+            f"segzoo runs from an installed copy ({PINS_FILE.parent}), not from a source checkout, where pins "
+            f"would be lost on the next install: run `segzoo pin` in a git checkout of segzoo installed with "
+            f"`pip install -e .`, or give --pins-file FILE"
         )
-    return 1 if skipped else 0
+    outcome = pin(_names(args), pins_file, progress=progress(args), kind=_file_kind(args))
+    for key, sha256 in outcome.done.items():
+        print(f"{key}: sha256 {sha256}")
+    return _report(outcome, f"are not pinned in {pins_file}")
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -105,7 +131,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("pin", help="(maintainers) record verified sha256 and size in the registry's pins")
     add_names_or_all(p)
     p.add_argument("--imagenet", action="store_true", help="pin the ImageNet backbone files instead")
-    p.add_argument("--pins-file", help="pins file to update (default: the package's zoo/pins.json)")
+    p.add_argument(
+        "--pins-file", help="pins file to update (default: zoo/pins.json of the source checkout segzoo runs from)"
+    )
     add_quiet(p)
     p.set_defaults(run=_pin)
 

@@ -7,6 +7,10 @@ file's size and mtime, so a cache hit is re-hashed only when the file changed
 (or always, with ``SEGZOO_VERIFY=always``), and may name a ``derived``
 safetensors copy of a verified ``.pth`` file, with the copy's own sha256,
 which later loads read instead because it loads much faster than a pickle.
+
+Processes share the cache through file locks (:func:`exclusive`), whose
+holder writes who it is beside the lock, so that a process that waits too long
+can say who holds it.
 """
 
 from __future__ import annotations
@@ -15,24 +19,115 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
+import filelock
 import torch
-from filelock import FileLock
 
+from segzoo.weights.download import DownloadLimits
+from segzoo.weights.errors import WeightsUnavailableError
 from segzoo.zoo.records import WeightSource
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE_NAME = "checksums.lock.json"
 HASH_CHUNK_BYTES = 1 << 22
+LOCK_POLL_S = 0.5
 
 
 def cache_dir() -> Path:
     """Where downloaded weights live: ``$SEGZOO_CACHE``, else ``<torch hub dir>/segzoo``."""
     root = os.environ.get("SEGZOO_CACHE")
     return Path(root) if root else Path(torch.hub.get_dir()) / "segzoo"
+
+
+def holder_path(lock_path: Path) -> Path:
+    """Where the process holding ``lock_path`` says who it is (pid, host, since when, doing what)."""
+    return lock_path.with_name(lock_path.name + ".holder")
+
+
+@contextmanager
+def exclusive(lock_path: Path, doing: str, watch: Path | None = None) -> Iterator[None]:
+    """Hold the file lock ``lock_path`` against other processes, recording who holds it and ``doing`` what.
+
+    While another process holds it, wait as long as that process shows
+    progress (a new holder, or the ``watch`` file, e.g. its partial download,
+    changing) and at most ``SEGZOO_LOCK_TIMEOUT`` seconds without; then raise
+    :class:`WeightsUnavailableError` naming the holder and how to clear a
+    stale lock, so that a hung process never blocks the others for good.
+    """
+    patience = DownloadLimits.from_env().lock_patience_s
+    lock = filelock.FileLock(str(lock_path))
+    holder = holder_path(lock_path)
+    seen, since = None, time.monotonic()
+    while True:
+        try:
+            lock.acquire(timeout=LOCK_POLL_S)
+            break
+        except filelock.Timeout:
+            now_seen = (_read_text(holder), _stat_or_none(watch))
+            if now_seen != seen:
+                seen, since = now_seen, time.monotonic()
+            elif time.monotonic() - since >= patience:
+                raise WeightsUnavailableError(_stuck_lock_message(lock_path, patience)) from None
+    try:
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+            "doing": doing,
+        }
+        holder.write_text(json.dumps(record))
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _stat_or_none(path: Path | None) -> tuple[int, int] | None:
+    try:
+        return _signature(path) if path is not None else None
+    except OSError:
+        return None
+
+
+def _stuck_lock_message(lock_path: Path, patience: float) -> str:
+    try:
+        holder = json.loads(_read_text(holder_path(lock_path)) or "")
+        who = f"process {int(holder['pid'])} on host {holder['host']} ({holder['doing']}, since {holder['since']})"
+    except (ValueError, TypeError, KeyError):
+        holder, who = None, "another process, which left no record of who it is"
+    stale = ""
+    if holder is not None and holder["host"] == socket.gethostname() and not _process_exists(int(holder["pid"])):
+        stale = "; that process no longer runs, so the lock is stale"
+    return (
+        f"gave up waiting for the lock {lock_path} after {patience:g}s without progress: it is held by {who}"
+        f"{stale}. If that process is gone or hung, stop it or delete {lock_path} to clear the lock; "
+        f"SEGZOO_LOCK_TIMEOUT sets how long to wait (now {patience:g}s)."
+    )
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _signature(path: Path) -> tuple[int, int]:
@@ -53,7 +148,7 @@ class ChecksumLock:
 
     def __init__(self, root: Path) -> None:
         self.path = root / LOCK_FILE_NAME
-        self._mutex = FileLock(str(self.path) + ".lock")
+        self._mutex_path = self.path.with_name(self.path.name + ".lock")
 
     def _read(self) -> dict[str, dict]:
         return json.loads(self.path.read_text()) if self.path.is_file() else {}
@@ -110,7 +205,7 @@ class ChecksumLock:
                 sha256,
                 self.path,
             )
-        with self._mutex:
+        with exclusive(self._mutex_path, f"recording the sha256 of {path}"):
             records = self._read()
             previous = records.get(source.url) or {}
             record = {

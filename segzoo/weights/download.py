@@ -11,7 +11,11 @@ Every download ends in bounded time (:class:`DownloadLimits`, set through
 environment variables): a server that accepts and never answers fails after
 ``retries + 1`` waits of ``timeout`` seconds (about a minute by default), and
 one that trickles bytes is aborted by a low-speed limit, like curl's
-``--speed-limit``/``--speed-time``.
+``--speed-limit``/``--speed-time``. On top of those, each attempt has a
+wall-clock deadline (:mod:`segzoo.weights.http`): a short one for connecting
+and receiving the status line and headers, then a long one for the whole
+body; small files (a mirror's manifest) must arrive whole, and under a size
+cap, within the short one.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ import requests
 import urllib3
 from tqdm.auto import tqdm
 
+from segzoo.weights import http
 from segzoo.weights.errors import WeightsError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 16
 BACKOFF_S = 0.5  # doubled after each failed attempt
+SMALL_FILE_MAX_BYTES = 4 << 20  # a mirror's manifest.json is a few kB; never read more than this of one
 
 
 @dataclass(frozen=True)
@@ -49,19 +55,31 @@ class DownloadLimits:
     timeout, 5xx answer or too slow a transfer, resuming what arrived.
     ``min_speed`` (``SEGZOO_DOWNLOAD_MIN_SPEED``, bytes/s; 0 turns the limit
     off) over ``speed_time_s`` (``SEGZOO_DOWNLOAD_SPEED_TIME``): an attempt
-    that averages less over that long is aborted.
+    that averages less over that long is aborted. ``response_deadline_s``
+    (``SEGZOO_DOWNLOAD_RESPONSE_DEADLINE``): wall-clock seconds an attempt may
+    take to connect and receive the status line and headers, or a small file
+    whole. ``deadline_s`` (``SEGZOO_DOWNLOAD_DEADLINE``): wall-clock seconds
+    one attempt may take in all, body included (the next attempt resumes).
+    ``lock_patience_s`` (``SEGZOO_LOCK_TIMEOUT``): how long to wait for
+    another process's file lock while it shows no progress.
     """
 
     timeout_s: float = 20.0
     retries: int = 2
     min_speed: float = 1024.0
     speed_time_s: float = 30.0
+    response_deadline_s: float = 30.0
+    deadline_s: float = 1800.0
+    lock_patience_s: float = 120.0
 
     _ENV = {
         "timeout_s": "SEGZOO_DOWNLOAD_TIMEOUT",
         "retries": "SEGZOO_DOWNLOAD_RETRIES",
         "min_speed": "SEGZOO_DOWNLOAD_MIN_SPEED",
         "speed_time_s": "SEGZOO_DOWNLOAD_SPEED_TIME",
+        "response_deadline_s": "SEGZOO_DOWNLOAD_RESPONSE_DEADLINE",
+        "deadline_s": "SEGZOO_DOWNLOAD_DEADLINE",
+        "lock_patience_s": "SEGZOO_LOCK_TIMEOUT",
     }
 
     @classmethod
@@ -76,7 +94,7 @@ class DownloadLimits:
                 value = convert(raw)
             except ValueError:
                 value = -1
-            if value < 0 or (field_name in ("timeout_s", "speed_time_s") and value == 0):
+            if value < 0 or (field_name not in ("retries", "min_speed") and value == 0):
                 kind = "a whole number >= 0" if convert is int else "a positive number"
                 raise WeightsError(f"{variable}={raw!r} is not valid: expected {kind}")
             values[field_name] = value
@@ -85,7 +103,16 @@ class DownloadLimits:
     @property
     def worst_case_stall_s(self) -> float:
         """How long a server that never answers can hold a download: every attempt's wait plus the backoffs."""
-        return (self.retries + 1) * self.timeout_s + sum(BACKOFF_S * 2**i for i in range(self.retries))
+        return (self.retries + 1) * self.timeout_s + self._backoffs_s
+
+    @property
+    def worst_case_trickled_response_s(self) -> float:
+        """How long a server that sends its headers byte by byte can hold a download: every attempt's deadline."""
+        return (self.retries + 1) * self.response_deadline_s + self._backoffs_s
+
+    @property
+    def _backoffs_s(self) -> float:
+        return sum(BACKOFF_S * 2**i for i in range(self.retries))
 
 
 _RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
@@ -147,7 +174,7 @@ def download(
     """
     limits = DownloadLimits.from_env()
     failures = 0
-    with nullcontext(session) if session is not None else requests.Session() as session:
+    with nullcontext(session) if session is not None else http.session() as session:
         while True:
             try:
                 return _attempt(session, url, target, progress, limits, resume_key or url, check)
@@ -187,7 +214,11 @@ def _attempt(
     offset = partial.stat().st_size if partial.is_file() else 0
     validator = _saved_validator(validator_file, resume_key) if offset else None
     headers = {"Range": f"bytes={offset}-", "If-Range": validator} if validator else {}
-    with session.get(url, headers=headers, stream=True, timeout=limits.timeout_s) as response:
+    with (
+        http.deadline(limits.response_deadline_s, _response_late(url, limits)) as watchdog,
+        session.get(url, headers=headers, stream=True, timeout=limits.timeout_s) as response,
+    ):
+        watchdog.check()  # cut-off headers can look complete
         if response.status_code >= 500:
             raise _RetryableStatus(f"{response.status_code} {response.reason} for {url}")
         if response.status_code == 416:  # the partial file is not a prefix of this file
@@ -196,6 +227,11 @@ def _attempt(
         if check is not None:
             check(response)
         response.raise_for_status()
+        watchdog.extend(
+            limits.deadline_s,
+            f"{url} did not arrive within {limits.deadline_s:g}s, the limit for one attempt "
+            f"(SEGZOO_DOWNLOAD_DEADLINE raises it; the next attempt resumes)",
+        )
         resumed = bool(validator) and response.status_code == 206 and _range_start(response) == offset
         sha = hashlib.sha256()
         if resumed:
@@ -226,6 +262,7 @@ def _attempt(
             ) as bar,
         ):
             for piece in _pieces(response):
+                watchdog.check()  # a shut-down socket may still deliver what arrives after
                 out.write(piece)
                 sha.update(piece)
                 bar.update(len(piece))
@@ -243,6 +280,49 @@ def _attempt(
         if total is not None and written != total:
             raise requests.exceptions.ChunkedEncodingError(f"{url}: got {written} of {total} bytes")
     return Download(sha.hexdigest(), written, resumed)
+
+
+def _response_late(url: str, limits: DownloadLimits) -> str:
+    return (
+        f"{url} did not answer within {limits.response_deadline_s:g}s: connecting and receiving the status line "
+        f"and headers (or a small file whole) took longer (SEGZOO_DOWNLOAD_RESPONSE_DEADLINE raises the limit)"
+    )
+
+
+def read_small_file(url: str, what: str) -> bytes | None:
+    """The body of a small file such as a mirror's manifest, ``None`` if the server has none (404).
+
+    It must arrive whole within the response deadline and under
+    :data:`SMALL_FILE_MAX_BYTES`; any other failure raises
+    :class:`WeightsUnavailableError` naming ``what`` and the limit.
+    """
+    limits = DownloadLimits.from_env()
+    try:
+        with (
+            http.session() as session,
+            http.deadline(limits.response_deadline_s, _response_late(url, limits)) as watchdog,
+            session.get(url, stream=True, timeout=limits.timeout_s) as response,
+        ):
+            watchdog.check()
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > SMALL_FILE_MAX_BYTES:
+                raise WeightsUnavailableError(_too_large(what, url, f"announces {int(length)} bytes"))
+            body = bytearray()
+            for piece in _pieces(response):
+                watchdog.check()
+                body += piece
+                if len(body) > SMALL_FILE_MAX_BYTES:
+                    raise WeightsUnavailableError(_too_large(what, url, f"sent more than {SMALL_FILE_MAX_BYTES} bytes"))
+    except requests.RequestException as err:
+        raise WeightsUnavailableError(f"could not download {what} {url}: {err}") from err
+    return bytes(body)
+
+
+def _too_large(what: str, url: str, how: str) -> str:
+    return f"{what} {url} {how}, more than the {SMALL_FILE_MAX_BYTES >> 20} MiB such a file may have; it was not read"
 
 
 def _saved_validator(path: Path, url: str) -> str | None:

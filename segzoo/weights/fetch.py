@@ -19,13 +19,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-from filelock import FileLock
-
 import segzoo.weights.gdrive as gdrive
 import segzoo.weights.hf_hub as hf_hub
-from segzoo.weights.cache import ChecksumLock, cache_dir, file_sha256
-from segzoo.weights.download import CHUNK_BYTES, DownloadLimits, discard_partial, download, partial_path
+from segzoo.weights.cache import ChecksumLock, cache_dir, exclusive, file_sha256
+from segzoo.weights.download import (
+    CHUNK_BYTES,
+    SMALL_FILE_MAX_BYTES,
+    discard_partial,
+    download,
+    partial_path,
+    read_small_file,
+)
 from segzoo.weights.errors import ChecksumMismatchError, WeightsError, WeightsUnavailableError
 from segzoo.zoo.records import WeightSource
 
@@ -95,7 +99,7 @@ def fetch_weights(source: WeightSource, progress: bool | None = None, verify: bo
     root.mkdir(parents=True, exist_ok=True)
     target = root / source.filename
     lock = ChecksumLock(root)
-    with FileLock(str(target) + ".lock"):
+    with exclusive(target.with_name(target.name + ".lock"), f"fetching {source.url}", watch=partial_path(target)):
         expected = lock.expected_sha256(source)
         if target.is_file():
             cached = _check_cached(source, target, expected, lock, verify)
@@ -156,46 +160,59 @@ def _obtain(source: WeightSource, target: Path, expected_sha256: str | None, pro
             )
         sha256, size = _copy_from_folder(origin, target)
         _verify(source, str(origin), target, expected, sha256, size)
-    else:
-        if source.kind == "manual" and not mirror:
-            raise ManualDownloadRequired(manual_instructions(source, target))
-        if offline():
-            raise WeightsUnavailableError(
-                f"segzoo is offline (SEGZOO_OFFLINE / HF_HUB_OFFLINE) and {source.filename} is not cached. "
-                f"Fetch {source.url} elsewhere and put it at {target}, or set SEGZOO_MIRROR to a folder holding "
-                f"it (see `segzoo download`)."
-            )
-        url = f"{mirror.rstrip('/')}/{source.filename}" if mirror else source.url
-        log.info("downloading %s to %s", url, target)
-        from_drive = source.kind == "google-drive" and not mirror
-        fetch_once = (
-            (lambda: gdrive.download(source, target, progress))
-            if from_drive
-            else (lambda: download(url, target, progress))
+    elif source.kind == "manual" and not mirror:
+        raise ManualDownloadRequired(manual_instructions(source, target))
+    elif offline():
+        message = (
+            f"segzoo is offline (SEGZOO_OFFLINE / HF_HUB_OFFLINE) and {source.filename} is not cached. "
+            f"Fetch {source.url} elsewhere and put it at {target}, or set SEGZOO_MIRROR to a folder holding "
+            f"it (see `segzoo download`)."
         )
+        if source.kind == "manual":
+            raise ManualDownloadRequired(f"{message}\n{manual_instructions(source, target)}")
+        raise WeightsUnavailableError(message)
+    else:
         try:
-            expected = _Expected(expected_sha256, source.size, *_manifest_entry(mirror, source))
-            result = fetch_once()
-            try:
-                _verify(source, url, target, expected, result.sha256, result.size)
-            except ChecksumMismatchError:
-                if not result.resumed:
-                    raise
-                log.warning("resumed download of %s did not verify; downloading it again from the start", url)
-                result = fetch_once()
-                _verify(source, url, target, expected, result.sha256, result.size)
-        except gdrive.GoogleDriveRefused as err:
-            raise ManualDownloadRequired(f"{err}\n{manual_instructions(source, target)}") from err
+            sha256 = _download_verified(source, target, expected_sha256, progress, mirror)
+        except ManualDownloadRequired:
+            raise
         except WeightsUnavailableError as err:
+            if source.kind == "manual":  # the URL mirror lacks it: only a person can get it
+                raise ManualDownloadRequired(f"{err}\n{manual_instructions(source, target)}") from err
             raise WeightsUnavailableError(
                 f"{err}\nTo load these weights offline, fetch {source.url} where the network allows it and put "
                 f"it at {target} (SEGZOO_CACHE sets the folder), or pass checkpoint_path=<file> to "
                 f"segzoo.create_model (--checkpoint <file> on the command line)."
             ) from err
-        sha256 = result.sha256
     os.replace(partial_path(target), target)
     discard_partial(target)
     return sha256
+
+
+def _download_verified(
+    source: WeightSource, target: Path, expected_sha256: str | None, progress: bool | None, mirror: str
+) -> str:
+    """Download ``source`` (from the URL ``mirror`` if set) to its partial file and verify it; returns its sha256."""
+    url = f"{mirror.rstrip('/')}/{source.filename}" if mirror else source.url
+    log.info("downloading %s to %s", url, target)
+    from_drive = source.kind == "google-drive" and not mirror
+    fetch_once = (
+        (lambda: gdrive.download(source, target, progress)) if from_drive else (lambda: download(url, target, progress))
+    )
+    expected = _Expected(expected_sha256, source.size, *_manifest_entry(mirror, source))
+    try:
+        result = fetch_once()
+        try:
+            _verify(source, url, target, expected, result.sha256, result.size)
+        except ChecksumMismatchError:
+            if not result.resumed:
+                raise
+            log.warning("resumed download of %s did not verify; downloading it again from the start", url)
+            result = fetch_once()
+            _verify(source, url, target, expected, result.sha256, result.size)
+    except gdrive.GoogleDriveRefused as err:
+        raise ManualDownloadRequired(f"{err}\n{manual_instructions(source, target)}") from err
+    return result.sha256
 
 
 def _manifest_entry(mirror: str, source: WeightSource) -> tuple[str | None, str | None, int | None]:
@@ -206,20 +223,19 @@ def _manifest_entry(mirror: str, source: WeightSource) -> tuple[str | None, str 
         where = f"{mirror.rstrip('/')}/{MANIFEST_NAME}"
         if offline():
             return None, None, None
-        try:
-            response = requests.get(where, timeout=DownloadLimits.from_env().timeout_s)
-        except requests.RequestException as err:
-            raise WeightsUnavailableError(f"could not download the mirror's manifest {where}: {err}") from err
-        if response.status_code == 404:
+        text = read_small_file(where, "the mirror's manifest")
+        if text is None:
             return None, None, None
-        if not response.ok:
-            raise WeightsUnavailableError(f"could not download the mirror's manifest {where}: {response.status_code}")
-        text = response.text
     else:
         path = Path(mirror) / MANIFEST_NAME
         if not path.is_file():
             return None, None, None
-        where, text = str(path), path.read_text()
+        if path.stat().st_size > SMALL_FILE_MAX_BYTES:
+            raise WeightsUnavailableError(
+                f"the mirror's manifest {path} has {path.stat().st_size} bytes, more than the "
+                f"{SMALL_FILE_MAX_BYTES >> 20} MiB such a file may have; fix or remove it"
+            )
+        where, text = str(path), path.read_bytes()
     try:
         manifest = json.loads(text)
         entries = [e for e in manifest.values() if e.get("url") == source.url or e.get("file") == source.filename]

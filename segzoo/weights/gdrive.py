@@ -7,7 +7,8 @@ instead link to ``uc?...&confirm=<token>`` or set the token in a
 ``download_warning...`` cookie. :func:`download` follows those steps with one
 session, every request made by :func:`segzoo.weights.download.download`, so
 partial files, resume, retries, time limits and hashing stay the same code
-path as every other download. Refusals (download quota, login or permission,
+path as every other download (a confirmation page must arrive whole within
+the response deadline). Refusals (download quota, login or permission,
 deleted file, any other web page in place of the file) raise
 :class:`GoogleDriveRefused` before a byte is written.
 """
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 
+from segzoo.weights import http
 from segzoo.weights.download import Download
 from segzoo.weights.download import download as download_url
 from segzoo.weights.errors import WeightsUnavailableError
@@ -65,7 +67,7 @@ def download(source: WeightSource, target: Path, progress: bool | None = None) -
     drive_id = file_id(source.url)
     start = f"{ENTRY_URL}?{urlencode({'export': 'download', 'id': drive_id})}"
     url = start
-    with requests.Session() as session:
+    with http.session() as session:
         for _ in range(MAX_STEPS):
             try:
                 return download_url(

@@ -18,6 +18,16 @@ from segzoo.zoo.records import ModelInfo, WeightSource
 PINS_FILE = Path(__file__).with_name("pins.json")
 
 
+def checkout_pins_file() -> Path | None:
+    """:data:`PINS_FILE` when segzoo runs from a source checkout (``pip install -e .``), else ``None``.
+
+    Pins belong in the source tree, where they are committed and ship with the
+    next release; written into an installed copy they would be lost on the next install.
+    """
+    root = PINS_FILE.parents[2]
+    return PINS_FILE if (root / "pyproject.toml").is_file() and (root / ".git").exists() else None
+
+
 def read_pins(path: Path = PINS_FILE) -> dict[str, dict[str, object]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
