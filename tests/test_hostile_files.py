@@ -321,3 +321,20 @@ def test_an_oversized_safetensors_header_is_not_read(tmp_path):
         read_state_dict(path)
     with pytest.raises(CheckpointError, match="safetensors header"):
         describe_file(path)
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2", "w:xz"])
+def test_tars_are_recognised_by_their_bytes_compressed_or_not(tmp_path, mode):
+    path = tmp_path / "release.bin"
+    path.write_bytes(_tar({"release/model.pth": _checkpoint_bytes({"w": torch.ones(2)})}, mode=mode))
+    assert sniff_format(path) == "tar"
+    assert torch.equal(read_state_dict(path)["w"], torch.ones(2))
+
+
+def test_a_compressed_checkpoint_that_is_no_tar_says_so(tmp_path):
+    import gzip
+
+    path = tmp_path / "model.pth.gz"
+    path.write_bytes(gzip.compress(_checkpoint_bytes({"w": torch.ones(2)})))
+    with pytest.raises(CheckpointError, match="gzip-compressed file but not a tar archive; decompress it"):
+        read_state_dict(path)

@@ -147,7 +147,10 @@ Member = tarfile.TarInfo | ZipMember
 
 def compression_of(head: bytes) -> str | None:
     """``gzip``, ``bzip2`` or ``xz`` when ``head`` starts as such a stream does."""
-    return next((name for magic, name in _COMPRESSIONS.items() if head.startswith(magic)), None)
+    name = next((name for magic, name in _COMPRESSIONS.items() if head.startswith(magic)), None)
+    if name == "bzip2" and not b"1" <= head[3:4] <= b"9":
+        return None  # "BZh" is followed by the block size, a digit 1-9; text may start with "BZh" too
+    return name
 
 
 def _is_tar_header(block: bytes) -> bool:

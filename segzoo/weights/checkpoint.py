@@ -269,8 +269,8 @@ def read_state_dict(
             try:
                 obj = load_checkpoint_object(checkpoint, allow_unsafe_pickle, mapped=False)  # a file about to go
                 return _find_state_dict(obj, checkpoint)
-            except CheckpointError as err:
-                raise type(err)(f"in the archive {path}: {err}") from err
+            except CheckpointError as err:  # named by the member, not by the scratch file about to go
+                raise type(err)(f"in the archive {path}: {str(err).replace(str(checkpoint), checkpoint.name)}") from err
     return _find_state_dict(load_checkpoint_object(path, allow_unsafe_pickle, mapped), path)
 
 
