@@ -40,7 +40,7 @@ CONTAINER_KEYS = ("state_dict", "model")
 # What sniff_format calls archives of files, whose checkpoint member read_state_dict extracts.
 ARCHIVE_FORMATS = ("tar", "zip")
 # A model's safetensors header lists its tensors in well under a megabyte; a longer one is not read.
-MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
+MAX_SAFETENSORS_HEADER_BYTES = 4 << 20
 # How much of a pickle is scanned for the Python objects it would import, to say why it cannot be read safely.
 MAX_PICKLE_SCAN_BYTES = 64 << 20
 # Modules whose objects a weights-only pickle names (torch's tensor rebuilders and storages, OrderedDict, the

@@ -24,7 +24,7 @@ from segzoo.weights.checkpoint import (
     sniff_format,
 )
 from segzoo.weights.errors import CheckpointError, UnsafeCheckpointError
-from segzoo.weights.keys import MAX_LINE_CHARS, key_tree, prefix_summary, shortened
+from segzoo.weights.keys import MAX_LINE_CHARS, TensorInfo, key_tree, prefix_summary, shortened
 
 _CONTAINERS = {"state_dict": "mmcv/mmseg runner checkpoint", "model": "detectron2 checkpoint"}
 MAX_MEMBERS_SHOWN = 50
@@ -91,7 +91,7 @@ def _describe_object(obj: object) -> list[str]:
 
 def _describe_tensors(tensors: Mapping[object, object]) -> list[str]:
     odd_keys = [k for k in tensors if not isinstance(k, str)]
-    odd_values = [k for k, v in tensors.items() if not torch.is_tensor(v)]
+    odd_values = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor | TensorInfo)]
     problems = []
     if odd_keys:
         problems.append(
@@ -105,9 +105,10 @@ def _describe_tensors(tensors: Mapping[object, object]) -> list[str]:
             f"a {type(tensors[example]).__name__}"
         )
     named = {str(k): v for k, v in tensors.items()}
-    counted = [v for v in named.values() if torch.is_tensor(v)]
-    numel = sum(v.numel() for v in counted)
-    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in counted})
+    counted = [TensorInfo.of(v) if torch.is_tensor(v) else v for v in named.values()]
+    counted = [v for v in counted if isinstance(v, TensorInfo)]
+    numel = sum(v.numel for v in counted)
+    dtypes = sorted({v.dtype for v in counted})
     return [
         f"tensors: {len(named)} ({numel:,} values; dtypes {', '.join(dtypes)})",
         *problems,
@@ -118,31 +119,33 @@ def _describe_tensors(tensors: Mapping[object, object]) -> list[str]:
 
 
 def _describe_safetensors(path: Path) -> list[str]:
-    """The tensors a safetensors header lists, as shapes on the meta device: nothing but the header is read."""
+    """The tensors a safetensors header lists, by shape and dtype: nothing but the header is read."""
     header = safetensors_header(path)
     metadata = header.pop("__metadata__", None)
     tensors: dict[str, object] = {}
     for key, entry in header.items():
         try:
-            dtype = _DTYPES.get(entry["dtype"], torch.float32)
-            tensors[key] = torch.empty(entry["shape"], dtype=dtype, device="meta")
-        except (TypeError, KeyError, ValueError, RuntimeError):
+            tensors[key] = TensorInfo(
+                tuple(int(n) for n in entry["shape"]), _DTYPES.get(entry["dtype"], entry["dtype"])
+            )
+        except (TypeError, KeyError, ValueError):
             tensors[key] = entry  # described by its type: not a tensor entry segzoo can read
     head = [shortened(f"metadata: {metadata}", MAX_LINE_CHARS)] if metadata else []
     return head + _describe_tensors(tensors)
 
 
+# safetensors' dtype names, as torch names them.
 _DTYPES = {
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F64": torch.float64,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -12,6 +14,22 @@ MAX_PREFIXES_SHOWN = 12
 MAX_LEAVES_ON_A_LINE = 16
 MAX_LINE_CHARS = 300
 MAX_KEY_DEPTH = 16  # parts of a key the tree nests; the rest stays one name
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's shape and dtype, as a file's header lists them, without its values."""
+
+    shape: tuple[int, ...]
+    dtype: str  # as torch names it, without ``torch.``: ``float32``
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> TensorInfo:
+        return cls(tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
 
 
 def shortened(text: str, limit: int = 120) -> str:
@@ -35,10 +53,12 @@ def prefix_summary(tensors: Mapping[str, object], depth: int = 1) -> str:
 
 def _describe(value: object) -> str:
     """``(64, 3, 3, 3)``, with the dtype when it is not float32: ``() int64``."""
-    if not torch.is_tensor(value):
+    if torch.is_tensor(value):
+        value = TensorInfo.of(value)
+    if not isinstance(value, TensorInfo):
         return type(value).__name__
-    shape = "(" + ", ".join(map(str, value.shape)) + ("," if value.ndim == 1 else "") + ")"
-    return shape if value.dtype == torch.float32 else f"{shape} {str(value.dtype).removeprefix('torch.')}"
+    shape = "(" + ", ".join(map(str, value.shape)) + ("," if len(value.shape) == 1 else "") + ")"
+    return shape if value.dtype == "float32" else f"{shape} {value.dtype}"
 
 
 def _insert(tree: dict, parts: list[str], leaf: str) -> None:
