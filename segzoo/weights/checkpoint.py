@@ -45,7 +45,7 @@ MAX_SAFETENSORS_HEADER_BYTES = 4 << 20
 MAX_PICKLE_SCAN_BYTES = 64 << 20
 # Modules whose objects a weights-only pickle names (torch's tensor rebuilders and storages, OrderedDict, the
 # NumPy scalars of mmcv's meta data); any other is code segzoo does not import.
-_PLAIN_MODULES = ("torch", "collections", "numpy", "_codecs")
+_PLAIN_MODULES = frozenset({"torch", "collections", "numpy", "_codecs"})
 _MAX_REPR = 60
 
 
@@ -160,8 +160,8 @@ def _unpickling_error(path: Path, kind: str, err: pickle.UnpicklingError) -> Che
 
 
 def _code_objects(path: Path, kind: str) -> list[str]:
-    """The Python objects outside torch, collections and NumPy that the (first) pickle of ``path`` names,
-    found by reading its opcodes, never by running them."""
+    """The Python objects outside torch, collections and NumPy that the pickles of ``path`` name (``data.pkl``
+    of a torch zip), found by reading their opcodes, never by running them."""
     try:
         if kind == "torch-zip":
             with zipfile.ZipFile(path) as zf:
@@ -175,7 +175,7 @@ def _code_objects(path: Path, kind: str) -> list[str]:
                 data = f.read(MAX_PICKLE_SCAN_BYTES)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         return []
-    return [name for name in _pickle_globals(data) if not name.startswith(_PLAIN_MODULES)]
+    return [name for name in _pickle_globals(data) if name.split(".", 1)[0] not in _PLAIN_MODULES]
 
 
 def _pickle_globals(data: bytes) -> list[str]:
