@@ -201,7 +201,7 @@ def _load_from_file(
         state_dict = read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle, mapped=False)
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(
-            f"{err}\nIf you trust this file, pass allow_unsafe_pickle=True (--allow-unsafe-pickle on the command line)."
+            f"{err}; if you trust this file, pass allow_unsafe_pickle=True (--allow-unsafe-pickle on the command line)."
         ) from err
     state_dict = convert_state_dict(model.info.architecture, state_dict)
     reinit = _classifiers_to_reinit(model, state_dict, classifiers)

@@ -205,10 +205,10 @@ def test_zip_limits_and_streamed_extraction(tmp_path, monkeypatch):
         zf.writestr("resnet.pth", b"\0" * 4096)
     with extracted_checkpoint(path) as checkpoint:
         assert checkpoint.name == "resnet.pth" and checkpoint.stat().st_size == 4096
-    monkeypatch.setattr("segzoo.weights.archive.MAX_MEMBER_BYTES", 1000)
+    monkeypatch.setenv("SEGZOO_ARCHIVE_MAX_MEMBER_BYTES", "1000")
     with pytest.raises(CheckpointError, match="byte limit"):
         safe_members(path)
-    monkeypatch.setattr("segzoo.weights.archive.MAX_MEMBERS", 1)
+    monkeypatch.setenv("SEGZOO_ARCHIVE_MAX_MEMBERS", "1")
     with pytest.raises(CheckpointError, match="more than 1 members"):
         safe_members(path)
 

@@ -286,7 +286,9 @@ def test_verified_pth_gets_a_safetensors_copy_that_later_loads_use(file_server, 
     read = []
     import segzoo.weights.pretrained as pretrained
 
-    monkeypatch.setattr(pretrained, "read_state_dict", lambda p: read.append(p) or segzoo.weights.read_state_dict(p))
+    monkeypatch.setattr(
+        pretrained, "read_state_dict", lambda p, **kw: read.append(p) or segzoo.weights.read_state_dict(p, **kw)
+    )
     model = segzoo.create_model(name, pretrained=True, progress=False)
     assert read == [copy]
     assert torch.equal(model.state_dict()["decode_head.conv_seg.weight"], state_dict["decode_head.conv_seg.weight"])

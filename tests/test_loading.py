@@ -4,6 +4,7 @@ computed; a user's file is read into memory the model owns."""
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import safetensors.torch
@@ -106,21 +107,36 @@ model = segzoo.create_model("moganet_xt_fpn_ade20k", checkpoint_path=path)
 before = {k: v.clone() for k, v in model.state_dict().items()}
 with open(path, "r+b") as f:
     f.write(open(other, "rb").read())
-os.truncate(path, 64)
 assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the model changed with the file"
+os.truncate(path, 64)
+assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the model changed, truncated"
 print("unchanged")
 """
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_model_owns_its_tensors_when_the_user_file_changes(tmp_path, suffix):
+def _save_zipped(path, state_dict) -> None:
+    """A release zip holding an mmseg checkpoint, as some entries publish."""
+    inner = path.with_suffix(".inner.pth")
+    save_mmseg_checkpoint(inner, state_dict)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.write(inner, "release/model.pth")
+    inner.unlink()
+
+
+_SAVERS = {
+    "torch-zip.pth": save_mmseg_checkpoint,
+    "legacy.pth": lambda file, tensors: torch.save({"state_dict": tensors}, file, _use_new_zipfile_serialization=False),
+    "safetensors": lambda file, tensors: safetensors.torch.save_file(tensors, file),
+    "zip": _save_zipped,
+}
+
+
+@pytest.mark.parametrize("kind", _SAVERS)
+def test_model_owns_its_tensors_when_the_user_file_changes(tmp_path, kind):
     name = "moganet_xt_fpn_ade20k"
-    path, other = tmp_path / f"mine{suffix}", tmp_path / f"other{suffix}"
-    save = (
-        save_mmseg_checkpoint if suffix == ".pth" else lambda file, tensors: safetensors.torch.save_file(tensors, file)
-    )
+    path, other = tmp_path / f"mine.{kind}", tmp_path / f"other.{kind}"
     for seed, file in enumerate((path, other)):
-        save(file, synthetic_state_dict(name, seed=seed))  # MogaNet's published layout is segzoo's
+        _SAVERS[kind](file, synthetic_state_dict(name, seed=seed))  # MogaNet's published layout is segzoo's
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.run(
         [sys.executable, "-c", _REWRITE_AND_TRUNCATE, str(path), str(other)],

@@ -172,14 +172,14 @@ def test_hostile_archives_are_refused_before_anything_is_extracted(tmp_path, why
 
 def test_archive_size_and_member_limits(tmp_path, monkeypatch):
     path = _tar(tmp_path / "big.tar", [({"name": f"f{i}.pth"}, b"x" * 100) for i in range(5)])
-    monkeypatch.setattr("segzoo.weights.archive.MAX_MEMBER_BYTES", 50)
+    monkeypatch.setenv("SEGZOO_ARCHIVE_MAX_MEMBER_BYTES", "50")
     with pytest.raises(CheckpointError, match="over the 50 byte limit"):
         read_state_dict(path)
-    monkeypatch.setattr("segzoo.weights.archive.MAX_MEMBER_BYTES", 1000)
-    monkeypatch.setattr("segzoo.weights.archive.MAX_TOTAL_BYTES", 400)
+    monkeypatch.setenv("SEGZOO_ARCHIVE_MAX_MEMBER_BYTES", "1000")
+    monkeypatch.setenv("SEGZOO_ARCHIVE_MAX_TOTAL_BYTES", "400")
     with pytest.raises(CheckpointError, match="unpacks to 500 bytes"):
         read_state_dict(path)
-    monkeypatch.setattr("segzoo.weights.archive.MAX_MEMBERS", 3)
+    monkeypatch.setenv("SEGZOO_ARCHIVE_MAX_MEMBERS", "3")
     with pytest.raises(CheckpointError, match="more than 3 members"):
         read_state_dict(path)
 

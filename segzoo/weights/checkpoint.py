@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import pickle
+import pickletools
 import re
-import tarfile
+import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from segzoo.weights.archive import ZIP_MAGIC, extracted_checkpoint, is_zip_archive
+from segzoo.weights.archive import ZIP_MAGIC, archive_kind, compression_of, extracted_checkpoint
 from segzoo.weights.errors import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
 from segzoo.weights.keys import prefix_summary
 
@@ -35,6 +39,14 @@ MAX_KEYS_SHOWN = 10
 CONTAINER_KEYS = ("state_dict", "model")
 # What sniff_format calls archives of files, whose checkpoint member read_state_dict extracts.
 ARCHIVE_FORMATS = ("tar", "zip")
+# A model's safetensors header lists its tensors in well under a megabyte; a longer one is not read.
+MAX_SAFETENSORS_HEADER_BYTES = 4 << 20
+# How much of a pickle is scanned for the Python objects it would import, to say why it cannot be read safely.
+MAX_PICKLE_SCAN_BYTES = 64 << 20
+# Modules whose objects a weights-only pickle names (torch's tensor rebuilders and storages, OrderedDict, the
+# NumPy scalars of mmcv's meta data); any other is code segzoo does not import.
+_PLAIN_MODULES = frozenset({"torch", "collections", "numpy", "_codecs"})
+_MAX_REPR = 60
 
 
 def sniff_format(path: Path) -> str:
@@ -53,14 +65,20 @@ def sniff_format(path: Path) -> str:
         raise CheckpointError(f"{path} is empty (0 bytes), perhaps an interrupted download or copy; fetch it again")
     with open(path, "rb") as f:
         head = f.read(512)
-    if head.startswith(ZIP_MAGIC):  # tested first: a zip inside a tar would fool is_zipfile
-        return "zip" if is_zip_archive(path) else "torch-zip"
-    if tarfile.is_tarfile(path):
-        return "tar"
+    archive = archive_kind(path)  # by magic bytes: a file of zeros is not a tar, whatever tarfile says
+    if archive is not None:
+        return archive
+    if head.startswith(ZIP_MAGIC):
+        return "torch-zip"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
     if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
         return "safetensors"
+    compression = compression_of(head)
+    if compression is not None:
+        raise CheckpointError(
+            f"{path} is a {compression}-compressed file but not a tar archive; decompress it and pass the file inside"
+        )
     text = head.decode("utf-8", errors="replace")[:-1]  # the last character may be cut in two
     if "\ufffd" not in text and all(c.isprintable() or c.isspace() for c in text):
         start = text.lstrip()[:60].replace("\n", " ")
@@ -88,32 +106,148 @@ def load_checkpoint_object(path: str | Path, allow_unsafe_pickle: bool = False, 
     if kind in ARCHIVE_FORMATS:
         raise CheckpointError(f"{path} is a {kind} archive; read_state_dict finds the checkpoint inside it")
     if kind == "safetensors":
-        try:
-            tensors = safetensors.torch.load_file(path)
-            return tensors if mapped else {key: tensor.clone() for key, tensor in tensors.items()}
-        except (safetensors.SafetensorError, OSError) as err:
-            raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
+        return _read_safetensors(path, mapped)
     mmap = mapped and kind == "torch-zip"  # torch can map only its zip format
     try:
-        if allow_unsafe_pickle:
-            log.warning("unpickling %s without restrictions (allow_unsafe_pickle=True)", path)
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-        with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings(record=True) as caught:  # torch's advice (pickle protocols...) is not for users
+            warnings.simplefilter("always")
+            if allow_unsafe_pickle:
+                log.warning("unpickling %s without restrictions (allow_unsafe_pickle=True)", path)
+                obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+            else:
+                with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+                    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        for warning in caught:
+            log.debug("%s: torch.load warned: %s", path, warning.message)
+        return obj
     except pickle.UnpicklingError as err:
-        needed = re.search(r"GLOBAL (\S+)", str(err))
-        if needed is None:  # not a request for code: the pickle itself is broken
-            raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (truncated or damaged?)") from err
-        raise UnsafeCheckpointError(
-            f"{path} holds more than tensors and plain data (it needs the Python object {needed.group(1)}), and "
-            f"segzoo does not unpickle arbitrary objects, which could run code"
-        ) from err
+        raise _unpickling_error(path, kind, err) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint (truncated or damaged?): {err}") from err
+        needed = _code_objects(path, kind)
+        if needed:
+            raise _unsafe(path, needed) from err
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch checkpoint (truncated or damaged?): {_first_line(err)}"
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().split("\n", 1)[0]
+
+
+def _unsafe(path: Path, needed: list[str]) -> UnsafeCheckpointError:
+    listed = ", ".join(needed[:5]) + (" ..." if len(needed) > 5 else "")
+    return UnsafeCheckpointError(
+        f"{path} holds more than tensors and plain data (it needs the Python object {listed}), and "
+        f"segzoo does not unpickle arbitrary objects, which could run code"
+    )
+
+
+def _unpickling_error(path: Path, kind: str, err: pickle.UnpicklingError) -> CheckpointError:
+    """What a refused pickle needs: code (named), pickle features torch's safe reader lacks, or nothing (damaged)."""
+    needed = re.search(r"GLOBAL (\S+)", str(err))
+    objects = [needed.group(1)] if needed else _code_objects(path, kind)
+    if objects:
+        return _unsafe(path, objects)
+    operand = re.search(r"Unsupported operand (\d+)", str(err))
+    newer = operand and next((op for op in pickletools.opcodes if ord(op.code) == int(operand.group(1))), None)
+    if newer and newer.proto >= 4:
+        return UnsafeCheckpointError(
+            f"{path} is a pickle of protocol {newer.proto} or later (opcode {newer.name}), which torch's safe reader "
+            f"does not take; it names no Python object beyond tensors, but segzoo reads such a file only unsafely"
+        )
+    return CheckpointError(f"cannot read {path} as a PyTorch checkpoint (truncated or damaged?)")
+
+
+def _code_objects(path: Path, kind: str) -> list[str]:
+    """The Python objects outside torch, collections and NumPy that the pickles of ``path`` name (``data.pkl``
+    of a torch zip), found by reading their opcodes, never by running them."""
+    try:
+        if kind == "torch-zip":
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
+                if name is None:
+                    return []
+                with zf.open(name) as f:
+                    data = f.read(MAX_PICKLE_SCAN_BYTES)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_PICKLE_SCAN_BYTES)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return []
+    return [name for name in _pickle_globals(data) if name.split(".", 1)[0] not in _PLAIN_MODULES]
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """``module.name`` of every global the pickles at the start of ``data`` import, in order (both the old
+    ``GLOBAL`` and protocol 4's ``STACK_GLOBAL``, whose two strings may come from the memo). torch's legacy format
+    writes four pickles in a row, the object last."""
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    try:
+        for _ in range(4):
+            if stream.tell() >= len(data):
+                break
+            memo: dict[int, object] = {}
+            recent: list[object] = []  # what the last opcodes pushed, enough to resolve STACK_GLOBAL
+            for opcode, arg, _pos in pickletools.genops(stream):
+                name = opcode.name
+                if name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                    recent.append(None)
+                elif name == "STACK_GLOBAL":
+                    module, attr = recent[-2:] if len(recent) >= 2 else (None, None)
+                    known = isinstance(module, str) and isinstance(attr, str)
+                    found.append(f"{module}.{attr}" if known else "(an object named at run time)")
+                    recent.append(None)
+                elif name in ("EXT1", "EXT2", "EXT4"):
+                    found.append(f"(copyreg extension {arg})")
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = recent[-1] if recent else None
+                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = recent[-1] if recent else None
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    recent.append(memo.get(int(arg)))
+                elif name != "FRAME":
+                    recent.append(arg if isinstance(arg, str) else None)
+                del recent[:-4]
+    except (ValueError, EOFError):  # a truncated or damaged pickle: what was named so far
+        pass
+    return found
+
+
+def _read_safetensors(path: Path, mapped: bool) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, mapped onto the file, or read into memory the caller owns."""
+    safetensors_header(path)  # refuses an oversized header before the library reads it
+    try:
+        if mapped:
+            return safetensors.torch.load_file(path)
+        return safetensors.torch.load(path.read_bytes())
+    except (safetensors.SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
+
+
+def safetensors_header(path: Path) -> dict[str, object]:
+    """The JSON header of the safetensors file ``path`` (at most :data:`MAX_SAFETENSORS_HEADER_BYTES` read)."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if length > MAX_SAFETENSORS_HEADER_BYTES:
+            raise CheckpointError(
+                f"{path} has a safetensors header of {length:,} bytes, over the {MAX_SAFETENSORS_HEADER_BYTES:,} "
+                f"segzoo reads (a model's header lists its tensors in far less); not a checkpoint segzoo loads"
+            )
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path} as safetensors: its header is not valid JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"cannot read {path} as safetensors: its header is not a JSON object")
+    return header
 
 
 def read_state_dict(
-    path: str | Path, allow_unsafe_pickle: bool = False, mapped: bool = True
+    path: str | Path, allow_unsafe_pickle: bool = False, mapped: bool = True, member: str | None = None
 ) -> dict[str, torch.Tensor]:
     """Tensors of a segzoo ``.safetensors`` file, of an mmseg / detectron2 / bare ``.pth`` checkpoint, or of
     the checkpoint inside a tar or zip archive, on the CPU.
@@ -124,30 +258,55 @@ def read_state_dict(
     unpickled with ``weights_only=True``; a file that needs arbitrary objects
     is refused unless ``allow_unsafe_pickle`` is set, which runs whatever code
     the file contains: use it only for files you trust. Archives are checked
-    member by member and only the checkpoint is extracted (see
-    :mod:`segzoo.weights.archive`). A leading ``module.`` (from a
-    DataParallel wrapper) is removed from every key.
+    member by member and only the checkpoint is extracted, read into memory
+    (see :mod:`segzoo.weights.archive`); ``member`` names it where an archive
+    holds several. A leading ``module.`` (from a DataParallel wrapper) is
+    removed from every key.
     """
     path = Path(path)
     if sniff_format(path) in ARCHIVE_FORMATS:
-        with extracted_checkpoint(path) as checkpoint:
+        with extracted_checkpoint(path, member) as checkpoint:
             try:
-                return read_state_dict(checkpoint, allow_unsafe_pickle, mapped)
-            except CheckpointError as err:
-                raise type(err)(f"in the archive {path}: {err}") from err
+                obj = load_checkpoint_object(checkpoint, allow_unsafe_pickle, mapped=False)  # a file about to go
+                return _find_state_dict(obj, checkpoint)
+            except CheckpointError as err:  # named by the member, not by the scratch file about to go
+                raise type(err)(f"in the archive {path}: {str(err).replace(str(checkpoint), checkpoint.name)}") from err
     return _find_state_dict(load_checkpoint_object(path, allow_unsafe_pickle, mapped), path)
 
 
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
+
+
 def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    where = "the file's top level"
     if isinstance(obj, Mapping):
         for key in CONTAINER_KEYS:
             if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
+                obj, where = obj[key], f"{key!r}"
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or (where == "the file's top level" and not any(torch.is_tensor(v) for v in obj.values()))
+    ):
         raise CheckpointError(
             f"{path} is neither a state dict nor a checkpoint holding one under 'state_dict' (mmseg) or "
             f"'model' (detectron2, segzoo train); `segzoo inspect {path}` shows what it holds"
+        )
+    odd_keys = [k for k in obj if not isinstance(k, str)]
+    if odd_keys:
+        raise CheckpointError(
+            f"{path}: the state dict under {where} has {len(odd_keys)} keys that are not parameter names, e.g. "
+            f"{_shown(odd_keys[0])} ({type(odd_keys[0]).__name__}); a state dict maps names (strings) to tensors"
+        )
+    odd_values = [(k, v) for k, v in obj.items() if not torch.is_tensor(v)]
+    if odd_values:
+        key, value = odd_values[0]
+        raise CheckpointError(
+            f"{path}: the state dict under {where} has {len(odd_values)} values that are not tensors, e.g. "
+            f"{_shown(key)}: a {type(value).__name__}; a state dict maps names to tensors"
         )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 

@@ -54,7 +54,7 @@ def load_imagenet_weights(
     fetched = fetch_weights(source, progress, verify)
     lock = ChecksumLock(cache_dir())
     try:
-        state_dict = read_state_dict(fetched.path)  # an archive's checkpoint member, for a zip or tar
+        state_dict = read_state_dict(fetched.path, member=source.member)  # an archive's checkpoint, for a zip or tar
         try:
             state_dict = convert(state_dict, model.backbone)
         except NotImplementedError as err:

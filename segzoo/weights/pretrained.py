@@ -53,7 +53,7 @@ def load_pretrained(
         lock = None if source.is_hf_hub else ChecksumLock(cache_dir())
         copy = lock.derived_copy(source, fetched.path, verify) if lock is not None else None
         try:
-            state_dict = read_state_dict(copy or fetched.path)
+            state_dict = read_state_dict(copy or fetched.path, member=source.member)
             if not source.is_hf_hub:
                 state_dict = convert(state_dict)
             load_state_dict_strict(model, state_dict, str(fetched.path), skip=skip)

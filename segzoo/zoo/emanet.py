@@ -27,12 +27,14 @@ DETECTRON2_BGR = Normalization(mean=(103.53, 116.28, 123.675), std=(57.375, 57.1
 TRAIN_ITERS, TRAIN_BATCH = 30_000, 16
 
 # The ImageNet ResNets of the README (Hang Zhang's encoding releases, deep stem): a zip holding one .pth each,
-# unzipped into the folder MODEL.WEIGHTS points to; shared by the COCO and Cityscapes entries of a depth.
+# unzipped into the folder MODEL.WEIGHTS points to; shared by the COCO and Cityscapes entries of a depth. The
+# member is the file PyTorch-Encoding's model_store.get_model_file reads after unzipping: <name>-<hash>.pth.
 IMAGENET = {
     depth: WeightSource(
         url=f"https://hangzh.s3.amazonaws.com/encoding/models/resnet{depth}-{digest}.zip",
         format="pytorch",
         kind="archive",
+        member=f"resnet{depth}-{digest}.pth",
     )
     for depth, digest in {50: "25c4b509", 101: "2a57e44d", 152: "0d43d698"}.items()
 }

@@ -82,6 +82,8 @@ def _entry(depth: int) -> ModelInfo:
         num_params=num_params,
         train_iters=40_000,
         train_batch_size=8,
+        # No member recorded: the README does not name the checkpoint inside the tar, which is read when it is the
+        # only checkpoint file there (several are refused with their names listed).
         weights=(WeightSource(url=f"{ARCHIVES}resnet{depth}_w-glore.tar", format="pytorch", kind="archive"),),
         pretrained_backbone=EMANET_IMAGENET[depth],
         license="MIT",

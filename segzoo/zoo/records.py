@@ -81,6 +81,9 @@ class WeightSource:
     ``filename`` is the name the file has in the cache and in mirrors: the
     URL's last part unless given (share pages and Drive need it given).
     ``sha256``/``size`` are ``None`` until someone has pinned them.
+    ``member`` names the checkpoint inside an ``archive`` where its release
+    says which it is; an archive with several candidates and no ``member``
+    is refused rather than guessed at.
     """
 
     url: str
@@ -90,6 +93,7 @@ class WeightSource:
     kind: SourceKind = "url"
     filename: str | None = None
     access_code: str | None = None
+    member: str | None = None
 
     def __post_init__(self) -> None:
         if self.url.startswith(HF_HUB_PREFIX) and self.kind != "hf-hub":
