@@ -141,6 +141,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="SyncBN across processes (default: the recipe's, where it works: several processes on CUDA devices)",
     )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the log as TensorBoard scalars to WORK_DIR/tensorboard (needs segzoo[tensorboard])",
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
