@@ -525,3 +525,31 @@ def test_tensorboard_without_the_package_says_which_extra(
     err = capsys.readouterr().err
     assert 'pip install "segzoo[tensorboard]"' in err and err.count("\n") == 1, err
     assert not tmp_path.joinpath(LOG_NAME).exists()
+
+
+def make_custom(root: Path) -> Path:
+    """A ``custom:`` folder of two 64x64 training pairs."""
+    for i in range(2):
+        for kind, array in (("images", np.zeros((64, 64, 3), np.uint8)), ("labels", np.zeros((64, 64), np.uint8))):
+            path = root / kind / "train" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(path)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("start", "missing", "hint"),
+    [
+        ([], "fpn_moganet_xtiny_80k_ade20k.pth", "--from-scratch"),
+        (["--from-scratch"], "moganet_xtiny_sz224", "--no-imagenet"),
+    ],
+)
+def test_offline_train_names_its_own_options(
+    start: list[str], missing: str, hint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("SEGZOO_OFFLINE", "1")
+    data = make_custom(tmp_path / "data")
+    argv = ["train", ENTRY, "--data", f"custom:{data}", "--num-classes", "3", "--work-dir", str(tmp_path / "w")]
+    assert main([*argv, "--device", "cpu", "--workers", "0", "--quiet", *start]) == 1
+    err = capsys.readouterr().err
+    assert missing in err and f"segzoo train: {hint} " in err and "--checkpoint" not in err, err

@@ -155,7 +155,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     several)."""
     p = commands.add_parser("train", help="train an entry with its paper's recipe, or fine-tune it on your data")
     add_train_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, weights_hint=weights_hint)
+
+
+def weights_hint(args: argparse.Namespace) -> str:
+    """What ``segzoo train`` says when the weights it starts from cannot be fetched: how to start from others."""
+    published = args.custom is not None if args.pretrained is None else args.pretrained
+    if published:
+        return "segzoo train: --from-scratch starts from the entry's ImageNet backbone instead of its published weights"
+    return "segzoo train: --no-imagenet starts the backbone from a random initialization instead of the ImageNet file"
 
 
 def require_train_extra() -> None:
