@@ -540,7 +540,7 @@ def make_custom(root: Path) -> Path:
 @pytest.mark.parametrize(
     ("start", "missing", "hint"),
     [
-        ([], "fpn_moganet_xtiny_80k_ade20k.pth", "--from-scratch"),
+        ([], "fpn_moganet_xtiny_80k_ade20k.pth", "--init-from"),
         (["--from-scratch"], "moganet_xtiny_sz224", "--no-imagenet"),
     ],
 )

@@ -162,8 +162,14 @@ def weights_hint(args: argparse.Namespace) -> str:
     """What ``segzoo train`` says when the weights it starts from cannot be fetched: how to start from others."""
     published = args.custom is not None if args.pretrained is None else args.pretrained
     if published:
-        return "segzoo train: --from-scratch starts from the entry's ImageNet backbone instead of its published weights"
-    return "segzoo train: --no-imagenet starts the backbone from a random initialization instead of the ImageNet file"
+        return (
+            "segzoo train: --init-from FILE starts from a local copy of these weights, --from-scratch from the "
+            "entry's ImageNet backbone instead"
+        )
+    return (
+        "segzoo train: --no-imagenet starts the backbone from a random initialization instead of the ImageNet file, "
+        "--init-from FILE from a local checkpoint"
+    )
 
 
 def require_train_extra() -> None:
