@@ -50,7 +50,8 @@ test-latest:
 	$(LATEST_VENV)/bin/pip install --upgrade --upgrade-strategy eager torch -e ".[dev]"
 	$(LATEST_VENV)/bin/python -m pytest
 
-# Model cards, the README's generated tables and docs/zoo.png (matplotlib comes with the docs extra). The training
+# Model cards, the README's generated tables, docs/zoo.png and docs/train_curve.png (from the recorded
+# benchmarks/train_curve.json; matplotlib comes with the docs extra). The training
 # package's generator goes second: it writes the cards again with their reproduction guides, and the training table.
 docs: $(BIN)/.installed
 	$(BIN)/pip install -e ".[docs]"

@@ -1,10 +1,12 @@
-"""The zoo at a glance, for the README: reported mIoU against reported GFLOPs and against measured CPU latency.
+"""The README's figures, drawn from recorded measurements: the zoo at a glance and a short fine-tune's curve.
 
-One marker per entry, coloured by paper, shaped by dataset, from the registry and ``benchmarks/zoo.csv``
-(written by ``benchmarks/zoo.py``; without it the latency panel says so). Needs matplotlib (the
-``docs`` extra)::
+``docs/zoo.png``: reported mIoU against reported GFLOPs and against measured CPU latency, one marker per entry,
+coloured by paper, shaped by dataset, from the registry and ``benchmarks/zoo.csv`` (written by
+``benchmarks/zoo.py``; without it the latency panel says so). ``docs/train_curve.png``: training loss and
+validation scores of the run ``benchmarks/train.py curve`` recorded in ``benchmarks/train_curve.json`` (not
+drawn without it). Needs matplotlib (the ``docs`` extra)::
 
-    python benchmarks/figures.py          # writes docs/zoo.png; `make docs` runs it
+    python benchmarks/figures.py          # writes both; `make docs` runs it
 
 The PNG is byte-stable for one matplotlib version: Agg backend, matplotlib's bundled DejaVu Sans,
 no software or date metadata.
@@ -13,6 +15,7 @@ no software or date metadata.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from segzoo.registry import list_models, model_info
 from segzoo.zoo.records import ModelInfo
 
 FIGURE = Path("docs") / "zoo.png"
+CURVE_FIGURE = Path("docs") / "train_curve.png"
+CURVE_RECORD = Path("benchmarks") / "train_curve.json"
 # The latency plotted: batch-1 CPU timing at one size for every entry, so entries compare like for like;
 # the fast path where it was measured, else eager.
 LATENCY_RESOLUTION = "512x512"
@@ -46,16 +51,31 @@ def cpu_latency_ms(rows: Sequence[BenchmarkRow]) -> float | None:
     return None
 
 
-def draw_zoo_figure(benchmark: Mapping[str, Sequence[BenchmarkRow]], out: Path) -> Path:
-    """Draw both panels into ``out`` (PNG or SVG by its suffix) and return it."""
+def _style():
+    """pyplot on the Agg backend, and the style every figure here is drawn in (byte-stable PNGs)."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     style = {"font.family": "DejaVu Sans", "font.size": 9, "svg.hashsalt": "segzoo", "path.simplify": False}
-    with plt.rc_context(style):
+    return plt, plt.rc_context(style)
+
+
+def _save(fig, out: Path) -> Path:
+    """Save ``fig`` as PNG or SVG by ``out``'s suffix, without software or date metadata."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"Software": None} if out.suffix == ".png" else {"Date": None, "Creator": None}
+    fig.savefig(out, dpi=110, metadata=metadata)
+    return out
+
+
+def draw_zoo_figure(benchmark: Mapping[str, Sequence[BenchmarkRow]], out: Path) -> Path:
+    """Draw both panels into ``out`` (PNG or SVG by its suffix) and return it."""
+    import matplotlib.ticker
+
+    plt, style = _style()
+    with style:
         fig, (by_flops, by_latency) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True, layout="constrained")
         registered = families()
         colours = {family.name: family.colour for family in registered}
@@ -97,9 +117,36 @@ def draw_zoo_figure(benchmark: Mapping[str, Sequence[BenchmarkRow]], out: Path) 
         ]
         handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=d) for d, m in DATASET_MARKERS.items()]
         fig.legend(handles=handles, loc="outside right center", frameon=False)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {"Software": None} if out.suffix == ".png" else {"Date": None, "Creator": None}
-        fig.savefig(out, dpi=110, metadata=metadata)
+        _save(fig, out)
+        plt.close(fig)
+    return out
+
+
+def draw_training_curve(record: Mapping, out: Path) -> Path:
+    """Draw the recorded run's training loss and validation scores against the iteration into ``out``."""
+    plt, style = _style()
+    train = [r for r in record["log"] if "loss" in r]
+    evals = [r for r in record["log"] if "eval" in r]
+    with style:
+        fig, (losses, scores) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+        losses.plot([r["iter"] for r in train], [r["loss"] for r in train], color="tab:blue")
+        losses.set(xlabel="iteration", ylabel="training loss (logged iterations)", ylim=(0, None))
+        for metric, colour in (("mIoU", "tab:orange"), ("mAcc", "tab:green"), ("aAcc", "tab:grey")):
+            points = [(r["iter"], r["eval"][metric]) for r in evals if metric in r["eval"]]
+            if points:
+                scores.plot(*zip(*points), marker="o", markersize=3, color=colour, label=metric)
+        scores.set(xlabel="iteration", ylabel="validation score (%)", ylim=(0, 100))
+        scores.legend(frameon=False, loc="lower right")
+        for ax in (losses, scores):
+            ax.grid(True, alpha=0.3)
+        machine = record["machine"]
+        fig.suptitle(
+            f"{record['entry']} from {record['start']} weights, {record['train_images']} generated images of "
+            f"{len(record['classes'])} classes ({', '.join(record['classes'])})\n{machine['cpu']}, "
+            f"{record['threads']} thread(s), {record['wall_s']} s in all",
+            fontsize=9,
+        )
+        _save(fig, out)
         plt.close(fig)
     return out
 
@@ -111,6 +158,11 @@ def main() -> None:
     csv_path = args.root / BENCHMARK_CSV
     benchmark = read_benchmark(csv_path) if csv_path.is_file() else {}
     print(f"wrote {draw_zoo_figure(benchmark, args.root / FIGURE)}")
+    curve = args.root / CURVE_RECORD
+    if curve.is_file():
+        print(f"wrote {draw_training_curve(json.loads(curve.read_text()), args.root / CURVE_FIGURE)}")
+    else:
+        print(f"no {CURVE_RECORD} (python benchmarks/train.py curve writes it): {CURVE_FIGURE} not drawn")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,3 +90,41 @@ def test_the_table_names_each_device_and_sets_the_papers_speed_beside_the_gpu_ro
     assert zoo.machine_lines(out.with_suffix(".md")) == machines
     assert "| regproxy_vit_ti16_ade20k | 38.9 FPS | NVIDIA H100 | 50 (0.02 s/im) | needs GPU |" in table
     assert "| emanet_r50_cityscapes | 0.11 s/im | - | needs GPU |" in table
+
+
+def test_training_benchmark_generates_paired_shapes_of_three_classes(tmp_path):
+    train = load_benchmark("train")
+    root = train.make_shapes_dataset(tmp_path, train=3, val=1, size=32)
+    for split, count in (("train", 3), ("val", 1)):
+        images = sorted(p.stem for p in (root / "images" / split).glob("*.png"))
+        labels = sorted((root / "labels" / split).glob("*.png"))
+        assert images == [p.stem for p in labels] and len(images) == count
+    values = set()
+    for path in (root / "labels" / "train").glob("*.png"):
+        with Image.open(path) as label:
+            assert label.mode == "L" and label.size == (32, 32)
+            values |= set(np.unique(np.asarray(label)).tolist())
+    assert values <= {0, 1, 2} and 0 in values and len(values) > 1
+    args = train.build_parser().parse_args(["curve", "--iters", "5", "--start", "random"])
+    assert (args.run, args.iters, args.start) == (train.record_curve, 5, "random")
+
+
+def test_training_curve_figure_is_drawn_from_the_recorded_log(tmp_path):
+    pytest.importorskip("matplotlib")
+    figures = load_benchmark("figures")
+    record = {
+        "entry": "moganet_xt_fpn_ade20k",
+        "start": "random",
+        "train_images": 4,
+        "classes": ["background", "disc", "square"],
+        "machine": {"cpu": "Xeon"},
+        "threads": 2,
+        "wall_s": 9,
+        "log": [
+            {"iter": 5, "loss": 1.0, "lr": 1e-4},
+            {"iter": 10, "loss": 0.5, "lr": 1e-4},
+            {"iter": 10, "eval": {"aAcc": 90.0, "mIoU": 60.0, "mAcc": 70.0}},
+        ],
+    }
+    out = figures.draw_training_curve(record, tmp_path / "curve.png")
+    assert out.read_bytes().startswith(b"\x89PNG")

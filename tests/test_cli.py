@@ -232,3 +232,27 @@ def test_building_the_command_line_loads_no_training_loop_data_or_recipes():
         and m != "segzoo.training.recipes._registry"
     ]
     assert not heavy
+
+
+def test_weights_hints_name_only_options_of_their_command():
+    """Each command's hint for weights it cannot fetch names options that command's own parser accepts."""
+    import argparse
+    import re
+
+    from segzoo.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    hinted = {}
+    for name, parser in commands.items():
+        hint = parser.get_default("weights_hint")
+        if hint is None:
+            continue
+        cases = [{}] if name != "train" else [{"custom": "custom:d", "pretrained": None}, {"custom": None}]
+        for case in cases:
+            args = argparse.Namespace(command=name, **{"custom": None, "pretrained": None, **case})
+            text = hint(args)
+            flags = re.findall(r"(?<![\w-])--[a-z][a-z-]*", text)
+            assert flags and all(flag in parser._option_string_actions for flag in flags), (name, text)
+            hinted.setdefault(name, []).append(text)
+    assert {"predict", "eval", "export", "train"} <= hinted.keys()
+    assert len(set(hinted["train"])) == 2  # published weights and ImageNet backbone each get theirs

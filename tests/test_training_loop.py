@@ -28,7 +28,7 @@ from segzoo.training.checkpoint import latest_checkpoint, remove_interrupted_wri
 from segzoo.training.distributed import Processes, seed_everything
 from segzoo.training.loop import LOG_NAME, TrainConfig, train
 from segzoo.training.recipe import ScheduleSpec
-from segzoo.training.run_log import JsonLog
+from segzoo.training.run_log import TENSORBOARD_DIR, JsonLog, TensorBoardLog
 from tests.conftest import REPO
 
 ENTRY = "moganet_xt_fpn_ade20k"  # the smallest model of the registry
@@ -470,3 +470,86 @@ def test_interrupted_checkpoint_writes_are_removed_at_the_next_start(tmp_path):
         path.write_bytes(b"half a checkpoint")
     assert remove_interrupted_writes(tmp_path) == [stray]
     assert not stray.exists() and live.exists()
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """The (step, value) pairs of every scalar tag of the event files in ``folder``, as TensorBoard shows them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_gets_the_runs_log_as_scalars(ade_root: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    train(
+        small_config(ade_root, tmp_path, iters=2, tensorboard=True), dataclasses.replace(constant_rate(1e-3), iters=2)
+    )
+    scalars = tensorboard_scalars(tmp_path / TENSORBOARD_DIR)
+    records = [json.loads(line) for line in (tmp_path / LOG_NAME).read_text().splitlines()]
+    assert {"train/loss", "train/loss_decode", "train/lr", "train/images_per_s", "train/memory_mb"} <= set(scalars)
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2]
+    assert [value for _, value in scalars["train/loss"]] == pytest.approx([r["loss"] for r in records])
+
+
+def test_tensorboard_after_a_resume_shows_each_iteration_once(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    first = TensorBoardLog(tmp_path)
+    for i in range(1, 5):
+        first.write({"iter": i, "loss": float(i), "lr": 0.1, "eta_s": 10})
+    first.write({"iter": 4, "eval": {"mIoU": 40.0, "mAcc": 50.0}})
+    first.close()
+    assert tensorboard_scalars(tmp_path)["val/mIoU"] == [(4, 40.0)]
+    resumed = TensorBoardLog(tmp_path)
+    resumed.keep_until(2)
+    resumed.write({"iter": 3, "loss": 30.0, "lr": 0.1, "eta_s": 5})
+    resumed.close()
+    scalars = tensorboard_scalars(tmp_path)
+    assert scalars["train/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    assert "train/eta_s" not in scalars and not scalars["val/mIoU"]  # the evaluation at iteration 4 is hidden
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+
+
+def test_tensorboard_without_the_package_says_which_extra(
+    ade_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a)
+    )
+    argv = ["train", ENTRY, "--data-root", str(ade_root), "--work-dir", str(tmp_path), "--tensorboard"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert 'pip install "segzoo[tensorboard]"' in err and err.count("\n") == 1, err
+    assert not tmp_path.joinpath(LOG_NAME).exists()
+
+
+def make_custom(root: Path) -> Path:
+    """A ``custom:`` folder of two 64x64 training pairs."""
+    for i in range(2):
+        for kind, array in (("images", np.zeros((64, 64, 3), np.uint8)), ("labels", np.zeros((64, 64), np.uint8))):
+            path = root / kind / "train" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(path)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("start", "missing", "hint"),
+    [
+        ([], "fpn_moganet_xtiny_80k_ade20k.pth", "--init-from"),
+        (["--from-scratch"], "moganet_xtiny_sz224", "--no-imagenet"),
+    ],
+)
+def test_offline_train_names_its_own_options(
+    start: list[str], missing: str, hint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("SEGZOO_OFFLINE", "1")
+    data = make_custom(tmp_path / "data")
+    argv = ["train", ENTRY, "--data", f"custom:{data}", "--num-classes", "3", "--work-dir", str(tmp_path / "w")]
+    assert main([*argv, "--device", "cpu", "--workers", "0", "--quiet", *start]) == 1
+    err = capsys.readouterr().err
+    assert missing in err and f"segzoo train: {hint} " in err and "--checkpoint" not in err, err

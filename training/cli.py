@@ -141,6 +141,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="SyncBN across processes (default: the recipe's, where it works: several processes on CUDA devices)",
     )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the log as TensorBoard scalars to WORK_DIR/tensorboard (needs segzoo[tensorboard])",
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -150,7 +155,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     several)."""
     p = commands.add_parser("train", help="train an entry with its paper's recipe, or fine-tune it on your data")
     add_train_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, weights_hint=weights_hint)
+
+
+def weights_hint(args: argparse.Namespace) -> str:
+    """What ``segzoo train`` says when the weights it starts from cannot be fetched: how to start from others."""
+    published = args.custom is not None if args.pretrained is None else args.pretrained
+    if published:
+        return (
+            "segzoo train: --init-from FILE starts from a local copy of these weights, --from-scratch from the "
+            "entry's ImageNet backbone instead"
+        )
+    return (
+        "segzoo train: --no-imagenet starts the backbone from a random initialization instead of the ImageNet file, "
+        "--init-from FILE from a local checkpoint"
+    )
 
 
 def require_train_extra() -> None:

@@ -33,7 +33,8 @@ class TrainConfig:
     unless ``imagenet`` is off. ``resume`` is ``"latest"`` (the furthest
     checkpoint in ``work_dir``) or a checkpoint file. ``sync_bn`` overrides the
     recipe's SyncBN (which is used only where it works: several processes on
-    CUDA devices, whose group uses NCCL).
+    CUDA devices, whose group uses NCCL). ``tensorboard`` also writes the log as
+    TensorBoard scalars (the ``tensorboard`` extra).
 
     Fine-tuning: ``iters`` or ``epochs`` (of the train split) set the run's
     length and the recipe's schedule is stretched to it (see
@@ -69,6 +70,7 @@ class TrainConfig:
     lr: float | None = None
     warmup_iters: int | None = None
     init_from: str | None = None
+    tensorboard: bool = False
 
     @property
     def custom_data(self) -> bool:

@@ -47,7 +47,14 @@ from segzoo.training.losses import compute_losses
 from segzoo.training.optim import build_optimizer
 from segzoo.training.recipe import Recipe
 from segzoo.training.resume import check_same_run, find_resume_state, restore_optimization
-from segzoo.training.run_log import LOG_NAME, JsonLog, peak_memory_mb
+from segzoo.training.run_log import (
+    LOG_NAME,
+    TENSORBOARD_DIR,
+    JsonLog,
+    TensorBoardLog,
+    peak_memory_mb,
+    require_tensorboard,
+)
 from segzoo.training.schedules import build_lr_scheduler
 from segzoo.zoo.records import to_plain
 
@@ -63,6 +70,8 @@ def train(config: TrainConfig, recipe: Recipe | None = None) -> Path:
     every process of a ``torchrun`` launch; it joins and leaves the group.
     """
     check_config(config)
+    if config.tensorboard:
+        require_tensorboard()
     recipe = recipe or resolve_recipe(config)
     processes = init_processes(config.device)
     try:
@@ -117,6 +126,7 @@ def _train(config: TrainConfig, recipe: Recipe, processes: Processes) -> Path:
     run = _Run(config, recipe, processes, split, wrapped, model, draws, optimizer, scheduler, scaler, val_dataset)
     if state is not None:
         run.log.keep_until(start)  # the iterations after the checkpoint run again
+        run.tensorboard.keep_until(start)
     return run.loop(batches, start)
 
 
@@ -131,6 +141,8 @@ class _Run:
         self.scheduler, self.scaler = scheduler, scaler
         self.val_dataset = val_dataset
         self.log = JsonLog(config.work_path / LOG_NAME if processes.is_main else None)
+        tensorboard = processes.is_main and config.tensorboard
+        self.tensorboard = TensorBoardLog(config.work_path / TENSORBOARD_DIR if tensorboard else None)
         device_type = processes.device.type
         self.autocast = (
             torch.autocast(device_type, dtype=_AMP_DTYPES[config.amp])
@@ -187,7 +199,7 @@ class _Run:
                     elapsed = time.perf_counter() - window_start
                     images_per_s = window_iters * self.split.total / elapsed
                     eta = (recipe.iters - iteration) * elapsed / window_iters
-                    self.log.write(
+                    self.write(
                         {
                             "iter": iteration,
                             **losses,
@@ -204,15 +216,20 @@ class _Run:
                     self.evaluate(iteration)
                 if iteration % recipe.checkpoint_interval == 0 or done:
                     last_path = self.save(iteration)
+        self.tensorboard.close()
         if last_path is None:  # resumed from the final checkpoint: nothing left to do
             last_path = ckpt.checkpoint_path(config.work_path, recipe.iters)
         return last_path
+
+    def write(self, record: dict) -> None:
+        self.log.write(record)
+        self.tensorboard.write(record)
 
     def evaluate(self, iteration: int) -> None:
         self.model.eval()
         result = evaluate_model(self.model, self.val_dataset, progress=False)
         self.model.train()
-        self.log.write({"iter": iteration, "eval": result.scalars})
+        self.write({"iter": iteration, "eval": result.scalars})
         if self.processes.is_main:
             tqdm.write(f"iteration {iteration}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.scalars.items()))
 

@@ -5,7 +5,9 @@ One module per group of commands, as users see them: ``models`` (list, info),
 verify, convert, inspect) and ``export``. Other packages add commands through the
 ``segzoo.commands`` entry-point group (``segzoo.training`` adds ``train``): each names a
 ``register(commands)`` function, as the modules here have. A user error ends with one ``segzoo: error:``
-line and exit status 1, never a traceback (``--verbose`` adds it, for reports).
+line and exit status 1, never a traceback (``--verbose`` adds it, for reports). Weights that cannot be fetched
+(offline, a share page) get the command's own way around it: the ``weights_hint(args)`` a command sets as a
+parser default, so that a hint names only options of the command that printed it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return UnknownModelError, WeightsError, DatasetError, OSError, ValueError, ImportError
 
 
+def _message(err: BaseException, args: argparse.Namespace) -> str:
+    """The error's message, and for weights that could not be fetched, the command's hint."""
+    from segzoo.weights import WeightsUnavailableError
+
+    hint = getattr(args, "weights_hint", None)
+    if hint is not None and isinstance(err, WeightsUnavailableError):
+        return f"{err}\n{hint(args)}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -62,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         if args.verbose:
             log.exception("traceback:")
-        print(f"segzoo: error: {err}", file=sys.stderr)
+        print(f"segzoo: error: {_message(err, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("segzoo: interrupted", file=sys.stderr)

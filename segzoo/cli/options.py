@@ -42,11 +42,18 @@ def add_names_or_all(parser: argparse.ArgumentParser) -> None:
 def add_checkpoint(parser: argparse.ArgumentParser, required: bool = False) -> None:
     help_text = "the checkpoint file to load" if required else "local checkpoint instead of the published weights"
     parser.add_argument("-c", "--checkpoint", required=required, help=help_text)
+    if not required:
+        parser.set_defaults(weights_hint=checkpoint_hint)
     parser.add_argument(
         "--allow-unsafe-pickle",
         action="store_true",
         help="unpickle a checkpoint that needs more than tensors; runs its code: trusted files only",
     )
+
+
+def checkpoint_hint(args: argparse.Namespace) -> str:
+    """What a command with ``--checkpoint`` says when the published weights cannot be fetched."""
+    return f"segzoo {args.command}: --checkpoint FILE loads a local copy of the weights instead"
 
 
 def add_inference(parser: argparse.ArgumentParser) -> None:

@@ -143,8 +143,7 @@ def manual_instructions(source: WeightSource, target: Path) -> str:
     return (
         f"{source.filename} needs a person to download it: open {source.url}{code} in a browser, download the "
         f"checkpoint and save it as {target} (SEGZOO_CACHE sets the folder), or put it under that name in the "
-        f"folder SEGZOO_MIRROR points to, or pass checkpoint_path=<file> to segzoo.create_model (--checkpoint "
-        f"<file> on the command line)."
+        f"folder SEGZOO_MIRROR points to, or pass checkpoint_path=<file> to segzoo.create_model."
     )
 
 
@@ -182,7 +181,7 @@ def _obtain(source: WeightSource, target: Path, expected_sha256: str | None, pro
             raise WeightsUnavailableError(
                 f"{err}\nTo load these weights offline, fetch {source.url} where the network allows it and put "
                 f"it at {target} (SEGZOO_CACHE sets the folder), or pass checkpoint_path=<file> to "
-                f"segzoo.create_model (--checkpoint <file> on the command line)."
+                f"segzoo.create_model."
             ) from err
     os.replace(partial_path(target), target)
     discard_partial(target)
