@@ -67,6 +67,39 @@ def shortest_edge_shape(height: int, width: int, short_edge: int, max_size: int)
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
+def _scale_at(pipeline: InferencePipeline, ratio: float) -> tuple[int, int]:
+    """``pipeline.scale`` times ``ratio``, rounded down as mmseg's aug-test (and detectron2's) do."""
+    return int(pipeline.scale[0] * ratio), int(pipeline.scale[1] * ratio)
+
+
+def resized_shape(height: int, width: int, pipeline: InferencePipeline, ratio: float = 1.0) -> tuple[int, int]:
+    """(H, W) of an image after ``pipeline``'s first resize at ``ratio`` (before any ``size_divisor`` rounding)."""
+    first, second = _scale_at(pipeline, ratio)
+    if pipeline.resize == "shortest_edge":
+        return shortest_edge_shape(height, width, first, second)
+    return keep_ratio_shape(height, width, (first, second))
+
+
+def check_aspect_ratio(
+    height: int, width: int, pipeline: InferencePipeline, ratios: tuple[float, ...] = (1.0,)
+) -> None:
+    """Refuse an image so elongated that ``pipeline``'s resize would leave its short side 0 pixels high.
+
+    Both upstream resizes fit the long side into a fixed length (mmcv's long
+    edge, detectron2's cap), so the short side rounds to 0 beyond twice that
+    length to one; upstream fails there too, inside OpenCV or the model.
+    """
+    for ratio in ratios:
+        if min(resized_shape(height, width, pipeline, ratio)) < 1:
+            first, second = _scale_at(pipeline, min(ratios))
+            longest = second if pipeline.resize == "shortest_edge" else max(first, second)
+            raise ValueError(
+                f"too elongated for this model: its resize "
+                f"({pipeline.resize} to {pipeline.scale}{' at the aug-test scales' if len(ratios) > 1 else ''}) "
+                f"would make the short side 0 pixels; the most it takes is {2 * longest}:1; crop or pad the image"
+            )
+
+
 def _cv2_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
@@ -77,13 +110,13 @@ def resize_image(image: np.ndarray, pipeline: InferencePipeline, ratio: float = 
     ``ratio`` scales both numbers of ``pipeline.scale`` (mmseg's ``img_ratios``).
     """
     height, width = image.shape[:2]
-    first, second = int(pipeline.scale[0] * ratio), int(pipeline.scale[1] * ratio)
+    check_aspect_ratio(height, width, pipeline, (ratio,))
+    new_h, new_w = resized_shape(height, width, pipeline, ratio)
     if pipeline.resize == "shortest_edge":
-        new_h, new_w = shortest_edge_shape(height, width, first, second)
         if (new_h, new_w) == (height, width):
             return image
         return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    image = _cv2_bilinear(image, keep_ratio_shape(height, width, (first, second)))
+    image = _cv2_bilinear(image, (new_h, new_w))
     if pipeline.size_divisor:
         d = pipeline.size_divisor
         image = _cv2_bilinear(image, (math.ceil(image.shape[0] / d) * d, math.ceil(image.shape[1] / d) * d))
