@@ -12,8 +12,7 @@ single rounding, as the kernel's fused multiply-adds do. ``tests/test_inference.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +96,13 @@ def rescaled_scores(views: Iterable[View], size: tuple[int, int], align_corners:
     return total / count
 
 
+def _prepended(first: View, rest: Iterator[View]) -> Iterator[View]:
+    """``first``, then ``rest``, holding ``first`` only until it is taken (unlike ``itertools.chain``)."""
+    yield first
+    del first
+    yield from rest
+
+
 def rescaled_labels(
     views: Iterable[View],
     size: tuple[int, int],
@@ -119,8 +125,8 @@ def rescaled_labels(
     views = iter(views)
     first = next(views)
     n, channels = first[0].shape[:2]
-    views = itertools.chain([first], views)
-    del first  # (the chain holds it until it is consumed)
+    views = _prepended(first, views)
+    del first
     height, width = size
     small = 4 * n * channels * height * width <= whole_bytes
     if small or height + width <= 128:  # (PyTorch resizes outputs this small with another kernel)
