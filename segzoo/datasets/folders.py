@@ -53,7 +53,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
 
     ignore_index = IGNORE_INDEX
     pipeline: InferencePipeline | None = None  # whose upstream image reader to follow (see open_dataset)
-    label_fix = ""  # what to do about a label value outside the classes
+    label_value_fix = ""  # what to do about a label value outside the classes
 
     def __init__(
         self,
@@ -102,7 +102,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
             meaning = f"0..{classes - 1} for its {classes} classes, {IGNORE_INDEX} for ignored pixels"
         raise DatasetError(
             f"label {path} has class index {values}, but the dataset has {classes} classes: "
-            f"{self.dataset} labels hold {meaning}{self.label_fix}"
+            f"{self.dataset} labels hold {meaning}{self.label_value_fix}"
         )
 
     def __repr__(self) -> str:
@@ -291,7 +291,7 @@ class CustomFolder(SegmentationFolder):
     every label value checked against ``num_classes`` when a sample is read (a file may change after
     :func:`segzoo.datasets.check.check_custom_data` read it)."""
 
-    label_fix = "; pass the right --num-classes or fix the label"
+    label_value_fix = "; pass the right --num-classes or fix the label"
 
     def __init__(self, root: Path, samples: Sequence[Sample], split: str, num_classes: int) -> None:
         # SegmentationFolder's own __init__ looks the dataset's classes up by name; a custom one has none
