@@ -66,6 +66,10 @@ def entries() -> tuple[ModelInfo, ...]:
     return tuple(_catalog().by_name.values())
 
 
+class ClassifierReinitializedWarning(UserWarning):
+    """Weights were loaded for another number of classes: the classifier layers start from random values."""
+
+
 class UnknownModelError(LookupError):
     """No registered model has this name; the message suggests close ones."""
 
@@ -145,6 +149,7 @@ def create_model(
             warnings.warn(
                 f"{info.name}: num_classes={classes} differs from the checkpoint's classifier; "
                 f"kept all weights but re-initialized {', '.join(reinit)}",
+                ClassifierReinitializedWarning,
                 stacklevel=2,
             )
     if fuse:

@@ -256,3 +256,62 @@ def test_weights_hints_name_only_options_of_their_command():
             hinted.setdefault(name, []).append(text)
     assert {"predict", "eval", "export", "train"} <= hinted.keys()
     assert len(set(hinted["train"])) == 2  # published weights and ImageNet backbone each get theirs
+
+
+def test_predict_reports_an_image_too_elongated_and_a_broken_link_and_goes_on(tmp_path, capsys):
+    name = "moganet_xt_fpn_ade20k"
+    ckpt = save_mmseg_checkpoint(tmp_path / "ckpt.pth", synthetic_state_dict(name))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (120, 80, 40)).save(folder / "a.jpg")
+    Image.new("RGB", (100_000, 3), (120, 80, 40)).save(folder / "b.png")  # beyond 4096:1
+    (folder / "c.png").symlink_to(tmp_path / "gone.png")
+    Image.new("RGB", (36, 36), (10, 80, 40)).save(folder / "d.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-m", name, "-c", str(ckpt), "-o", str(out), "-q"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == [f"a_{name}.png", f"d_{name}.png"]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith(f"segzoo: error: {folder / 'b.png'}: image (100000x3 pixels): too elongated")
+    assert "4096:1" in lines[0]
+    assert lines[1] == f"segzoo: error: {folder / 'c.png'}: a link to {tmp_path / 'gone.png'}, which does not exist"
+    assert lines[2] == "segzoo: error: 2 of 4 files were not segmented (see above)"
+
+
+def _error_line(argv: list[str], capsys) -> str:
+    """The one line a command-line mistake prints, after checking it ends the command with status 1."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("segzoo: error: ") and "usage:" not in err
+    return err
+
+
+@pytest.mark.parametrize("command", [["predict"], ["eval", "moganet_xt_fpn", "--data-root", "."], ["train", "x"]])
+def test_an_unavailable_device_is_one_error_line_for_every_command(command, capsys):
+    for device in ("tpu", "meta") + (() if torch.cuda.is_available() else ("cuda", "cuda:1")):
+        err = _error_line([*command, "--device", device], capsys)
+        assert "argument --device: " in err and device in err
+    if not torch.cuda.is_available():
+        assert "use --device cpu" in _error_line([*command, "--device", "cuda"], capsys)
+
+
+def test_argument_errors_are_one_line_and_verbose_goes_before_or_after_the_command(capsys):
+    assert "unrecognized arguments: --bogus" in _error_line(["predict", "--bogus"], capsys)
+    assert "required: command" in _error_line([], capsys)
+    assert "positive whole number" in _error_line(["eval", "x", "--data-root", ".", "--limit", "0"], capsys)
+    assert "name models or pass --all" in _error_line(["verify"], capsys)
+    from segzoo.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["list", "-v"]).verbose and parser.parse_args(["-v", "list"]).verbose
+    assert not parser.parse_args(["list"]).verbose
+
+
+def test_list_says_when_no_model_matches(capsys):
+    assert main(["list", "zzz*"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "segzoo: error: no registered model matches 'zzz*' (see 'segzoo list')\n"

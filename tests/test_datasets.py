@@ -56,7 +56,8 @@ def make_ade20k(root: Path) -> dict[str, np.ndarray]:
 
 def make_cityscapes(root: Path, label_kind: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
-    values = np.array(list(CITYSCAPES_PAIRS), dtype=np.uint8)
+    ids = CITYSCAPES_PAIRS.values() if label_kind == "labelTrainIds" else CITYSCAPES_PAIRS  # train ids: 0..18, 255
+    values = np.array(list(ids), dtype=np.uint8)
     labels = {}
     for city, stems in CITIES.items():
         for stem in stems:

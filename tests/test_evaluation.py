@@ -408,3 +408,35 @@ def test_dataset_specific_evaluation_falls_back_on_other_data():
     custom = dataclasses.make_dataclass("Folder", ["dataset"])("custom")
     assert evaluator_for(segzoo.model_info("glore_r50_fcn_cityscapes"), custom) == "mmseg"
     assert evaluator_for(segzoo.model_info("emanet_r50_coco"), custom) == "detectron2_2019"
+
+
+def test_a_label_value_outside_the_classes_names_the_file_and_the_value_it_stores(checkpoint, module_tmp, capsys):
+    root = module_tmp("bad_label") / "ADEChallengeData2016"
+    for sub in ("images", "annotations"):
+        (root / sub / "validation").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "images/validation/ADE_val_1.jpg")
+    label = rng.integers(0, 151, (16, 16), dtype=np.uint8)
+    label[3, 4], label[5, 6] = 200, 255  # 255 is ignored; 200 is no class (199 after reduce_zero_label)
+    label_path = root / "annotations/validation/ADE_val_1.png"
+    Image.fromarray(label).save(label_path)
+    with pytest.raises(DatasetError, match=f"label {label_path} has class index 200, but the dataset has 150 classes"):
+        open_dataset("ADE20K", root)[0]
+    assert main(["eval", NAME, "--data-root", str(root), "-c", str(checkpoint), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"segzoo: error: label {label_path} has class index 200,") and err.count("\n") == 1
+    assert "ADE20K labels hold 1..150 for its 150 classes, 0 and 255 for ignored pixels" in err
+
+
+def test_eval_refuses_a_classifier_it_would_have_to_initialize_randomly(checkpoint, tmp_path, capsys):
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "labels" / "val").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(tmp_path / "images/val/a.png")
+    Image.new("L", (64, 64)).save(tmp_path / "labels/val/a.png")
+    argv = ["eval", NAME, "--data", f"custom:{tmp_path}", "--num-classes", "3", "-c", str(checkpoint), "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"segzoo: error: --num-classes 3: the classifier in {checkpoint} is for another number of classes, so eval "
+        "would score a randomly initialized one; pass --checkpoint with the model fine-tuned for 3 classes\n"
+    )

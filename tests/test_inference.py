@@ -1,6 +1,7 @@
 """Inference: the upstream test pipeline, whole/slide modes, aug-test, and segzoo.predict's inputs and outputs."""
 
 import dataclasses
+import weakref
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 
 import segzoo
 from segzoo.inference import (
+    check_aspect_ratio,
     infer_labels,
     infer_scores,
     keep_ratio_shape,
@@ -229,6 +231,70 @@ def test_tiled_labels_equal_untiled_labels(align_corners):
     expected = rescaled_scores(aug, size, align_corners, averaged=True).argmax(1)
     banded = rescaled_labels(aug, size, align_corners, averaged=True, band_bytes=3 * 150 * 4 * 67, whole_bytes=0)
     assert torch.equal(banded, expected)
+
+
+def test_aug_test_keeps_a_running_sum_and_never_two_views(model):
+    """mmseg's aug_test adds each view's probabilities to one sum: a view is released before the next is made."""
+    made = []
+
+    def views():
+        generator = torch.Generator().manual_seed(0)
+        for h, w in ((12, 16), (18, 24), (24, 32)):
+            for flip in (False, True):
+                assert all(view() is None for view in made), "an earlier view is still held"
+                logits = torch.randn(1, 150, h, w, generator=generator)
+                made.append(weakref.ref(logits))
+                yield logits, flip
+                del logits
+
+    size = (61, 47)
+    labels = rescaled_labels(views(), size, False, averaged=True)
+    assert len(made) == 6
+    kept = []
+    for view in views():
+        kept.append(view)
+        made.clear()
+    expected = rescaled_scores(kept, size, False, averaged=True).argmax(1)
+    assert torch.equal(labels, expected)
+    original = _with_pipeline(model, aug_ratios=(0.5, 1.0), aug_flip=True)
+    try:
+        image = np.random.default_rng(6).integers(0, 255, (45, 70, 3), dtype=np.uint8)
+        held = []
+        forward = model.forward
+
+        def remembered(x):
+            assert all(logits() is None for logits in held), "an earlier view's logits are still held"
+            logits = forward(x)
+            held.append(weakref.ref(logits))
+            return logits
+
+        model.forward = remembered
+        segzoo.predict(model, image, aug_test=True)
+        assert len(held) == 4
+    finally:
+        model.info = original
+        del model.forward
+
+
+@pytest.mark.parametrize(
+    "name, limit, half_scale_limit",  # twice mmcv's long edge, twice detectron2's cap
+    [("moganet_xt_fpn_ade20k", 4096, 2048), ("emanet_r50_coco", 2666, 2 * int(1333 * 0.5))],
+)
+def test_an_image_too_elongated_for_the_resize_is_a_value_error_naming_it(
+    name, limit, half_scale_limit, model, tmp_path
+):
+    pipeline = segzoo.model_info(name).test_pipeline
+    check_aspect_ratio(3, 3 * limit, pipeline)
+    check_aspect_ratio(3 * limit, 3, pipeline)
+    for height, width in ((3, 3 * limit + 3), (3 * limit + 3, 3)):
+        with pytest.raises(ValueError, match=f"the most it takes is {limit}:1"):
+            check_aspect_ratio(height, width, pipeline)
+    with pytest.raises(ValueError, match=f"the most it takes is {half_scale_limit}:1"):
+        check_aspect_ratio(3, 3 * limit, pipeline, (0.5, 1.0))
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (100_000, 3)).save(path)
+    with pytest.raises(ValueError, match=rf"^image {path} \(100000x3 pixels\): too elongated for this model"):
+        segzoo.predict(model, path)
 
 
 def test_predict_labels_equal_the_argmax_of_full_scores(model):

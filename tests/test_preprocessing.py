@@ -170,6 +170,36 @@ def test_opencv_and_pil_decode_jpeg_alike(tmp_path):
     assert np.array_equal(np.asarray(load_image(tmp_path / "photo.jpg")), decoded)
 
 
+def _odd_mode_files(folder: Path) -> dict[str, Path]:
+    """Images whose PIL ``convert("RGB")`` differs from OpenCV's decoding: 16-bit greys and CMYK JPEGs."""
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 2**16, (37, 53), dtype=np.uint16)
+    cv2.imwrite(str(folder / "grey16.png"), grey)
+    cv2.imwrite(str(folder / "colour16.png"), rng.integers(0, 2**16, (37, 53, 3), dtype=np.uint16))
+    Image.fromarray(synthetic_photo(41, 59)).convert("CMYK").save(folder / "cmyk.jpg", quality=90)
+    rotated = Image.fromarray(synthetic_photo(41, 59)).convert("CMYK")
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(folder / "cmyk_rotated.jpg", quality=90, exif=exif)
+    return {path.name: path for path in folder.iterdir()}
+
+
+def test_mmseg_entries_read_16_bit_and_cmyk_files_as_opencv_does(tmp_path):
+    for name, path in _odd_mode_files(tmp_path).items():
+        expected = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
+        for pipeline in (None, MOGANET.test_pipeline):
+            assert np.array_equal(np.asarray(load_image(path, pipeline)), expected), name
+    with Image.open(tmp_path / "grey16.png") as grey:
+        assert grey.mode == "I;16" and (np.asarray(grey.convert("RGB")) == 255).mean() > 0.9  # what PIL would give
+
+
+def test_emanet_reads_16_bit_and_cmyk_files_as_detectron2_2019_did(tmp_path):
+    for name, path in _odd_mode_files(tmp_path).items():
+        with Image.open(path) as image:
+            expected = np.asarray(image.convert("RGB"))  # detectron2's read_image: PIL, no EXIF orientation
+        assert np.array_equal(np.asarray(load_image(path, DETECTRON2)), expected), name
+
+
 if __name__ == "__main__":
     if not cv2.__version__.startswith("4."):
         raise SystemExit(f"the fixture records OpenCV 4's resize; this is OpenCV {cv2.__version__}")

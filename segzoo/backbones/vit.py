@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from timm.layers import HybridEmbed, PatchEmbed, StdConv2dSame, resample_abs_pos_embed
+import torch.nn.functional as F
+from timm.layers import HybridEmbed, PatchEmbed, StdConv2dSame
 from timm.models.resnetv2 import ResNetV2
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -158,16 +159,20 @@ class ViT(nn.Module):
             block.attn.fused_attn = enabled
 
     def _add_pos_embed(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``tokens`` plus the position embedding, resized (bicubic) to ``grid`` when the token counts differ.
+
+        An export or trace resizes at every size, the native one included (where the resize is the
+        identity): a branch on the size would fix the exported graph to the example's side of it. So at a
+        grid with the native token count but another shape, where upstream reads the native grid row-major,
+        an exported model resizes instead.
+        """
         pos_embed = self.pos_embed
-        if tokens.shape[1] != pos_embed.shape[1]:  # upstream's test: token counts, not grid shapes
-            pos_embed = resample_abs_pos_embed(
-                pos_embed,
-                new_size=list(grid),
-                old_size=list(self.pos_grid),
-                num_prefix_tokens=self.num_prefix_tokens,
-                interpolation="bicubic",
-                antialias=False,
-            )
+        general = torch.compiler.is_exporting() or torch.jit.is_tracing()  # first: no guard on symbolic sizes
+        if general or tokens.shape[1] != pos_embed.shape[1]:  # upstream's test: token counts, not grid shapes
+            prefix, patches = pos_embed[:, : self.num_prefix_tokens], pos_embed[:, self.num_prefix_tokens :]
+            patches = patches.reshape(1, *self.pos_grid, -1).permute(0, 3, 1, 2)
+            patches = F.interpolate(patches.float(), size=grid, mode="bicubic", align_corners=False)  # as timm's
+            pos_embed = torch.cat([prefix, patches.permute(0, 2, 3, 1).flatten(1, 2).to(prefix.dtype)], dim=1)
         return tokens + pos_embed
 
     def _token_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -16,8 +16,10 @@ import argparse
 import logging
 import sys
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from segzoo.cli import evaluate, export, models, predict, weights
+from segzoo.cli.options import available_device
 from segzoo.cli.predict import DEFAULT_MODEL, sample_image_path
 
 __all__ = ["DEFAULT_MODEL", "build_parser", "main", "sample_image_path"]
@@ -28,19 +30,32 @@ log = logging.getLogger("segzoo")
 COMMAND_PLUGINS = "segzoo.commands"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors end as every other user error does: one line, exit status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"segzoo: error: {message} (see '{self.prog} --help')\n")
+
+
+VERBOSE_HELP = "log what happens (downloads, cache hits) and show tracebacks of errors"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segzoo", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log what happens (downloads, cache hits) and show tracebacks of errors",
-    )
+    """The ``segzoo`` parser; ``-v`` works before or after the command, and every ``--device`` is checked."""
+    parser = _Parser(prog="segzoo", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     for group in (models, predict, evaluate, weights, export):
         group.register(commands)
     for plugin in entry_points(group=COMMAND_PLUGINS):
         plugin.load()(commands)
+    for command in commands.choices.values():
+        options = command._option_string_actions
+        if "-v" not in options and "--verbose" not in options:
+            # SUPPRESS: without the flag after the command, the value given before it stands
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        if "--device" in options and options["--device"].type is None:
+            options["--device"].type = available_device  # plugin commands' too: one check, one message
     return parser
 
 

@@ -16,6 +16,26 @@ from segzoo.cli.options import (
 )
 
 
+def _scoring_model(args: argparse.Namespace):
+    """The model to score; one whose classifier would start from random values (``--num-classes`` other than
+    the weights') is an error: its scores would mean nothing."""
+    import warnings
+
+    from segzoo.registry import ClassifierReinitializedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassifierReinitializedWarning)
+        try:
+            return load_model(args, args.model)
+        except ClassifierReinitializedWarning:
+            weights = args.checkpoint or f"{args.model}'s published weights"
+            raise ValueError(
+                f"--num-classes {args.num_classes}: the classifier in {weights} is for another number of classes, "
+                f"so eval would score a randomly initialized one; pass --checkpoint with the model fine-tuned "
+                f"for {args.num_classes} classes"
+            ) from None
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
     import os
@@ -40,7 +60,7 @@ def _eval(args: argparse.Namespace) -> int:
         )  # before downloads
         if isinstance(dataset, CustomFolder):
             check_custom_data([dataset], progress=progress(args) if not launched or dist.get_rank() == 0 else False)
-        model = load_model(args, args.model)
+        model = _scoring_model(args)
         result = evaluate(
             model.to(device),
             dataset,

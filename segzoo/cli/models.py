@@ -6,11 +6,16 @@ import argparse
 
 
 def _list(args: argparse.Namespace) -> int:
+    import sys
+
     import segzoo
 
-    for name in segzoo.list_models(args.pattern):
+    names = segzoo.list_models(args.pattern)
+    for name in names:
         print(f"{name:32s} {segzoo.model_info(name).summary}")
-    return 0
+    if not names:
+        print(f"segzoo: error: no registered model matches {args.pattern!r} (see 'segzoo list')", file=sys.stderr)
+    return 0 if names else 1
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -16,6 +16,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+def available_device(text: str) -> str:
+    """An argparse type: a device PyTorch can use on this machine (cpu, cuda[:N], mps or xpu[:N])."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda, cuda:N, mps or xpu") from None
+    if device.type == "cpu":
+        return text
+    if device.type == "cuda":
+        available, count, why = torch.cuda.is_available(), torch.cuda.device_count(), "no GPU, driver or CUDA build"
+    elif device.type == "mps":
+        available, count, why = torch.backends.mps.is_available(), 1, "not an Apple-silicon Mac with Metal"
+    elif device.type == "xpu" and hasattr(torch, "xpu"):
+        available, count, why = torch.xpu.is_available(), torch.xpu.device_count(), "no Intel GPU or XPU build"
+    else:
+        raise argparse.ArgumentTypeError(f"device {text!r} is not one segzoo runs on; use cpu, cuda, mps or xpu")
+    if not available:
+        raise argparse.ArgumentTypeError(
+            f"{text}: PyTorch finds no {device.type} device here ({why}); use --device cpu"
+        )
+    if device.index is not None and device.index >= count:
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {count} {device.type} device(s), numbered from 0")
+    return text
+
+
 def add_num_classes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-classes",
@@ -59,7 +86,7 @@ def checkpoint_hint(args: argparse.Namespace) -> str:
 def add_inference(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the entry's)")
     parser.add_argument("--aug-test", action="store_true", help="multi-scale + flip test as the upstream aug-test")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--device", default="cpu", type=available_device, help="torch device, e.g. cpu or cuda")
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="run under autocast with this dtype")
 
 

@@ -19,12 +19,19 @@ def sample_image_path() -> Path:
 
 
 def _image_files(inputs: list[str]) -> list[Path]:
-    """The images named on the command line; folders contribute their image files, sorted."""
+    """The images named on the command line; folders contribute their image files, sorted.
+
+    A link to nothing among a folder's images stays in the list, for :func:`_read` to report.
+    """
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif item.is_file():
+            files += sorted(
+                p
+                for p in item.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink() and not p.exists())
+            )
+        elif item.is_file() or item.is_symlink():
             files.append(item)
         else:
             raise FileNotFoundError(f"no such image or folder: {item}")
@@ -39,11 +46,25 @@ def _read(path: Path, pipeline):
 
     from segzoo.inference import load_image
 
+    if path.is_symlink() and not path.exists():
+        print(f"segzoo: error: {path}: a link to {path.readlink()}, which does not exist", file=sys.stderr)
+        return None
     try:
         return load_image(path, pipeline)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         reason = str(err).replace(str(path), "").strip(" :'") or type(err).__name__
         print(f"segzoo: error: {path}: not an image ({reason})", file=sys.stderr)
+        return None
+
+
+def _segment(path: Path, image, model, args: argparse.Namespace):
+    """The label map of ``image`` (read from ``path``), or ``None`` after saying why the model cannot take it."""
+    import segzoo
+
+    try:
+        return segzoo.predict(model, image, mode=args.mode, aug_test=args.aug_test, device=args.device, amp=args.amp)
+    except ValueError as err:  # e.g. too elongated for the entry's resize, or too small for the model
+        print(f"segzoo: error: {path}: {err}", file=sys.stderr)
         return None
 
 
@@ -64,12 +85,11 @@ def _predict(args: argparse.Namespace) -> int:
     failed = 0
     for path in files:
         image = _read(path, model.info.test_pipeline)
-        if image is None:
+        prediction = None if image is None else _segment(path, image, model, args)
+        if prediction is None:
             failed += 1
             continue
-        labels = segzoo.predict(
-            model, image, mode=args.mode, aug_test=args.aug_test, device=args.device, amp=args.amp
-        ).labels
+        labels = prediction.labels
         suffix = "" if args.output == "overlay" else "_labels"
         target = out if single_file else out / f"{path.stem}_{model.info.name}{suffix}.png"
         if args.output == "overlay":
@@ -78,7 +98,7 @@ def _predict(args: argparse.Namespace) -> int:
             indexed_labels(labels, palette).save(target)
         print(f"wrote {target}")
     if failed:
-        print(f"segzoo: error: {failed} of {len(files)} files could not be read", file=sys.stderr)
+        print(f"segzoo: error: {failed} of {len(files)} files were not segmented (see above)", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -53,6 +53,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
 
     ignore_index = IGNORE_INDEX
     pipeline: InferencePipeline | None = None  # whose upstream image reader to follow (see open_dataset)
+    label_value_fix = ""  # what to do about a label value outside the classes
 
     def __init__(
         self,
@@ -77,6 +78,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
         sample = self.samples[i]
         image = np.array(load_image(sample.image, self.pipeline))
         label = _read_label(sample.label)
+        self._check_label_values(label, sample.label)
         if self.reduce_zero_label:
             label = _reduce_zero_label(label)
         if image.shape[:2] != label.shape:
@@ -85,6 +87,23 @@ class SegmentationFolder(torch.utils.data.Dataset):
                 f"{sample.label} is {label.shape[1]}x{label.shape[0]}"
             )
         return {"name": sample.name, "image": image, "label": label, "annotations": sample.annotations}
+
+    def _check_label_values(self, label: np.ndarray, path: Path) -> None:
+        """Refuse a label file holding a value that is neither a class nor ignored, named as the file stores it."""
+        classes = len(self.classes)
+        highest = classes if self.reduce_zero_label else classes - 1  # reduce_zero_label: 1..K are the classes
+        outside = np.unique(label[(label > highest) & (label != IGNORE_INDEX)])
+        if not outside.size:
+            return
+        values = ", ".join(map(str, outside[:_MAX_LISTED])) + (" ..." if outside.size > _MAX_LISTED else "")
+        if self.reduce_zero_label:
+            meaning = f"1..{classes} for its {classes} classes, 0 and {IGNORE_INDEX} for ignored pixels"
+        else:
+            meaning = f"0..{classes - 1} for its {classes} classes, {IGNORE_INDEX} for ignored pixels"
+        raise DatasetError(
+            f"label {path} has class index {values}, but the dataset has {classes} classes: "
+            f"{self.dataset} labels hold {meaning}{self.label_value_fix}"
+        )
 
     def __repr__(self) -> str:
         return f"SegmentationFolder({self.dataset!r}, {self.split!r}, {len(self)} samples)"
@@ -272,6 +291,8 @@ class CustomFolder(SegmentationFolder):
     every label value checked against ``num_classes`` when a sample is read (a file may change after
     :func:`segzoo.datasets.check.check_custom_data` read it)."""
 
+    label_value_fix = "; pass the right --num-classes or fix the label"
+
     def __init__(self, root: Path, samples: Sequence[Sample], split: str, num_classes: int) -> None:
         # SegmentationFolder's own __init__ looks the dataset's classes up by name; a custom one has none
         self.dataset, self.split, self.root, self.num_classes = "custom", split, root, num_classes
@@ -283,18 +304,6 @@ class CustomFolder(SegmentationFolder):
 
     def __repr__(self) -> str:
         return f"CustomFolder({str(self.root)!r}, {self.split!r}, {len(self)} samples, {self.num_classes} classes)"
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = super().__getitem__(i)
-        label = item["label"]
-        outside = label[(label >= self.num_classes) & (label != IGNORE_INDEX)]
-        if outside.size:
-            raise DatasetError(
-                f"label {self.samples[i].label} has class index {int(outside.max())}, but the dataset has "
-                f"{self.num_classes} classes (0..{self.num_classes - 1}, 255 = ignore); pass the right "
-                f"--num-classes or fix the label"
-            )
-        return item
 
 
 def open_custom_dataset(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from segzoo.inference.modes import slide_logits
-from segzoo.inference.pipeline import load_image, preprocess
+from segzoo.inference.pipeline import check_aspect_ratio, load_image, preprocess
 from segzoo.inference.rescale import View, rescaled_labels, rescaled_scores
 from segzoo.optimize import EvalOnly
 from segzoo.registry import create_model
@@ -98,6 +98,46 @@ def _is_single(images: ImageLike | Sequence[ImageLike]) -> bool:
     return not isinstance(images, (list, tuple))
 
 
+def _run_views(
+    model: EncoderDecoder,
+    images: Sequence[np.ndarray],
+    views: list[tuple[float, bool]],
+    mode: Mode,
+    amp: Amp | None,
+    channels_last: bool,
+    what: str,
+) -> Iterator[View]:
+    """The ``(N, C, h, w)`` logits of each ``(ratio, flip)`` view of same-sized images, one view at a time.
+
+    An image the pipeline or the model cannot take raises a ValueError that names it (``what``) and its size.
+    """
+    info = model.require_info()
+    pipeline = info.test_pipeline
+    crop = pipeline.crop_size or info.crop_size
+    stride = pipeline.stride or (crop[0] * 2 // 3, crop[1] * 2 // 3)
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=_AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
+    height, width = images[0].shape[:2]
+    try:
+        check_aspect_ratio(height, width, pipeline, tuple(ratio for ratio, _ in views))
+        for ratio, flip in views:
+            x = torch.cat([preprocess(image, pipeline, info.normalization, ratio, flip, device) for image in images])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                if mode == "whole":
+                    logits = model(x)
+                else:
+                    logits = slide_logits(model, x, model.num_classes, crop, stride, pipeline.slide_windows)
+            # The final resize runs on contiguous float32 logits, as upstream's does; a fast-path model equals its
+            # eager model to float32 rounding only, so its logits keep their memory format (saves a full-size copy)
+            logits = logits.float()
+            yield (logits if isinstance(model, EvalOnly) else logits.contiguous(), flip)
+            del x, logits  # before the next view's forward: a consumer that keeps a running sum holds no view
+    except ValueError as err:
+        raise ValueError(f"{what} ({width}x{height} pixels): {err}") from err
+
+
 def _view_logits(
     model: EncoderDecoder,
     images: Sequence[np.ndarray],
@@ -105,36 +145,19 @@ def _view_logits(
     aug_test: bool,
     amp: Amp | None,
     channels_last: bool,
-) -> tuple[list[View], bool]:
-    """Each test view's ``(N, C, h, w)`` logits at the model's input size for same-sized images, and the
-    ``align_corners`` of their final resize to the images' size."""
-    info = model.require_info()
-    pipeline = info.test_pipeline
+    what: str = "image",
+) -> tuple[Iterator[View], bool]:
+    """Each test view's ``(N, C, h, w)`` logits at the model's input size for same-sized images, computed as
+    they are consumed (an aug-test need not hold them all), and the ``align_corners`` of their final resize to
+    the images' size; ``what`` names the images in errors."""
+    pipeline = model.require_info().test_pipeline
     mode = mode or pipeline.mode
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    crop = pipeline.crop_size or info.crop_size
-    stride = pipeline.stride or (crop[0] * 2 // 3, crop[1] * 2 // 3)
     flips = (False, True) if pipeline.aug_flip else (False,)
     views = [(r, f) for r in pipeline.aug_ratios for f in flips] if aug_test else [(1.0, False)]
-    device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=_AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
-    results = []
-    for ratio, flip in views:
-        x = torch.cat([preprocess(image, pipeline, info.normalization, ratio, flip, device) for image in images])
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            if mode == "whole":
-                logits = model(x)
-            else:
-                logits = slide_logits(model, x, model.num_classes, crop, stride, pipeline.slide_windows)
-        # The final resize runs on contiguous float32 logits, as upstream's does; a fast-path model equals its
-        # eager model to float32 rounding only, so its logits keep their memory format (saves a full-size copy)
-        logits = logits.float()
-        results.append((logits if isinstance(model, EvalOnly) else logits.contiguous(), flip))
     align_corners = model.align_corners if pipeline.rescale_align_corners is None else pipeline.rescale_align_corners
-    return results, align_corners
+    return _run_views(model, images, views, mode, amp, channels_last, what), align_corners
 
 
 def _pixel_arrays(pixels: torch.Tensor) -> list[np.ndarray]:
@@ -156,7 +179,7 @@ def infer_scores(
 
     Full-size scores take ``C x H x W`` floats per image; for labels alone use :func:`infer_labels`.
     """
-    views, align_corners = _view_logits(model, _pixel_arrays(pixels), mode, aug_test, amp, channels_last)
+    views, align_corners = _view_logits(model, _pixel_arrays(pixels), mode, aug_test, amp, channels_last, "pixels")
     return rescaled_scores(views, tuple(pixels.shape[2:]), align_corners, averaged=aug_test).to(pixels.device)
 
 
@@ -170,7 +193,7 @@ def infer_labels(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """``(N, H, W)`` int64 labels, equal to ``infer_scores(...).argmax(1)``, in bounded memory (bands of rows)."""
-    views, align_corners = _view_logits(model, _pixel_arrays(pixels), mode, aug_test, amp, channels_last)
+    views, align_corners = _view_logits(model, _pixel_arrays(pixels), mode, aug_test, amp, channels_last, "pixels")
     return rescaled_labels(views, tuple(pixels.shape[2:]), align_corners, averaged=aug_test).to(pixels.device)
 
 
@@ -215,8 +238,10 @@ def predict(
     results = []
     for i, image in enumerate(inputs):
         what = "image" if single or torch.is_tensor(images) else f"image {i}"
+        if isinstance(image, (str, Path)):
+            what = f"{what} {image}"
         for array in _as_arrays(image, what, pipeline):
-            views, align_corners = _view_logits(model, [array], mode, aug_test, amp, channels_last)
+            views, align_corners = _view_logits(model, [array], mode, aug_test, amp, channels_last, what)
             size = array.shape[:2]
             if return_scores:
                 scores = rescaled_scores(views, size, align_corners, averaged=aug_test)[0]

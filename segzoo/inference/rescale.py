@@ -12,7 +12,7 @@ single rounding, as the kernel's fused multiply-adds do. ``tests/test_inference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,21 +77,34 @@ def _band_probabilities(views: Sequence[View], size: tuple[int, int], rows: rang
     return total / len(views)
 
 
-def rescaled_scores(views: Sequence[View], size: tuple[int, int], align_corners: bool, averaged: bool) -> torch.Tensor:
-    """``(N, C, H, W)`` scores at full size: the single view's logits, or (``averaged``) mmseg's aug-test average."""
+def rescaled_scores(views: Iterable[View], size: tuple[int, int], align_corners: bool, averaged: bool) -> torch.Tensor:
+    """``(N, C, H, W)`` scores at full size: the single view's logits, or (``averaged``) mmseg's aug-test average.
+
+    The average is a running sum, as mmseg's ``aug_test`` keeps: each view is
+    released once added, so a lazy ``views`` never holds more than one.
+    """
     if not averaged:
         ((logits, _),) = views
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
-    total = None
+    total, count = None, 0
     for logits, flip in views:
         probs = F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners).softmax(dim=1)
+        del logits
         probs = probs.flip(3) if flip else probs
-        total = probs if total is None else total + probs
-    return total / len(views)
+        total = probs if total is None else total.add_(probs)
+        count += 1
+    return total / count
+
+
+def _prepended(first: View, rest: Iterator[View]) -> Iterator[View]:
+    """``first``, then ``rest``, holding ``first`` only until it is taken (unlike ``itertools.chain``)."""
+    yield first
+    del first
+    yield from rest
 
 
 def rescaled_labels(
-    views: Sequence[View],
+    views: Iterable[View],
     size: tuple[int, int],
     align_corners: bool,
     averaged: bool,
@@ -105,13 +118,20 @@ def rescaled_labels(
     Equal to ``rescaled_scores(...).argmax(1)`` while holding only about
     ``band_bytes`` of full-size scores at once. The bands follow PyTorch's CPU
     kernel; on other devices they can differ from the full resize in the last
-    bit, which only matters for exact ties.
+    bit, which only matters for exact ties. Full-size scores that fit in
+    ``whole_bytes`` are a running sum over the views (see :func:`rescaled_scores`);
+    bands need every view's logits at once.
     """
-    n, channels = views[0][0].shape[:2]
+    views = iter(views)
+    first = next(views)
+    n, channels = first[0].shape[:2]
+    views = _prepended(first, views)
+    del first
     height, width = size
     small = 4 * n * channels * height * width <= whole_bytes
     if small or height + width <= 128:  # (PyTorch resizes outputs this small with another kernel)
         return rescaled_scores(views, size, align_corners, averaged).argmax(dim=1).to(dtype)
+    views = list(views)
     band = max(1, band_bytes // (4 * n * channels * width))
     labels = torch.empty((n, height, width), dtype=dtype, device=views[0][0].device)
     for start in range(0, height, band):
