@@ -287,6 +287,27 @@ def resumed_and_uninterrupted(ade_root: Path, module_tmp: Callable[[str], Path])
     return root / "killed" / "iter_00000010.pth", root / "whole" / "iter_00000010.pth"
 
 
+def test_two_cpu_processes_train_checkpoint_and_resume(ade_root: Path, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m segzoo.training ... --device cpu`` with the recipe's SyncBN (plain
+    BatchNorm on the CPU) trains and checkpoints; resumed from its middle checkpoint it ends bitwise equal."""
+    command = _train_command(ade_root, tmp_path / "run")
+    command[command.index("--iters") + 1] = "4"
+    command[command.index("--checkpoint-interval") + 1] = "2"
+    command[command.index("--accumulation") + 1] = "1"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *command[1:]]
+    done = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = tmp_path / "run" / "iter_00000004.pth"
+    assert (tmp_path / "run" / "iter_00000002.pth").is_file()
+    uninterrupted = model_tensors(final)
+    final.unlink()
+    again = subprocess.run([*launch, "--resume"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = model_tensors(final)
+    assert [k for k in uninterrupted if not torch.equal(uninterrupted[k], resumed[k])] == []
+    assert moved(resumed)
+
+
 def test_sigkill_and_resume_gives_bitwise_identical_weights(resumed_and_uninterrupted) -> None:
     resumed, uninterrupted = map(model_tensors, resumed_and_uninterrupted)
     assert resumed.keys() == uninterrupted.keys()

@@ -40,7 +40,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import IO, ClassVar, Literal
 
-from segzoo.weights.cache import cache_dir
+from segzoo.weights.cache import cache_dir, process_exists
 from segzoo.weights.errors import CheckpointError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".pkl", ".safetensors", ".bin")
@@ -407,16 +407,6 @@ def choose_member(archive: Path, members: list[Member], member_name: str | None 
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def _sweep_stale(root: Path) -> None:
     """Remove scratch folders whose process is gone (on this host) or that are older than a day (any host)."""
     host = socket.gethostname()
@@ -427,7 +417,7 @@ def _sweep_stale(root: Path) -> None:
             age = time.time() - folder.stat().st_mtime
         except OSError:
             continue
-        dead = owner_host == host and pid.isdigit() and not _alive(int(pid))
+        dead = owner_host == host and pid.isdigit() and not process_exists(int(pid))
         if dead or age > SCRATCH_STALE_AFTER_S:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -111,7 +111,7 @@ def _stuck_lock_message(lock_path: Path, patience: float) -> str:
     except (ValueError, TypeError, KeyError):
         holder, who = None, "another process, which left no record of who it is"
     stale = ""
-    if holder is not None and holder["host"] == socket.gethostname() and not _process_exists(int(holder["pid"])):
+    if holder is not None and holder["host"] == socket.gethostname() and not process_exists(int(holder["pid"])):
         stale = "; that process no longer runs, so the lock is stale"
     return (
         f"gave up waiting for the lock {lock_path} after {patience:g}s without progress: it is held by {who}"
@@ -120,7 +120,8 @@ def _stuck_lock_message(lock_path: Path, patience: float) -> str:
     )
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (someone else's process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
