@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from segzoo.families import EXPORT_FORMATS, ExportFormat, FormatSupport, architecture, families
+from segzoo.export_formats import EXPORT_FORMATS, MIN_DYNAMIC_SIDE, ExportFormat
+from segzoo.families import FormatSupport, architecture, families
 from segzoo.registry import create_model, model_info
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ log = logging.getLogger("segzoo")
 
 FORMATS = EXPORT_FORMATS
 FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript", "exported-program": "ExportedProgram"}
-MIN_DYNAMIC_SIDE = 64  # the smallest height and width a dynamic export accepts: two stride-32 cells
 RELATIVE_TOLERANCE = 1e-4  # max |exported - PyTorch| over max |PyTorch|
 _ONNX_SINGLE_FILE_LIMIT = 1_800_000_000  # protobuf's 2 GiB cap, with room for the graph; larger: a .data file
 

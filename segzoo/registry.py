@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import functools
 import json
 import numbers
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,34 +26,16 @@ from segzoo.weights import (
     read_state_dict,
 )
 from segzoo.zoo import ModelInfo
-from segzoo.zoo.pins import apply_pins, read_pins
+from segzoo.zoo.catalog import Catalog, UnknownModelError  # noqa: F401 (segzoo.registry.UnknownModelError, as before)
 from segzoo.zoo.records import HF_HUB_PREFIX, from_plain
 
 
-@dataclass(frozen=True)
-class _Catalog:
-    """Every registered entry by name (with the maintainers' pinned hashes applied) and the unambiguous aliases."""
-
-    by_name: Mapping[str, ModelInfo]
-    aliases: Mapping[str, str]
-
-
-def _alias_of(info: ModelInfo) -> str:
-    """The name without its dataset suffix: ``moganet_s_fpn_ade20k`` -> ``moganet_s_fpn``."""
-    return info.name.rsplit("_", 1)[0]
-
-
 @functools.cache
-def _catalog_of(registered: tuple[Family, ...]) -> _Catalog:
-    entries = apply_pins((info for family in registered for info in family.entries), read_pins())
-    targets: dict[str, list[str]] = {}
-    for info in entries:
-        targets.setdefault(_alias_of(info), []).append(info.name)
-    aliases = {alias: names[0] for alias, names in targets.items() if len(names) == 1}
-    return _Catalog({info.name: info for info in entries}, aliases)
+def _catalog_of(registered: tuple[Family, ...]) -> Catalog:
+    return Catalog.of(info for family in registered for info in family.entries)
 
 
-def _catalog() -> _Catalog:
+def _catalog() -> Catalog:
     """The catalog of the families registered now (a family registered later, e.g. a plug-in's, is included)."""
     return _catalog_of(families())
 
@@ -70,17 +49,9 @@ class ClassifierReinitializedWarning(UserWarning):
     """Weights were loaded for another number of classes: the classifier layers start from random values."""
 
 
-class UnknownModelError(LookupError):
-    """No registered model has this name; the message suggests close ones."""
-
-
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     """Sorted registered names matching the fnmatch ``pattern``; with ``pretrained``, only those with weights."""
-    return sorted(
-        name
-        for name, info in _catalog().by_name.items()
-        if fnmatch.fnmatchcase(name, pattern) and (info.weights or not pretrained)
-    )
+    return _catalog().names(pattern, pretrained)
 
 
 def list_aliases() -> dict[str, str]:
@@ -90,19 +61,12 @@ def list_aliases() -> dict[str, str]:
 
 def resolve_name(name: str) -> str:
     """The registered name for ``name`` or its alias."""
-    catalog = _catalog()
-    if name in catalog.by_name:
-        return name
-    if name in catalog.aliases:
-        return catalog.aliases[name]
-    close = difflib.get_close_matches(name, [*catalog.by_name, *catalog.aliases], n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise UnknownModelError(f"unknown model {name!r}{hint} (segzoo.list_models() lists all names)")
+    return _catalog().resolve(name)
 
 
 def model_info(name: str) -> ModelInfo:
     """The immutable record of a registered model (name or alias)."""
-    return _catalog().by_name[resolve_name(name)]
+    return _catalog().info(name)
 
 
 def create_model(

@@ -128,3 +128,10 @@ def test_training_curve_figure_is_drawn_from_the_recorded_log(tmp_path):
     }
     out = figures.draw_training_curve(record, tmp_path / "curve.png")
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_start_up_benchmark_runs_each_segzoo_command():
+    cli_start = load_benchmark("cli_start")
+    for name, command in cli_start.COMMANDS.items():
+        if name.startswith("segzoo"):
+            cli_start.run(command)

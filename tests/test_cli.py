@@ -310,6 +310,25 @@ def test_argument_errors_are_one_line_and_verbose_goes_before_or_after_the_comma
     assert not parser.parse_args(["list"]).verbose
 
 
+_HEAVY = ("torch", "numpy", "timm", "cv2", "PIL")
+
+
+@pytest.mark.parametrize(
+    "argv", [["list"], ["list", "moganet_*"], ["info", "moganet_s_fpn"], ["info", "no_such_model"], ["--help"]]
+)
+def test_list_and_info_answer_without_importing_torch(argv):
+    """``segzoo list`` and ``segzoo info`` read the zoo's records only (an unknown name included): no torch, numpy,
+    timm, OpenCV or Pillow is imported, so they answer at once."""
+    code = (
+        "import sys; from segzoo.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', *sorted(sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = done.stdout.rsplit("LOADED", 1)[1].split()
+    assert [m for m in loaded if m.split(".")[0] in _HEAVY] == []
+
+
 def test_list_says_when_no_model_matches(capsys):
     assert main(["list", "zzz*"]) == 1
     captured = capsys.readouterr()

@@ -12,6 +12,7 @@ import torch
 
 import segzoo
 from segzoo.registry import entries
+from segzoo.zoo.catalog import zoo_catalog
 from tests.conftest import REPO, SHARED
 
 SIZES = ("xt", "t", "s", "b", "l")
@@ -29,6 +30,24 @@ def test_all_entries_are_registered():
     assert segzoo.list_models() == sorted(NAMES + EMANET + GLORE + EURNET + REGPROXY)
     assert len(segzoo.list_models()) == 31
     assert segzoo.list_models("moganet_*", pretrained=True) == sorted(NAMES)
+
+
+def test_zoo_catalog_is_the_registrys():
+    """``segzoo list`` / ``info`` read the zoo modules' entries (no torch); the registry reads the families': the
+    same records, names and aliases."""
+    zoo = zoo_catalog()
+    assert zoo.by_name == {info.name: info for info in entries()}
+    assert zoo.aliases == segzoo.list_aliases()
+    assert zoo.names("moganet_s_*") == segzoo.list_models("moganet_s_*")
+
+
+def test_lazy_package_names():
+    """``import segzoo`` loads its public names on first use; unknown names are AttributeErrors."""
+    assert all(getattr(segzoo, name) is not None for name in segzoo.__all__)
+    assert set(segzoo.__all__) <= set(dir(segzoo))
+    assert segzoo.registry.model_info is segzoo.model_info
+    with pytest.raises(AttributeError, match="no_such_name"):
+        segzoo.no_such_name  # noqa: B018
 
 
 def test_list_models_fnmatch():

@@ -59,21 +59,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The user errors segzoo defines, by module: (module, class name)
+_SEGZOO_USER_ERRORS = (
+    ("segzoo.zoo.catalog", "UnknownModelError"),
+    ("segzoo.weights.errors", "WeightsError"),
+    ("segzoo.datasets.folders", "DatasetError"),
+)
+
+
+def _loaded_class(module: str, name: str) -> type[BaseException] | None:
+    """The class ``module.name`` if the module is loaded: an error of a module never imported was never raised,
+    so a command that fails early (an unknown model name) imports nothing more to report it."""
+    loaded = sys.modules.get(module)
+    return None if loaded is None else getattr(loaded, name)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean the input or the environment is wrong (an optional extra missing included)."""
-    from segzoo.datasets.folders import DatasetError
-    from segzoo.registry import UnknownModelError
-    from segzoo.weights import WeightsError
-
-    return UnknownModelError, WeightsError, DatasetError, OSError, ValueError, ImportError
+    defined = (_loaded_class(module, name) for module, name in _SEGZOO_USER_ERRORS)
+    return (*(cls for cls in defined if cls is not None), OSError, ValueError, ImportError)
 
 
 def _message(err: BaseException, args: argparse.Namespace) -> str:
     """The error's message, and for weights that could not be fetched, the command's hint."""
-    from segzoo.weights import WeightsUnavailableError
-
+    unavailable = _loaded_class("segzoo.weights.errors", "WeightsUnavailableError")
     hint = getattr(args, "weights_hint", None)
-    if hint is not None and isinstance(err, WeightsUnavailableError):
+    if hint is not None and unavailable is not None and isinstance(err, unavailable):
         return f"{err}\n{hint(args)}"
     return str(err)
 

@@ -30,7 +30,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from segzoo.export import FORMATS, MIN_DYNAMIC_SIDE
+    from segzoo.export_formats import EXPORT_FORMATS, MIN_DYNAMIC_SIDE
 
     p = commands.add_parser(
         "export",
@@ -39,7 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "resolution out, eval mode. Resizing, normalization and sliding-window inference stay outside.",
     )
     p.add_argument("model", help="registered name or alias")
-    p.add_argument("-f", "--format", required=True, choices=FORMATS)
+    p.add_argument("-f", "--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("-o", "--out", required=True, help="file to write")
     add_checkpoint(p)
     p.add_argument(

@@ -1,30 +1,27 @@
-"""``segzoo list`` and ``segzoo info``: what the registry holds."""
+"""``segzoo list`` and ``segzoo info``: what the zoo holds, answered from its records without importing torch."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+from segzoo.zoo.catalog import zoo_catalog
+from segzoo.zoo.records import to_plain
 
 
 def _list(args: argparse.Namespace) -> int:
-    import sys
-
-    import segzoo
-
-    names = segzoo.list_models(args.pattern)
+    catalog = zoo_catalog()
+    names = catalog.names(args.pattern)
     for name in names:
-        print(f"{name:32s} {segzoo.model_info(name).summary}")
+        print(f"{name:32s} {catalog.by_name[name].summary}")
     if not names:
         print(f"segzoo: error: no registered model matches {args.pattern!r} (see 'segzoo list')", file=sys.stderr)
     return 0 if names else 1
 
 
 def _info(args: argparse.Namespace) -> int:
-    import json
-
-    import segzoo
-    from segzoo.zoo.records import to_plain
-
-    print(json.dumps(to_plain(segzoo.model_info(args.model)), indent=2))
+    print(json.dumps(to_plain(zoo_catalog().info(args.model)), indent=2))
     return 0
 
 

@@ -24,13 +24,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors
 
+from segzoo.export_formats import EXPORT_FORMATS, ExportFormat
 from segzoo.weights.converters import Converter, ImageNetConverter, StateDict
 from segzoo.zoo.records import ModelInfo
 
 Builder = Callable[..., nn.Module]
-
-ExportFormat = Literal["onnx", "torchscript", "exported-program"]
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("onnx", "torchscript", "exported-program")
 
 
 @dataclass(frozen=True)
