@@ -1,6 +1,7 @@
 """Inference: the upstream test pipeline, whole/slide modes, aug-test, and segzoo.predict's inputs and outputs."""
 
 import dataclasses
+import os
 import weakref
 
 import numpy as np
@@ -231,6 +232,32 @@ def test_tiled_labels_equal_untiled_labels(align_corners):
     expected = rescaled_scores(aug, size, align_corners, averaged=True).argmax(1)
     banded = rescaled_labels(aug, size, align_corners, averaged=True, band_bytes=3 * 150 * 4 * 67, whole_bytes=0)
     assert torch.equal(banded, expected)
+
+
+def test_banded_aug_test_keeps_no_two_views_in_memory():
+    """Past the whole-image size the aug-test's views wait in temporary files, read back a band's rows at a time:
+    a view is released before the next is made, the labels equal the full resize's, and no file stays open."""
+    made = []
+
+    def views():
+        generator = torch.Generator().manual_seed(3)
+        for h, w in ((12, 16), (24, 32)):
+            for flip in (False, True):
+                assert all(view() is None for view in made), "an earlier view is still held"
+                logits = torch.randn(1, 150, h, w, generator=generator) * 4
+                made.append(weakref.ref(logits))
+                yield logits, flip
+                del logits
+
+    size = (101, 67)
+    before = len(os.listdir("/proc/self/fd"))
+    banded = rescaled_labels(views(), size, False, averaged=True, band_bytes=3 * 150 * 4 * 67, whole_bytes=0)
+    assert len(made) == 4 and len(os.listdir("/proc/self/fd")) == before
+    kept = []
+    for view in views():
+        kept.append(view)
+        made.clear()
+    assert torch.equal(banded, rescaled_scores(kept, size, False, averaged=True).argmax(1))
 
 
 def test_aug_test_keeps_a_running_sum_and_never_two_views(model):

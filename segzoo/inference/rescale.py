@@ -12,7 +12,9 @@ single rounding, as the kernel's fused multiply-adds do. ``tests/test_inference.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,15 +53,27 @@ def resize_rows(logits: torch.Tensor, size: tuple[int, int], rows: range, align_
     Valid where PyTorch's CPU kernel takes its general path: outputs with
     ``H + W > 128`` (:func:`rescaled_labels` resizes smaller ones whole).
     """
-    device = logits.device
-    top, bottom, weight_top, weight_bottom = (
-        t.to(device) for t in _source_index(logits.shape[2], size[0], rows, align_corners)
+    return _resize_source_rows(
+        lambda first, last: logits[:, :, first:last], logits.shape[2:], size, rows, align_corners
     )
-    left, right, weight_left, weight_right = (
-        t.to(device) for t in _source_index(logits.shape[3], size[1], range(size[1]), align_corners)
-    )
+
+
+def _resize_source_rows(
+    read_rows: Callable[[int, int], torch.Tensor],
+    source_size: Sequence[int],
+    size: tuple[int, int],
+    rows: range,
+    align_corners: bool,
+) -> torch.Tensor:
+    """:func:`resize_rows` of a source of ``source_size`` (H, W) that ``read_rows(first, last)`` gives row by row
+    as ``(N, C, last - first, W)``: only the source rows the output rows need are read."""
+    top, bottom, weight_top, weight_bottom = _source_index(source_size[0], size[0], rows, align_corners)
+    left, right, weight_left, weight_right = _source_index(source_size[1], size[1], range(size[1]), align_corners)
     first, last = int(top.min()), int(bottom.max()) + 1
-    needed = logits[:, :, first:last]
+    needed = read_rows(first, last)
+    device = needed.device
+    top, bottom, weight_top, weight_bottom = (t.to(device) for t in (top, bottom, weight_top, weight_bottom))
+    left, right, weight_left, weight_right = (t.to(device) for t in (left, right, weight_left, weight_right))
     wide = _blend(needed[..., left], needed[..., right], weight_left, weight_right.float())  # width pass first
     column = (-1, 1)
     return _blend(
@@ -67,12 +81,41 @@ def resize_rows(logits: torch.Tensor, size: tuple[int, int], rows: range, align_
     )
 
 
-def _band_probabilities(views: Sequence[View], size: tuple[int, int], rows: range, align_corners: bool) -> torch.Tensor:
+class _SpilledView:
+    """One aug-test view's ``(N, C, h, w)`` logits kept row by row in an unnamed temporary file (gone when closed,
+    or when the process dies), so that the band-by-band resize of a large image holds only the rows each band
+    needs, not every view at once."""
+
+    def __init__(self, logits: torch.Tensor, flip: bool) -> None:
+        self.shape, self.flip, self.device = tuple(logits.shape), flip, logits.device
+        n, channels, height, width = self.shape
+        self._row_bytes = 4 * n * channels * width
+        self._file = tempfile.TemporaryFile(prefix="segzoo-view-")
+        chunk = max(1, BAND_BYTES // self._row_bytes)
+        for start in range(0, height, chunk):  # rows first, a chunk at a time: no second copy of the whole view
+            rows = logits[:, :, start : start + chunk].permute(2, 0, 1, 3).contiguous().cpu()
+            self._file.write(rows.numpy().data)
+        self._file.flush()
+
+    def rows(self, first: int, last: int) -> torch.Tensor:
+        """``logits[:, :, first:last]``, read back from the file."""
+        n, channels, _, width = self.shape
+        data = bytearray(os.pread(self._file.fileno(), (last - first) * self._row_bytes, first * self._row_bytes))
+        rows = torch.frombuffer(data, dtype=torch.float32).view(last - first, n, channels, width)
+        return rows.permute(1, 2, 0, 3).to(self.device)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _band_probabilities(
+    views: Sequence[_SpilledView], size: tuple[int, int], rows: range, align_corners: bool
+) -> torch.Tensor:
     """mmseg's aug-test scores for ``rows``: softmax of each view at full size, flipped back, averaged."""
     total = None
-    for logits, flip in views:
-        probs = resize_rows(logits, size, rows, align_corners).softmax(dim=1)
-        probs = probs.flip(3) if flip else probs
+    for view in views:
+        probs = _resize_source_rows(view.rows, view.shape[2:], size, rows, align_corners).softmax(dim=1)
+        probs = probs.flip(3) if view.flip else probs
         total = probs if total is None else total + probs
     return total / len(views)
 
@@ -120,25 +163,36 @@ def rescaled_labels(
     kernel; on other devices they can differ from the full resize in the last
     bit, which only matters for exact ties. Full-size scores that fit in
     ``whole_bytes`` are a running sum over the views (see :func:`rescaled_scores`);
-    bands need every view's logits at once.
+    bands need every view's logits at once, so an aug-test's views are kept in
+    temporary files and read back a band's rows at a time (:class:`_SpilledView`).
     """
     views = iter(views)
     first = next(views)
     n, channels = first[0].shape[:2]
+    first_device = first[0].device
     views = _prepended(first, views)
     del first
     height, width = size
     small = 4 * n * channels * height * width <= whole_bytes
     if small or height + width <= 128:  # (PyTorch resizes outputs this small with another kernel)
         return rescaled_scores(views, size, align_corners, averaged).argmax(dim=1).to(dtype)
-    views = list(views)
     band = max(1, band_bytes // (4 * n * channels * width))
-    labels = torch.empty((n, height, width), dtype=dtype, device=views[0][0].device)
-    for start in range(0, height, band):
-        rows = range(start, min(start + band, height))
-        if averaged:
-            scores = _band_probabilities(views, size, rows, align_corners)
-        else:
-            scores = resize_rows(views[0][0], size, rows, align_corners)
-        labels[:, rows.start : rows.stop] = scores.argmax(dim=1).to(dtype)
+    labels = torch.empty((n, height, width), dtype=dtype, device=first_device)
+    if not averaged:
+        ((logits, _),) = views
+        for start in range(0, height, band):
+            rows = range(start, min(start + band, height))
+            labels[:, rows.start : rows.stop] = resize_rows(logits, size, rows, align_corners).argmax(dim=1).to(dtype)
+        return labels
+    spilled: list[_SpilledView] = []
+    try:
+        for logits, flip in views:
+            spilled.append(_SpilledView(logits, flip))
+            del logits  # before the next view's forward
+        for start in range(0, height, band):
+            rows = range(start, min(start + band, height))
+            labels[:, rows.start : rows.stop] = _band_probabilities(spilled, size, rows, align_corners).argmax(1)
+    finally:
+        for view in spilled:
+            view.close()
     return labels
