@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import time
 
 import pytest
 import safetensors.torch
@@ -16,6 +17,7 @@ from segzoo.zoo import ModelInfo, WeightSource
 from segzoo.zoo.records import from_plain, to_plain
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
 from tests.fake_hub import FakeHub
+from tests.test_download import TRICKLED_HEADERS, trickling_server
 
 NAME = "moganet_xt_fpn_ade20k"
 
@@ -136,3 +138,31 @@ def test_convert_command_writes_the_hub_layout(tmp_path, capsys):
     original = segzoo.create_model(NAME, checkpoint_path=ckpt)
     assert _same_weights(segzoo.create_model(NAME, checkpoint_path=out / "model.safetensors"), original)
     assert json.loads((out / "config.json").read_text())["info"]["name"] == NAME
+
+
+# What a hub answers for a file (its commit, etag and size), before a body that here comes a byte at a time
+HUB_FILE_HEADERS = (
+    b"HTTP/1.1 200 OK\r\nX-Repo-Commit: " + b"0" * 40 + b'\r\nETag: "e"\r\nContent-Length: 100000\r\n\r\n'
+)
+
+
+@pytest.mark.parametrize(
+    "head, piece, variable",
+    [
+        (TRICKLED_HEADERS[0], TRICKLED_HEADERS[1], "SEGZOO_DOWNLOAD_RESPONSE_DEADLINE"),
+        (HUB_FILE_HEADERS, b"x", "SEGZOO_DOWNLOAD_DEADLINE"),
+    ],
+    ids=["headers", "endless-body"],
+)
+def test_a_trickling_hub_hits_the_download_deadlines(monkeypatch, tmp_path, head, piece, variable):
+    """The hub's client is under segzoo's deadlines too: headers sent a byte at a time, or a body that never ends,
+    stop at the limit with a message naming the variable that raises it."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RESPONSE_DEADLINE", "1")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_DEADLINE", "2")
+    with trickling_server(head, piece) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        start = time.monotonic()
+        with pytest.raises(WeightsUnavailableError, match=variable):
+            segzoo.create_model("hf-hub:org/trickle")
+    assert time.monotonic() - start < 30

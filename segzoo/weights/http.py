@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -39,6 +39,7 @@ class Watchdog:
         self.expired = False
         self._stopped = False
         self._connections: list[urllib3.connection.HTTPConnection] = []
+        self._socket_sources: list[Callable[[], Iterable[socket.socket]]] = []
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="segzoo-download-deadline", daemon=True)
         self._thread.start()
@@ -50,9 +51,23 @@ class Watchdog:
                 self._until, self.message = self._start + seconds, message
                 self._changed.notify()
 
+    def restart(self, seconds: float, message: str) -> None:
+        """Move the deadline to ``seconds`` from now (a client's next request, or its response's body)."""
+        with self._changed:
+            if not self.expired:
+                self._until, self.message = time.monotonic() + seconds, message
+                self._changed.notify()
+
     def watch(self, connection: urllib3.connection.HTTPConnection) -> None:
         with self._changed:
             self._connections.append(connection)
+            self._changed.notify()
+
+    def watch_sockets(self, sockets: Callable[[], Iterable[socket.socket]]) -> None:
+        """Also shut down, once the deadline has passed, the sockets ``sockets()`` gives then (another HTTP client's
+        open connections)."""
+        with self._changed:
+            self._socket_sources.append(sockets)
             self._changed.notify()
 
     def check(self) -> None:
@@ -74,8 +89,9 @@ class Watchdog:
                     self._changed.wait(remaining)
                     continue
                 self.expired = True
-                for connection in self._connections:
-                    sock = getattr(connection, "sock", None)
+                sockets = [getattr(connection, "sock", None) for connection in self._connections]
+                sockets += [sock for source in self._socket_sources for sock in source()]
+                for sock in sockets:
                     if sock is not None:
                         try:
                             sock.shutdown(socket.SHUT_RDWR)
@@ -85,6 +101,11 @@ class Watchdog:
 
 
 _watchdog: ContextVar[Watchdog | None] = ContextVar("segzoo_http_watchdog", default=None)
+
+
+def current_watchdog() -> Watchdog | None:
+    """The watchdog of the :func:`deadline` this code runs in, if any."""
+    return _watchdog.get()
 
 
 @contextmanager
