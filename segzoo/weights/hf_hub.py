@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -44,26 +44,33 @@ def endpoint() -> str | None:
 _limits: ContextVar[DownloadLimits | None] = ContextVar("segzoo_hf_hub_limits", default=None)
 
 
-def _on_request(request: Any) -> None:
-    """The hub client's request hook: a new request gets the response deadline (inside :func:`download_file`)."""
+def _restart_deadline(deadline: Callable[[DownloadLimits], tuple[float, str]]) -> None:
+    """Inside :func:`download_file`, move its deadline to ``deadline(limits)``: seconds from now, and the message."""
     watchdog, limits = http.current_watchdog(), _limits.get()
     if watchdog is not None and limits is not None:
-        watchdog.restart(
+        watchdog.restart(*deadline(limits))
+
+
+def _on_request(request: Any) -> None:
+    """The hub client's request hook: a new request gets the response deadline for its status line and headers."""
+    _restart_deadline(
+        lambda limits: (
             limits.response_deadline_s,
             f"{request.url} did not answer within {limits.response_deadline_s:g}s: the status line and headers took "
             f"longer (SEGZOO_DOWNLOAD_RESPONSE_DEADLINE raises the limit)",
         )
+    )
 
 
 def _on_response(response: Any) -> None:
     """The hub client's response hook: once the headers are in, the body gets the whole-attempt deadline."""
-    watchdog, limits = http.current_watchdog(), _limits.get()
-    if watchdog is not None and limits is not None:
-        watchdog.restart(
+    _restart_deadline(
+        lambda limits: (
             limits.deadline_s,
             f"{response.request.url} took more than {limits.deadline_s:g}s to download (SEGZOO_DOWNLOAD_DEADLINE "
             f"raises the limit)",
         )
+    )
 
 
 def _client_sockets(client: Any) -> Iterator[socket.socket]:
