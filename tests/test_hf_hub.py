@@ -1,7 +1,10 @@
 """segzoo's native layout and the Hugging Face hub, with the real huggingface_hub client against a local hub."""
 
+import contextlib
 import dataclasses
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -146,21 +149,54 @@ HUB_FILE_HEADERS = (
 )
 
 
+@contextlib.contextmanager
+def hub_trickling_files():
+    """A hub on 127.0.0.1 that answers a HEAD with a file's headers at once, and a GET with the same headers and
+    then a body of one byte per 20 ms, never finishing; each connection serves one request."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                method = conn.recv(65536).split(b" ", 1)[0]
+                conn.sendall(HUB_FILE_HEADERS.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+                while method == b"GET" and not stop.wait(0.02):
+                    conn.sendall(b"x")
+            except OSError:  # the client gave up
+                return
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
 @pytest.mark.parametrize(
-    "head, piece, variable",
+    "server, variable",
     [
-        (TRICKLED_HEADERS[0], TRICKLED_HEADERS[1], "SEGZOO_DOWNLOAD_RESPONSE_DEADLINE"),
-        (HUB_FILE_HEADERS, b"x", "SEGZOO_DOWNLOAD_DEADLINE"),
+        (lambda: trickling_server(*TRICKLED_HEADERS), "SEGZOO_DOWNLOAD_RESPONSE_DEADLINE"),
+        (hub_trickling_files, "SEGZOO_DOWNLOAD_DEADLINE"),
     ],
     ids=["headers", "endless-body"],
 )
-def test_a_trickling_hub_hits_the_download_deadlines(monkeypatch, tmp_path, head, piece, variable):
+def test_a_trickling_hub_hits_the_download_deadlines(monkeypatch, tmp_path, server, variable):
     """The hub's client is under segzoo's deadlines too: headers sent a byte at a time, or a body that never ends,
     stop at the limit with a message naming the variable that raises it."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("SEGZOO_DOWNLOAD_RESPONSE_DEADLINE", "1")
+    monkeypatch.setenv("SEGZOO_DOWNLOAD_RESPONSE_DEADLINE", "1" if variable.endswith("RESPONSE_DEADLINE") else "10")
     monkeypatch.setenv("SEGZOO_DOWNLOAD_DEADLINE", "2")
-    with trickling_server(head, piece) as url:
+    with server() as url:
         monkeypatch.setenv("HF_ENDPOINT", url)
         start = time.monotonic()
         with pytest.raises(WeightsUnavailableError, match=variable):
