@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import filelock
@@ -348,15 +349,35 @@ def test_bad_limit_settings_name_the_variable(served, monkeypatch, variable, val
 
 
 @contextlib.contextmanager
+def socket_server(serve: Callable[[socket.socket, threading.Event], None]):
+    """A server on 127.0.0.1 that runs ``serve(connection, stop)`` on a thread of its own for each connection; yields
+    its URL, and sets ``stop`` when the block ends."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=serve, args=(conn, stop), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
 def trickling_server(head: bytes, piece: bytes, delay_s: float = 0.02, per_byte: bool = True):
     """A server on 127.0.0.1 that answers each request with ``head``, then ``piece`` over and over, never ending.
 
     ``piece`` goes one byte per ``delay_s`` (``per_byte``), or whole, as fast as the client reads.
     """
-    stop = threading.Event()
-    listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve(conn: socket.socket) -> None:
+    def serve(conn: socket.socket, stop: threading.Event) -> None:
         with conn:
             conn.recv(65536)  # the request
             try:
@@ -369,20 +390,7 @@ def trickling_server(head: bytes, piece: bytes, delay_s: float = 0.02, per_byte:
             except OSError:  # the client gave up
                 return
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:  # closed
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        listener.close()
+    return socket_server(serve)
 
 
 TRICKLED_HEADERS = (b"HTTP/1.1 200 OK\r\n", b"X-Padding: 1\r\n")
@@ -476,6 +484,7 @@ def lock_held_elsewhere(lock: Path, record: bool = True):
 
 _HOLD_LOCK = """
 import sys, time
+from collections.abc import Callable
 from pathlib import Path
 from segzoo.weights.cache import exclusive
 with exclusive(Path(sys.argv[1]), "fetching a test file"):

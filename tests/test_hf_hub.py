@@ -1,6 +1,5 @@
 """segzoo's native layout and the Hugging Face hub, with the real huggingface_hub client against a local hub."""
 
-import contextlib
 import dataclasses
 import json
 import socket
@@ -20,7 +19,7 @@ from segzoo.zoo import ModelInfo, WeightSource
 from segzoo.zoo.records import from_plain, to_plain
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
 from tests.fake_hub import FakeHub
-from tests.test_download import TRICKLED_HEADERS, trickling_server
+from tests.test_download import TRICKLED_HEADERS, socket_server, trickling_server
 
 NAME = "moganet_xt_fpn_ade20k"
 
@@ -149,14 +148,11 @@ HUB_FILE_HEADERS = (
 )
 
 
-@contextlib.contextmanager
 def hub_trickling_files():
     """A hub on 127.0.0.1 that answers a HEAD with a file's headers at once, and a GET with the same headers and
     then a body of one byte per 20 ms, never finishing; each connection serves one request."""
-    stop = threading.Event()
-    listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve(conn: socket.socket) -> None:
+    def serve(conn: socket.socket, stop: threading.Event) -> None:
         with conn:
             try:
                 method = conn.recv(65536).split(b" ", 1)[0]
@@ -166,20 +162,7 @@ def hub_trickling_files():
             except OSError:  # the client gave up
                 return
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:  # closed
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        listener.close()
+    return socket_server(serve)
 
 
 @pytest.mark.parametrize(
