@@ -35,7 +35,7 @@ import requests
 import urllib3
 from tqdm.auto import tqdm
 
-from segzoo.weights import http
+import segzoo.weights.http as http
 from segzoo.weights.errors import WeightsError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 
-from segzoo.weights import http
+import segzoo.weights.http as http
 from segzoo.weights.download import Download
 from segzoo.weights.download import download as download_url
 from segzoo.weights.errors import WeightsUnavailableError

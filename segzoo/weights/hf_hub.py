@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from segzoo.weights import http
+import segzoo.weights.http as http
 from segzoo.weights.download import DownloadLimits
 from segzoo.weights.errors import WeightsUnavailableError
 from segzoo.zoo.records import HF_HUB_PREFIX
