@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,12 +85,18 @@ def test_predict_missing_input_is_a_clear_error(tmp_path, capsys):
     assert "no such image or folder" in capsys.readouterr().err
 
 
-def test_one_unreadable_image_never_costs_the_others(tmp_path, capsys):
-    name = "moganet_xt_fpn_ade20k"
+def checkpoint_and_photos(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A synthetic checkpoint of ``name`` and a folder holding one good photo, ``a.jpg``."""
     ckpt = save_mmseg_checkpoint(tmp_path / "ckpt.pth", synthetic_state_dict(name))
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.new("RGB", (40, 30), (120, 80, 40)).save(folder / "a.jpg")
+    return ckpt, folder
+
+
+def test_one_unreadable_image_never_costs_the_others(tmp_path, capsys):
+    name = "moganet_xt_fpn_ade20k"
+    ckpt, folder = checkpoint_and_photos(tmp_path, name)
     (folder / "b.jpg").write_bytes(b"this is not a jpeg")
     Image.new("RGB", (36, 36), (10, 80, 40)).save(folder / "c.png")
     out = tmp_path / "out"
@@ -260,10 +267,7 @@ def test_weights_hints_name_only_options_of_their_command():
 
 def test_predict_reports_an_image_too_elongated_and_a_broken_link_and_goes_on(tmp_path, capsys):
     name = "moganet_xt_fpn_ade20k"
-    ckpt = save_mmseg_checkpoint(tmp_path / "ckpt.pth", synthetic_state_dict(name))
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    Image.new("RGB", (40, 30), (120, 80, 40)).save(folder / "a.jpg")
+    ckpt, folder = checkpoint_and_photos(tmp_path, name)
     Image.new("RGB", (100_000, 3), (120, 80, 40)).save(folder / "b.png")  # beyond 4096:1
     (folder / "c.png").symlink_to(tmp_path / "gone.png")
     Image.new("RGB", (36, 36), (10, 80, 40)).save(folder / "d.png")

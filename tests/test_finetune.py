@@ -18,14 +18,14 @@ from PIL import Image
 import segzoo
 from segzoo.cli import main
 from segzoo.training import build_optimizer, get_recipe
-from segzoo.training.config import FINE_TUNE_ITERS, TrainConfig, resolve_recipe
-from segzoo.training.recipe import ScheduleSpec
+from segzoo.training.config import TrainConfig, resolve_recipe
+from segzoo.training.recipe import FINE_TUNE_ITERS, ScheduleSpec
 from segzoo.training.schedules import learning_rate, rescaled
 from segzoo.weights import CheckpointMismatchError
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
+from tests.test_training_loop import coloured_sample
 
 ENTRY = "moganet_xt_fpn_ade20k"  # the smallest model of the registry
-COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]])
 
 
 def make_custom(root: Path, train_images: int, val_images: int = 0) -> Path:
@@ -33,8 +33,7 @@ def make_custom(root: Path, train_images: int, val_images: int = 0) -> Path:
     rng = np.random.default_rng(0)
     for split, count in (("train", train_images), ("val", val_images)):
         for i in range(count):
-            classes = rng.integers(0, 3, (4, 4)).repeat(16, 0).repeat(16, 1)
-            image = np.clip(COLOURS[classes] + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+            image, classes = coloured_sample(rng)
             for kind, array in (("images", image), ("labels", classes.astype(np.uint8))):
                 (root / kind / split).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(root / kind / split / f"{i}.png")

@@ -36,13 +36,19 @@ CROP = (64, 64)  # small, yet 2x2 at stride 32: batch norm needs more than one v
 COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]])  # class c's pixels are near COLOURS[c]
 
 
+def coloured_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A 64x64 RGB image of 16x16 blocks of three classes told by their colour, and its class map (0..2)."""
+    classes = rng.integers(0, 3, (4, 4)).repeat(16, 0).repeat(16, 1)
+    image = np.clip(COLOURS[classes] + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+    return image, classes
+
+
 def make_ade20k(root: Path, train_images: int, val_images: int = 2) -> Path:
     """ADEChallengeData2016 layout: 64x64 images whose three classes (1..3 on disk) can be told by their colour."""
     rng = np.random.default_rng(0)
     for folder, count in (("training", train_images), ("validation", val_images)):
         for i in range(count):
-            classes = rng.integers(0, 3, (4, 4)).repeat(16, 0).repeat(16, 1)
-            image = np.clip(COLOURS[classes] + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+            image, classes = coloured_sample(rng)
             label = (classes + 1).astype(np.uint8)
             for kind, array, suffix in (("images", image, "jpg"), ("annotations", label, "png")):
                 path = root / kind / folder / f"ADE_{folder}_{i:08d}.{suffix}"

@@ -12,6 +12,7 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from segzoo.cli.options import positive_int
+from segzoo.training.recipe import FINE_TUNE_ITERS
 
 if TYPE_CHECKING:
     from segzoo.training.config import TrainConfig
@@ -59,7 +60,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--iters",
         type=positive_int,
         help="iterations; the schedule (warm-up included) and the intervals stretch to them "
-        "(default: the recipe's; with custom data 2000)",
+        f"(default: the recipe's; with custom data {FINE_TUNE_ITERS})",
     )
     length.add_argument(
         "--epochs",

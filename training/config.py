@@ -13,12 +13,9 @@ import torch
 
 import segzoo
 from segzoo.datasets.folders import CUSTOM_PREFIX, open_data
-from segzoo.training.recipe import Recipe
+from segzoo.training.recipe import FINE_TUNE_ITERS, Recipe
 from segzoo.training.recipes import get_recipe
 from segzoo.training.schedules import rescaled, with_warmup
-
-# Iterations of a run on custom data that names no length: a fine-tune from published weights (see the README).
-FINE_TUNE_ITERS = 2000
 
 
 @dataclass(frozen=True)

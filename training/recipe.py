@@ -7,6 +7,9 @@ from typing import Literal
 
 from segzoo.zoo.records import UpstreamConfig
 
+# Iterations of a run on custom data that names no length: a fine-tune from published weights (see the README).
+FINE_TUNE_ITERS = 2000
+
 
 @dataclass(frozen=True)
 class ParamRule:
