@@ -1,5 +1,6 @@
 """Reading checkpoints: original mmseg files and segzoo safetensors, strictly, without unsafe unpickling."""
 
+import json
 import os
 import pickle
 import shutil
@@ -318,3 +319,42 @@ def test_a_tar_ending_in_a_zip_member_is_read_as_the_tar(tmp_path):
         tar.add(inner, "release/zz_inner.zip")
     assert zipfile.is_zipfile(tmp_path / "release.tar") and sniff_format(tmp_path / "release.tar") == "tar"
     assert read_state_dict(tmp_path / "release.tar").keys() == {"w"}
+
+
+def test_mapped_safetensors_equal_the_library_for_every_dtype(tmp_path):
+    tensors = {
+        f"t.{dtype}".replace("torch.", ""): (torch.arange(6).reshape(2, 3) % 2).to(dtype)
+        for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32)
+        + (torch.int16, torch.int8, torch.uint8, torch.bool)
+    }
+    tensors["empty"] = torch.zeros(0, 4)
+    tensors["scalar"] = torch.tensor(3.5)
+    path = tmp_path / "all.safetensors"
+    safetensors.torch.save_file(tensors, path)
+    loaded = read_state_dict(path)  # mapped: segzoo's own reader
+    expected = safetensors.torch.load_file(path)
+    assert loaded.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
+
+
+def _write_safetensors_by_hand(path, header: dict, data: bytes) -> None:
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def test_mapped_safetensors_leave_odd_files_to_the_library(tmp_path):
+    """An offset not aligned to its dtype, or an entry whose range does not match its shape, is read or refused by
+    safetensors itself, never mapped wrongly."""
+    path = tmp_path / "odd.safetensors"
+    data = b"\x01" + torch.arange(3.0).numpy().tobytes()
+    header = {"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}, "b": {"dtype": "F32", "shape": [3]}}
+    header["b"]["data_offsets"] = [1, 13]
+    _write_safetensors_by_hand(path, header, data)
+    assert torch.equal(read_state_dict(path)["b"], torch.arange(3.0))  # unaligned: the library copies it
+
+    header["b"]["shape"] = [4]  # 16 bytes claimed, 12 there
+    _write_safetensors_by_hand(path, header, data)
+    with pytest.raises(CheckpointError, match="cannot read .*odd.safetensors as safetensors"):
+        read_state_dict(path)

@@ -71,6 +71,15 @@ def test_config_json_of_earlier_versions_still_loads(name):
     assert from_plain(ModelInfo, plain) == info
 
 
+def test_config_json_still_shows_the_numbers_under_the_papers_labels():
+    """``metrics`` (label -> value), the key earlier config.json files and ``segzoo info`` had, is written beside
+    ``reported_metrics`` and ignored when read back."""
+    info = segzoo.model_info("moganet_s_fpn_ade20k")
+    plain = to_plain(info)
+    assert plain["metrics"] == {"mIoU": 47.7, "mAcc": 59.8} and len(plain["reported_metrics"]) == 2
+    assert from_plain(ModelInfo, plain) == info
+
+
 def test_push_to_hub_then_create_model_from_it(model, hub):
     url = push_to_hub(model, "org/xt", token="hf_test")
     assert url.startswith(hub.url)

@@ -14,6 +14,7 @@ from torch import nn
 import segzoo
 from segzoo.families import build_architecture
 from segzoo.weights import load_state_dict_strict
+from segzoo.weights.checkpoint import _state_tensors
 from tests.conftest import ONE_PER_ARCHITECTURE, REPO, save_mmseg_checkpoint, synthetic_state_dict
 
 ENTRIES = [
@@ -86,6 +87,29 @@ def test_derived_buffers_are_computed_after_loading_onto_the_meta_device():
         r"init_non_persistent_buffers",
     ):
         load_state_dict_strict(model, {}, "weights.pth")
+
+
+class _RenamesItsWeight(nn.Linear):
+    """A layer whose state dict holds its weight under another name, as a checkpoint of an older layout might."""
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "kernel"] = self.weight if keep_vars else self.weight.detach()
+        destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+
+@pytest.mark.parametrize("customize", ["none", "save_to_state_dict", "state_dict_hook"])
+def test_the_strict_load_expects_what_state_dict_lists(customize):
+    """The load reads a model's tensors straight off its modules, but asks a module that changes what its state
+    dict holds."""
+    model = nn.Sequential(_RenamesItsWeight(2, 2) if customize == "save_to_state_dict" else nn.Linear(2, 2))
+    model.append(nn.BatchNorm2d(2))
+    model[1].register_buffer("scratch", torch.zeros(1), persistent=False)
+    model.append(model[0])  # shared: listed under both names, as state_dict does
+    if customize == "state_dict_hook":
+        model[0]._register_state_dict_hook(lambda module, state, prefix, local: state.pop(prefix + "bias"))
+    expected = model.state_dict(keep_vars=True)
+    found = _state_tensors(model)
+    assert list(found) == list(expected) and all(found[key] is expected[key] for key in expected)
 
 
 def test_checkpoint_tensors_become_contiguous_float32_parameters(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import pickle
 import pickletools
 import re
@@ -12,6 +13,7 @@ import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import safetensors.torch
@@ -218,24 +220,82 @@ def _pickle_globals(data: bytes) -> list[str]:
 
 def _read_safetensors(path: Path, mapped: bool) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors, mapped onto the file, or read into memory the caller owns."""
-    safetensors_header(path)  # refuses an oversized header before the library reads it
+    length = _safetensors_header_length(path)  # refuses an oversized header before the library reads it
     try:
         if mapped:
-            return safetensors.torch.load_file(path)
+            return _mapped_safetensors(path, length) or safetensors.torch.load_file(path)
         return safetensors.torch.load(path.read_bytes())
     except (safetensors.SafetensorError, OSError) as err:
         raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
 
 
-def safetensors_header(path: Path) -> dict[str, object]:
-    """The JSON header of the safetensors file ``path`` (at most :data:`MAX_SAFETENSORS_HEADER_BYTES` read)."""
+# The safetensors dtypes mapped by _mapped_safetensors; a file with any other goes to safetensors' own reader.
+_SAFETENSORS_DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
+    {
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
+    }
+)
+
+
+def _mapped_safetensors(path: Path, header_length: int) -> dict[str, torch.Tensor] | None:
+    """The tensors of the safetensors file ``path`` as views of one private (copy-on-write) mapping of it; None
+    where an entry is not one this maps (another dtype, an offset not aligned to its dtype, a size or range that
+    does not fit), for safetensors' own reader to read or refuse.
+
+    safetensors' ``load_file`` maps the file too, but makes each tensor through a Python slice of a storage,
+    which takes longer than the rest of a large model's load together (``benchmarks/load_time.py``).
+    """
+    header = _parsed_safetensors_header(path, header_length)
+    data_start = 8 + header_length
+    size = path.stat().st_size
+    views = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = [int(side) for side in entry["shape"]]
+            begin, end = (int(offset) for offset in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        itemsize = dtype.itemsize
+        fits = 0 <= begin <= end <= size - data_start and min(shape, default=0) >= 0
+        if not fits or end - begin != math.prod(shape) * itemsize or (data_start + begin) % itemsize:
+            return None
+        views.append((name, dtype, shape, (data_start + begin) // itemsize))
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    return {name: torch.empty(0, dtype=dtype).set_(storage, offset, shape) for name, dtype, shape, offset in views}
+
+
+def _safetensors_header_length(path: Path) -> int:
+    """The length of the safetensors file ``path``'s JSON header; refused over :data:`MAX_SAFETENSORS_HEADER_BYTES`."""
     with open(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little")
-        if length > MAX_SAFETENSORS_HEADER_BYTES:
-            raise CheckpointError(
-                f"{path} has a safetensors header of {length:,} bytes, over the {MAX_SAFETENSORS_HEADER_BYTES:,} "
-                f"segzoo reads (a model's header lists its tensors in far less); not a checkpoint segzoo loads"
-            )
+    if length > MAX_SAFETENSORS_HEADER_BYTES:
+        raise CheckpointError(
+            f"{path} has a safetensors header of {length:,} bytes, over the {MAX_SAFETENSORS_HEADER_BYTES:,} "
+            f"segzoo reads (a model's header lists its tensors in far less); not a checkpoint segzoo loads"
+        )
+    return length
+
+
+def safetensors_header(path: Path) -> dict[str, object]:
+    """The JSON header of the safetensors file ``path`` (at most :data:`MAX_SAFETENSORS_HEADER_BYTES` read)."""
+    return _parsed_safetensors_header(path, _safetensors_header_length(path))
+
+
+def _parsed_safetensors_header(path: Path, length: int) -> dict[str, object]:
+    with open(path, "rb") as f:
+        f.seek(8)
         raw = f.read(length)
     try:
         header = json.loads(raw)
@@ -374,7 +434,7 @@ def load_state_dict_strict(
     """
     skip = list(skip)
     prefixes = tuple(f"{name}." for name in skip)
-    expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.startswith(prefixes)}
+    expected = {k: v for k, v in _state_tensors(model).items() if not k.startswith(prefixes)}
     given = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
     missing = sorted(expected.keys() - given.keys())
     unexpected = sorted(given.keys() - expected.keys())
@@ -406,6 +466,31 @@ def load_state_dict_strict(
             f"({len(on_meta)}): {_listed(on_meta)}; a module computes the buffers a checkpoint does not hold "
             f"in init_non_persistent_buffers()"
         )
+
+
+def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What ``model.state_dict(keep_vars=True)`` holds, read from each module's parameters and persistent buffers
+    (``state_dict``'s own walk costs a large model's load more than assigning its tensors); ``state_dict`` itself
+    where a module changes what its state dict holds (a hook, its own ``_save_to_state_dict``, extra state)."""
+    tensors = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        kind = type(module)
+        if (
+            module._state_dict_hooks
+            or module._state_dict_pre_hooks
+            or kind._save_to_state_dict is not nn.Module._save_to_state_dict
+            or kind.get_extra_state is not nn.Module.get_extra_state
+            or kind.state_dict is not nn.Module.state_dict
+        ):
+            return model.state_dict(keep_vars=True)
+        dot = f"{prefix}." if prefix else ""
+        tensors.update((dot + name, t) for name, t in module._parameters.items() if t is not None)
+        tensors.update(
+            (dot + name, t)
+            for name, t in module._buffers.items()
+            if t is not None and name not in module._non_persistent_buffers_set
+        )
+    return tensors
 
 
 def _materialize_derived_buffers(modules: Mapping[str, nn.Module]) -> list[str]:

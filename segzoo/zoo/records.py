@@ -32,7 +32,8 @@ def _rebuild_record(cls: type[T], values: dict[str, Any]) -> T:
 def to_plain(value: Any) -> Any:
     """JSON-ready copy of a record: dataclasses and mappings become dicts, tuples become lists."""
     if is_dataclass(value):
-        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
+        views = value.plain_views() if hasattr(value, "plain_views") else {}
+        return {**{f.name: to_plain(getattr(value, f.name)) for f in fields(value)}, **views}
     if isinstance(value, Mapping):
         return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
@@ -275,9 +276,10 @@ class ModelInfo:
 
     @staticmethod
     def upgraded_plain(data: Mapping[str, Any]) -> Mapping[str, Any]:
-        """``data`` of a config.json written when the numbers were ``metrics``, label -> value, with today's keys."""
-        if "metrics" not in data:
-            return data
+        """``data`` of a config.json written when the numbers were ``metrics``, label -> value, with today's keys
+        (``metrics`` is still written, as a view: see :meth:`plain_views`)."""
+        if "reported_metrics" in data or "metrics" not in data:
+            return {k: v for k, v in data.items() if k != "metrics"}
         reported = [
             {
                 "key": _OLD_METRIC_LABELS[label][0],
@@ -288,6 +290,11 @@ class ModelInfo:
             for label, value in data["metrics"].items()
         ]
         return {**{k: v for k, v in data.items() if k != "metrics"}, "reported_metrics": reported}
+
+    def plain_views(self) -> dict[str, Any]:
+        """What :func:`to_plain` writes beside the fields: ``metrics`` under the paper's labels, as ``config.json``
+        and ``segzoo info`` showed the numbers before each carried its canonical key (read back, it is ignored)."""
+        return {"metrics": dict(self.metrics)}
 
     @property
     def metrics(self) -> Mapping[str, float]:
