@@ -140,7 +140,8 @@ def test_the_segment_api_returns_overlay_and_labels(served, tmp_path):
     client_module = pytest.importorskip("gradio_client", reason="pip install gradio-client")
     url, models = served
     client = client_module.Client(url, verbose=False)
-    overlay, labels = client.predict(client_module.handle_file(_photo(tmp_path / "p.png")), api_name="/segment")
+    photo = client_module.handle_file(_photo(tmp_path / "p.png"))
+    overlay, labels = client.predict(photo, model=ENTRY, precision="fast", api_name="/segment")
     with Image.open(overlay) as shown, Image.open(labels) as indexed:
         assert indexed.mode == "P" and indexed.size == (64, 48)
         assert shown.width > 64 and shown.height >= 48
