@@ -51,6 +51,14 @@ def test_without_weights_the_model_is_random_and_says_so(offline):
     assert ENTRY in card and "arxiv.org/abs/2211.03295" in card
 
 
+def test_published_weights_from_a_mirror_folder_are_named_as_such(tmp_path, monkeypatch, offline):
+    filename = segzoo.model_info(ENTRY).weights[0].filename
+    save_mmseg_checkpoint(tmp_path / filename, synthetic_state_dict(ENTRY))
+    monkeypatch.setenv("SEGZOO_MIRROR", str(tmp_path))
+    loaded = load_entry(ENTRY)
+    assert loaded.weights.kind == "published" and "RANDOM" not in card_markdown(loaded)
+
+
 def test_a_local_checkpoint_is_named_and_other_entries_stay_published_or_random(tmp_path, offline):
     checkpoint = save_mmseg_checkpoint(tmp_path / "mine.pth", synthetic_state_dict(ENTRY))
     models = DemoModels({"moganet_xt_fpn": checkpoint})  # an alias names the entry too
@@ -114,6 +122,15 @@ def test_demo_on_a_busy_port_says_so(capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"segzoo: error: port {port} on 127.0.0.1 is in use") and "--port 0" in err
     assert "Traceback" not in err
+
+
+def test_demo_with_a_checkpoint_that_does_not_load_says_so_before_serving(tmp_path, capsys):
+    pytest.importorskip("gradio", reason='the demo needs Gradio: pip install "segzoo[demo]"')
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not a checkpoint")
+    assert main(["demo", "--model", ENTRY, "--checkpoint", str(bad), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("segzoo: error:") and "notes.pth" in err and "Traceback" not in err
 
 
 def test_demo_rejects_a_port_out_of_range(capsys):

@@ -36,8 +36,9 @@ def _demo(args: argparse.Namespace) -> int:
     loaded = models.entry(name)
     print(f"segzoo demo: {name} with {loaded.weights.kind} weights: {loaded.weights.detail}")
     app = build_app(models, segzoo.list_models(), name)
-    start(app, args.host, args.port)
-    app.block_thread()  # until Ctrl-C
+    url = start(app, args.host, args.port, quiet=True)  # quiet: Gradio's hint about share links does not apply here
+    print(f"segzoo demo: serving {url} (Ctrl-C stops it)", flush=True)
+    app.block_thread()
     return 0
 
 

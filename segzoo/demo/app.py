@@ -94,12 +94,12 @@ def build_app(models: DemoModels, entries: Sequence[str], initial: str) -> gr.Bl
             f"Segmented {picture.width}x{picture.height} pixels in **{result.seconds:.2f} s** "
             f"({precision}: {PRECISIONS[precision]}; on {models.device})."
         )
-        return result.overlay, result.labels, (result, timing)
-
-    def show_details(state) -> tuple[str, list[list], str]:
-        result, timing = state
         rows = [[a.index, a.name, a.pixels, round(100 * a.share, 2)] for a in result.areas]
-        return legend_html(result), rows, timing
+        # The details go to the page in a second step, so that the API returns the two images alone
+        return result.overlay, result.labels, (legend_html(result), rows, timing)
+
+    def show_details(details: tuple[str, list[list], str]) -> tuple[str, list[list], str]:
+        return details
 
     with gr.Blocks(title="segzoo demo", analytics_enabled=False) as app:
         gr.Markdown("# segzoo: try a model\nPick an entry, drop an image, press **Segment**.")

@@ -124,7 +124,7 @@ class DemoModels:
         self._checkpoints = {model_info(name).name: path for name, path in checkpoints.items()}
         self._device = device
         self._allow_unsafe_pickle = allow_unsafe_pickle
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._loaded: LoadedModel | None = None
         self._variants: dict[str, nn.Module] = {}
 
@@ -143,8 +143,8 @@ class DemoModels:
 
     def model(self, name: str, precision: str) -> nn.Module:
         """The entry ``name`` as it runs in ``precision``, built on first use."""
-        loaded = self.entry(name)
-        with self._lock:
+        with self._lock:  # the entry and its variants change together
+            loaded = self.entry(name)
             if precision not in self._variants:
                 self._variants[precision] = _in_precision(loaded.model, precision)
             return self._variants[precision]
@@ -197,7 +197,7 @@ class Segmentation:
 def class_areas(labels: np.ndarray, class_names: Sequence[str], palette: Sequence[tuple[int, int, int]]) -> tuple:
     """The classes present in ``labels``, largest first, as :class:`ClassArea` records."""
     return tuple(
-        ClassArea(c, class_names[c].strip(), tuple(palette[c]), round(share * labels.size), share)
+        ClassArea(c, class_names[c].strip(), tuple(palette[c]), round(share * labels.size), float(share))
         for c, share in legend_entries(labels, len(class_names))
     )
 
