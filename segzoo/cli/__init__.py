@@ -1,4 +1,4 @@
-"""The ``segzoo`` command: list and describe models, segment images, evaluate, manage weights and datasets.
+"""The ``segzoo`` command: list models, segment images, try them in a browser, evaluate, manage weights and datasets.
 
 One module per group of commands, as users see them: ``models`` (list, info),
 ``predict``, ``evaluate`` (eval, prepare), ``weights`` (download, pin,
