@@ -181,8 +181,9 @@ BROWSER_HINT = (
 )
 
 
-def _chromium():
-    """A headless Chromium driven by Selenium, or a skip saying how to get one."""
+@pytest.fixture
+def chromium():
+    """A headless Chromium driven by Selenium, or a skip saying how to get one (before any page is served)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason=BROWSER_HINT)
     browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
     if browser is None or driver is None:
@@ -192,7 +193,9 @@ def _chromium():
     flags = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000")
     for flag in flags:
         options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    yield session
+    session.quit()
 
 
 def _fetch_image(src: str) -> Image.Image:
@@ -200,28 +203,24 @@ def _fetch_image(src: str) -> Image.Image:
         return Image.open(BytesIO(response.read()))
 
 
-def test_the_page_segments_an_upload_in_a_real_browser(served, tmp_path):
+def test_the_page_segments_an_upload_in_a_real_browser(chromium, served, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = served
     photo = _photo(tmp_path / "photo.png", size=(80, 60), seed=1)
-    browser = _chromium()
-    try:
-        browser.get(url)
-        wait = WebDriverWait(browser, 60)
-        upload = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#image input[type=file]"))
-        upload.send_keys(str(photo))
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#image img"))
-        browser.find_element(By.ID, "segment").click()
-        legend = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#legend li .name"))
-        listed = [item.text for item in legend]
-        overlay = _fetch_image(browser.find_element(By.CSS_SELECTOR, "#overlay img").get_attribute("src"))
-        labels = _fetch_image(browser.find_element(By.CSS_SELECTOR, "#labels img").get_attribute("src"))
-        timing = browser.find_element(By.ID, "timing").text
-        card = browser.find_element(By.ID, "card").text
-    finally:
-        browser.quit()
+    chromium.get(url)
+    wait = WebDriverWait(chromium, 60)
+    upload = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#image input[type=file]"))
+    upload.send_keys(str(photo))
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#image img"))
+    chromium.find_element(By.ID, "segment").click()
+    legend = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#legend li .name"))
+    listed = [item.text for item in legend]
+    overlay = _fetch_image(chromium.find_element(By.CSS_SELECTOR, "#overlay img").get_attribute("src"))
+    labels = _fetch_image(chromium.find_element(By.CSS_SELECTOR, "#labels img").get_attribute("src"))
+    timing = chromium.find_element(By.ID, "timing").text
+    card = chromium.find_element(By.ID, "card").text
     assert labels.size == (80, 60) and overlay.width > 80 and overlay.height >= 60
     names = dataset_metadata("ADE20K")[0]
     assert sorted(listed) == sorted(names[c].strip() for c in np.unique(np.asarray(labels)))

@@ -101,7 +101,8 @@ def build_app(models: DemoModels, entries: Sequence[str], initial: str) -> gr.Bl
     def show_details(details: tuple[str, list[list], str]) -> tuple[str, list[list], str]:
         return details
 
-    with gr.Blocks(title="segzoo demo", analytics_enabled=False) as app:
+    # delete_cache: uploads and results older than an hour are removed every ten minutes, and all at shutdown
+    with gr.Blocks(title="segzoo demo", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown("# segzoo: try a model\nPick an entry, drop an image, press **Segment**.")
         with gr.Row():
             with gr.Column():
