@@ -90,7 +90,8 @@ def test_uploads_the_page_cannot_take_get_a_clear_message(tmp_path):
     with pytest.raises(DemoInputError, match=r"notes\.txt is not an image .*drop a PNG, JPEG"):
         read_upload(text, "notes.txt", info)
     big = _photo(tmp_path / "big.png", size=(40, 30))
-    with pytest.raises(DemoInputError, match=r"big\.png is 40x30 pixels .*up to 0\.0 megapixels.*segzoo predict"):
+    too_big = r"big\.png is 40x30 = 1,200 pixels; .* at most 1,000 \(as many as 31x31\).*segzoo predict"
+    with pytest.raises(DemoInputError, match=too_big):
         read_upload(big, "big.png", info, max_pixels=1000)
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(big.read_bytes()[:200])
@@ -171,7 +172,8 @@ def test_the_segment_api_returns_overlay_and_labels(served, tmp_path):
         client.predict(client_module.handle_file(notes), api_name="/segment")
     huge = tmp_path / "huge.png"
     Image.new("RGB", (4100, 4100)).save(huge)  # a few kilobytes of file, 16.8 megapixels
-    with pytest.raises(client_module.exceptions.AppError, match=r"huge\.png is 4100x4100 pixels .*segzoo predict"):
+    too_big = r"huge\.png is 4100x4100 = 16,810,000 pixels; the page takes at most 16,777,216"
+    with pytest.raises(client_module.exceptions.AppError, match=too_big):
         client.predict(client_module.handle_file(huge), api_name="/segment")
 
 

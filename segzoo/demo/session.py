@@ -4,6 +4,7 @@ image within the demo's limits, segment it and describe the result."""
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -162,9 +163,10 @@ def read_upload(path: str | Path, shown_name: str, info: ModelInfo, max_pixels: 
         reason = str(err).replace(str(path), "").strip(" :'") or type(err).__name__
         raise DemoInputError(f"{shown_name} is not an image ({reason}); drop a PNG, JPEG, WebP, BMP or TIFF") from None
     if width * height > max_pixels:
+        side = math.isqrt(max_pixels)
         raise DemoInputError(
-            f"{shown_name} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels); the page takes images "
-            f"of up to {max_pixels / 1e6:.1f} megapixels: resize it, or segment it with `segzoo predict`"
+            f"{shown_name} is {width}x{height} = {width * height:,} pixels; the page takes at most {max_pixels:,} "
+            f"(as many as {side}x{side}): resize it, or segment it with `segzoo predict`"
         )
     try:
         return load_image(path, info.test_pipeline)
