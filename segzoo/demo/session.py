@@ -100,7 +100,7 @@ def load_entry(
         weights = LoadedWeights("local file", f"`{checkpoint}`")
     else:
         try:
-            model = create_model(name, pretrained=True, progress=False)
+            model = create_model(name, pretrained=True)  # a download shows its bar on the terminal
             weights = LoadedWeights("published", "the checkpoint released with the paper (cached or downloaded)")
         except WeightsError as err:
             model = create_model(name)
