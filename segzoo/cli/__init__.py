@@ -1,8 +1,8 @@
-"""The ``segzoo`` command: list and describe models, segment images, evaluate, manage weights and datasets.
+"""The ``segzoo`` command: list models, segment images, try them in a browser, evaluate, manage weights and datasets.
 
 One module per group of commands, as users see them: ``models`` (list, info),
 ``predict``, ``evaluate`` (eval, prepare), ``weights`` (download, pin,
-verify, convert, inspect) and ``export``. Other packages add commands through the
+verify, convert, inspect), ``export`` and ``demo``. Other packages add commands through the
 ``segzoo.commands`` entry-point group (``segzoo.training`` adds ``train``): each names a
 ``register(commands)`` function, as the modules here have. A user error ends with one ``segzoo: error:``
 line and exit status 1, never a traceback (``--verbose`` adds it, for reports). Weights that cannot be fetched
@@ -18,7 +18,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import NoReturn
 
-from segzoo.cli import evaluate, export, models, predict, weights
+from segzoo.cli import demo, evaluate, export, models, predict, weights
 from segzoo.cli.options import available_device
 from segzoo.cli.predict import DEFAULT_MODEL, sample_image_path
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="segzoo", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (models, predict, evaluate, weights, export):
+    for group in (models, predict, evaluate, weights, export, demo):
         group.register(commands)
     for plugin in entry_points(group=COMMAND_PLUGINS):
         plugin.load()(commands)
