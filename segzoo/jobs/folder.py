@@ -68,7 +68,7 @@ class FolderSummary:
         return self.done / self.seconds if self.seconds > 0 else 0.0
 
     def describe(self) -> str:
-        whose = f"{self.processes} processes" if self.combined else "this process"
+        whose = f"{self.processes} process{'es' if self.processes > 1 else ''}" if self.combined else "this process"
         if self.processes > 1 and not self.combined:
             whose = f"this process of {self.processes} (no process group: each process counts its own)"
         return (
