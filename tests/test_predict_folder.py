@@ -15,7 +15,7 @@ from PIL import Image
 import segzoo
 from segzoo.cli import main
 from segzoo.inference import predict_prepared, prepare_image
-from segzoo.jobs import AREA_COLUMNS
+from segzoo.jobs import AREA_COLUMNS, plan_tasks
 from segzoo.jobs.outputs import write_atomically
 from tests.conftest import REPO, save_mmseg_checkpoint, synthetic_state_dict
 
@@ -163,10 +163,12 @@ def test_scores_and_area_table(small_model, tmp_path):
     assert list(csv.reader(table.open())) == rows
 
 
-def test_two_inputs_for_one_output_file_is_an_error(small_model, tmp_path):
+def test_two_inputs_for_one_output_file_is_an_error_and_one_named_twice_is_one_task(small_model, tmp_path):
     first, second = photos(tmp_path / "one", ["x.png"]), photos(tmp_path / "two", ["x.png"])
     with pytest.raises(ValueError, match="would both be written to"):
         segzoo.predict_folder(small_model, [first, second], tmp_path / "out")
+    tasks = plan_tasks([first / "x.png", first, first / "x.png"], tmp_path / "out", NAME, "labels")
+    assert [task.source for task in tasks] == [first / "x.png"]
 
 
 @pytest.mark.parametrize(

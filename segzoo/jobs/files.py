@@ -73,7 +73,8 @@ def plan_tasks(
     A file named on its own is written into ``out``; a folder's images into ``out`` at their path inside the
     folder (the output tree mirrors the input tree). Outputs are named ``<stem>_<model>.png`` (overlay) or
     ``<stem>_<model>_labels.png``, scores ``<stem>_<model>_scores.npz``; a single image with ``out`` ending in
-    ``.png`` is written to ``out`` itself. Two images that would be written to the same file are an error.
+    ``.png`` is written to ``out`` itself. An image named twice is segmented once; two images that would be
+    written to the same file are an error.
     """
     excluded = out.resolve()
     named: list[tuple[Path, Path]] = []  # (source, its output folder relative to out)
@@ -98,12 +99,15 @@ def plan_tasks(
             out / folder / f"{stem}{suffix}.png",
             out / folder / f"{stem}_scores.npz" if save_scores else None,
         )
-        other = writers.setdefault(task.image, source)
-        if other != source:
+        other = writers.get(task.image)
+        if other == source:  # named twice on the command line: segmented once
+            continue
+        if other is not None:
             raise ValueError(
                 f"{other} and {source} would both be written to {task.image}; "
                 f"rename one of them or segment them in separate runs with different --out folders"
             )
+        writers[task.image] = source
         tasks.append(task)
     return tasks
 
