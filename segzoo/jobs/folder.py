@@ -126,7 +126,6 @@ class _AreaTable:
     target and renamed when the job ends (to the target, or with several processes to this rank's part)."""
 
     def __init__(self, target: Path, rank: int, world_size: int) -> None:
-        self.target = target
         self.part = target if world_size == 1 else part_path(target, rank, world_size)
         target.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.part.with_name(f".{self.part.name}.part").open("w", newline="")
@@ -209,7 +208,6 @@ def _combined(counts: list[float], seconds: float) -> tuple[list[float], float]:
     return summed.tolist(), slowest.item()
 
 
-@torch.inference_mode()
 def predict_folder(
     model: EncoderDecoder,
     inputs: str | Path | Sequence[str | Path],
