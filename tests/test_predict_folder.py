@@ -211,3 +211,16 @@ def test_torchrun_with_two_processes_writes_every_image_once(tmp_path):
     order = [row[0] for row in rows]
     assert list(dict.fromkeys(order)) == [str(folder / name) for name in sorted(NESTED)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["areas.csv", "out", "photos", "xt.pth"]  # parts merged
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_read_ahead_into_pinned_memory_on_cuda_gives_the_cpu_labels(small_model, tmp_path):
+    import copy
+
+    folder = photos(tmp_path / "photos")
+    segzoo.predict_folder(small_model, folder, tmp_path / "cpu", workers=0)
+    segzoo.predict_folder(copy.deepcopy(small_model), folder, tmp_path / "cuda", workers=2, device="cuda")
+    for name in NESTED:
+        cpu, cuda = (np.asarray(Image.open(tmp_path / where / labels_of(name))) for where in ("cpu", "cuda"))
+        assert (cpu == cuda).mean() > 0.99  # float rounding differs between the devices
