@@ -22,6 +22,7 @@ _EXPORTS = {
     "model_info": "segzoo.registry",
     "optimize_for_inference": "segzoo.optimize",
     "predict": "segzoo.inference",
+    "predict_folder": "segzoo.jobs",
     "push_to_hub": "segzoo.hub",
     "save_pretrained": "segzoo.hub",
 }
@@ -37,6 +38,7 @@ __all__ = [  # the names of _EXPORTS, written out for readers and linters
     "model_info",
     "optimize_for_inference",
     "predict",
+    "predict_folder",
     "push_to_hub",
     "save_pretrained",
 ]
@@ -44,6 +46,7 @@ __all__ = [  # the names of _EXPORTS, written out for readers and linters
 if TYPE_CHECKING:
     from segzoo.hub import push_to_hub, save_pretrained
     from segzoo.inference import predict
+    from segzoo.jobs import predict_folder
     from segzoo.optimize import optimize_for_inference
     from segzoo.registry import create_backbone, create_model, list_aliases, list_models, model_info
     from segzoo.zoo import ModelInfo

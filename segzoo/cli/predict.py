@@ -1,16 +1,17 @@
-"""``segzoo predict``: segment images and write PNGs, every readable image even when some are not."""
+"""``segzoo predict``: segment images and folders and write PNGs, every readable image even when some are not;
+under ``torchrun`` each process takes its share of the images."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 
-from segzoo.cli.options import add_checkpoint, add_inference, add_quiet, load_model
+from segzoo.cli.options import add_checkpoint, add_inference, add_quiet, load_model, non_negative_int
 
 DEFAULT_MODEL = "moganet_s_fpn_ade20k"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def sample_image_path() -> Path:
@@ -18,102 +19,112 @@ def sample_image_path() -> Path:
     return Path(str(resources.files("segzoo") / "assets" / "sample.png"))
 
 
-def _image_files(inputs: list[str]) -> list[Path]:
-    """The images named on the command line; folders contribute their image files, sorted.
-
-    A link to nothing among a folder's images stays in the list, for :func:`_read` to report.
-    """
-    files = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(
-                p
-                for p in item.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink() and not p.exists())
-            )
-        elif item.is_file() or item.is_symlink():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"no such image or folder: {item}")
-    if not files:
-        raise FileNotFoundError(f"no images found in {', '.join(inputs)}")
-    return files
+def _launched_by_torchrun() -> bool:
+    """Whether this process is one of several that a launcher started to meet in a process group."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ
 
 
-def _read(path: Path, pipeline):
-    """The image at ``path`` read as ``pipeline``'s upstream reader did, or ``None`` after saying why it cannot be."""
-    from PIL import Image, UnidentifiedImageError
-
-    from segzoo.inference import load_image
-
-    if path.is_symlink() and not path.exists():
-        print(f"segzoo: error: {path}: a link to {path.readlink()}, which does not exist", file=sys.stderr)
-        return None
-    try:
-        return load_image(path, pipeline)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
-        reason = str(err).replace(str(path), "").strip(" :'") or type(err).__name__
-        print(f"segzoo: error: {path}: not an image ({reason})", file=sys.stderr)
-        return None
-
-
-def _segment(path: Path, image, model, args: argparse.Namespace):
-    """The label map of ``image`` (read from ``path``), or ``None`` after saying why the model cannot take it."""
-    import segzoo
-
-    try:
-        return segzoo.predict(model, image, mode=args.mode, aug_test=args.aug_test, device=args.device, amp=args.amp)
-    except ValueError as err:  # e.g. too elongated for the entry's resize, or too small for the model
-        print(f"segzoo: error: {path}: {err}", file=sys.stderr)
-        return None
+def _print_written(task) -> None:
+    for path in task.outputs:
+        print(f"wrote {path}")
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import segzoo
-    from segzoo.datasets import dataset_metadata
-    from segzoo.visualize import indexed_labels, render_overlay
+    import torch.distributed as dist
 
-    files = _image_files(args.images) if args.images else [sample_image_path()]
-    model = load_model(args, args.model)
-    if args.fast:
-        model = segzoo.optimize_for_inference(model.to(args.device), inplace=True)
-    class_names, palette = dataset_metadata(model.info.dataset)
+    import segzoo
+    from segzoo.jobs.files import plan_tasks
+    from segzoo.jobs.folder import part_path, run_tasks
+
+    name = segzoo.model_info(args.model).name
     out = Path(args.out) if args.out else Path.cwd()
-    single_file = len(files) == 1 and out.suffix.lower() == ".png"
-    if not single_file:
-        out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in files:
-        image = _read(path, model.info.test_pipeline)
-        prediction = None if image is None else _segment(path, image, model, args)
-        if prediction is None:
-            failed += 1
-            continue
-        labels = prediction.labels
-        suffix = "" if args.output == "overlay" else "_labels"
-        target = out if single_file else out / f"{path.stem}_{model.info.name}{suffix}.png"
-        if args.output == "overlay":
-            render_overlay(image, labels, class_names, palette).save(target)
-        else:
-            indexed_labels(labels, palette).save(target)
-        print(f"wrote {target}")
-    if failed:
-        print(f"segzoo: error: {failed} of {len(files)} files were not segmented (see above)", file=sys.stderr)
-    return 1 if failed else 0
+    tasks = plan_tasks(args.images or [sample_image_path()], out, name, args.output, args.recursive, args.save_scores)
+    device = args.device
+    launched = _launched_by_torchrun()
+    if launched:  # a group only to add up the summary and join the area table: counts travel by gloo
+        dist.init_process_group("gloo")
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    try:
+        model = load_model(args, args.model).to(device)
+        if args.fast:
+            model = segzoo.optimize_for_inference(model, inplace=True)
+        bar = not args.quiet and sys.stderr.isatty()
+        summary = run_tasks(
+            model,
+            tasks,
+            output=args.output,
+            workers=args.workers,
+            skip_existing=args.skip_existing,
+            summary=args.summary,
+            mode=args.mode,
+            aug_test=args.aug_test,
+            amp=args.amp,
+            progress=bar,
+            on_written=None if bar else _print_written,
+        )
+    finally:
+        if launched:
+            dist.destroy_process_group()
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0 or not summary.combined:
+        total = summary.done + summary.skipped + summary.failed
+        if args.summary:
+            table = Path(args.summary)
+            if summary.processes > 1 and not summary.combined:
+                print(f"wrote {part_path(table, rank, summary.processes)} (this process's rows of {table})")
+            else:
+                print(f"wrote {table}")
+        if total > 1 or summary.processes > 1:
+            print(f"segzoo: {summary.describe()}")
+        if summary.failed:
+            print(f"segzoo: error: {summary.failed} of {total} files were not segmented (see above)", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("predict", help="segment images and write PNGs: a colored overlay or indexed labels")
+    p = commands.add_parser(
+        "predict",
+        help="segment images and folders and write PNGs: colored overlays or indexed labels (torchrun: sharded)",
+    )
     p.add_argument("images", nargs="*", help="image files or folders (default: the sample image shipped with segzoo)")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"registered name or alias (default {DEFAULT_MODEL})")
     add_checkpoint(p)
-    p.add_argument("-o", "--out", help="output PNG for one image, else a folder (default: the current folder)")
+    p.add_argument(
+        "-o",
+        "--out",
+        help="output PNG for one image, else a folder; folders' trees are mirrored in it (default: the current folder)",
+    )
     p.add_argument(
         "--output",
         choices=["overlay", "labels"],
         default="overlay",
         help="overlay: image with colored classes and a legend; labels: indexed PNG with the dataset palette",
     )
+    p.add_argument(
+        "--recursive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take the images of folders' subfolders too (default); --no-recursive: only the folders' own",
+    )
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=2,
+        metavar="N",
+        help="processes that decode and resize images ahead of the model (default 2; 0: none)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave images whose outputs exist alone: run a killed job again to finish it",
+    )
+    p.add_argument(
+        "--save-scores",
+        action="store_true",
+        help="also write each image's class probabilities, (classes, H, W) float16, as <stem>_<model>_scores.npz",
+    )
+    p.add_argument("--summary", metavar="CSV", help="write a table of each image's class areas (pixels, share)")
     add_inference(p)
     p.add_argument(
         "--fast",

@@ -9,17 +9,28 @@ from segzoo.inference.pipeline import (
     resize_image,
     shortest_edge_shape,
 )
-from segzoo.inference.predict import Prediction, infer_labels, infer_scores, predict
+from segzoo.inference.predict import (
+    Prediction,
+    PreparedImage,
+    infer_labels,
+    infer_scores,
+    predict,
+    predict_prepared,
+    prepare_image,
+)
 from segzoo.inference.rescale import rescaled_labels, rescaled_scores, resize_rows
 
 __all__ = [
     "Prediction",
+    "PreparedImage",
     "check_aspect_ratio",
     "infer_labels",
     "infer_scores",
     "keep_ratio_shape",
     "load_image",
     "predict",
+    "predict_prepared",
+    "prepare_image",
     "preprocess",
     "rescaled_labels",
     "rescaled_scores",

@@ -18,7 +18,7 @@ from segzoo.inference.rescale import View, rescaled_labels, rescaled_scores
 from segzoo.optimize import EvalOnly
 from segzoo.registry import create_model
 from segzoo.segmentors import EncoderDecoder
-from segzoo.zoo.records import InferencePipeline
+from segzoo.zoo.records import InferencePipeline, ModelInfo
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 Mode = Literal["whole", "slide"]
@@ -41,6 +41,18 @@ class Prediction:
 
     labels: np.ndarray
     scores: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image's plain-test model input, computed ahead of the forward (in a DataLoader worker).
+
+    ``size`` is the image's own ``(H, W)``, the size its labels come back at; ``pixels`` the ``(1, 3, h, w)``
+    float32 input :func:`prepare_image` computed, on the CPU.
+    """
+
+    size: tuple[int, int]
+    pixels: torch.Tensor
 
 
 def _checked_uint8(array: np.ndarray, what: str) -> np.ndarray:
@@ -98,16 +110,33 @@ def _is_single(images: ImageLike | Sequence[ImageLike]) -> bool:
     return not isinstance(images, (list, tuple))
 
 
+def _sized_error(what: str, size: tuple[int, int], err: ValueError) -> ValueError:
+    """``err`` naming the image (``what``) and its size: the message every refused image gets."""
+    return ValueError(f"{what} ({size[1]}x{size[0]} pixels): {err}")
+
+
+def prepare_image(image: np.ndarray, info: ModelInfo, what: str = "image") -> PreparedImage:
+    """The plain test's model input of an ``(H, W, 3)`` uint8 RGB image, on the CPU: the resize and normalization
+    :func:`predict` does before the forward, split off so that a DataLoader worker can do it ahead."""
+    size = image.shape[:2]
+    try:
+        pixels = preprocess(image, info.test_pipeline, info.normalization)
+    except ValueError as err:  # too elongated for the entry's resize
+        raise _sized_error(what, size, err) from err
+    return PreparedImage(size, pixels)
+
+
 def _run_views(
     model: EncoderDecoder,
-    images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray] | PreparedImage,
     views: list[tuple[float, bool]],
     mode: Mode,
     amp: Amp | None,
     channels_last: bool,
     what: str,
 ) -> Iterator[View]:
-    """The ``(N, C, h, w)`` logits of each ``(ratio, flip)`` view of same-sized images, one view at a time.
+    """The ``(N, C, h, w)`` logits of each ``(ratio, flip)`` view of same-sized images, one view at a time
+    (of a prepared image, its one plain view).
 
     An image the pipeline or the model cannot take raises a ValueError that names it (``what``) and its size.
     """
@@ -117,11 +146,16 @@ def _run_views(
     stride = pipeline.stride or (crop[0] * 2 // 3, crop[1] * 2 // 3)
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=_AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
-    height, width = images[0].shape[:2]
+    size = images.size if isinstance(images, PreparedImage) else images[0].shape[:2]
     try:
-        check_aspect_ratio(height, width, pipeline, tuple(ratio for ratio, _ in views))
+        check_aspect_ratio(*size, pipeline, tuple(ratio for ratio, _ in views))
         for ratio, flip in views:
-            x = torch.cat([preprocess(image, pipeline, info.normalization, ratio, flip, device) for image in images])
+            if isinstance(images, PreparedImage):
+                x = images.pixels.to(device, non_blocking=True)
+            else:
+                x = torch.cat(
+                    [preprocess(image, pipeline, info.normalization, ratio, flip, device) for image in images]
+                )
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
@@ -135,12 +169,12 @@ def _run_views(
             yield (logits if isinstance(model, EvalOnly) else logits.contiguous(), flip)
             del x, logits  # before the next view's forward: a consumer that keeps a running sum holds no view
     except ValueError as err:
-        raise ValueError(f"{what} ({width}x{height} pixels): {err}") from err
+        raise _sized_error(what, size, err) from err
 
 
 def _view_logits(
     model: EncoderDecoder,
-    images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray] | PreparedImage,
     mode: Mode | None,
     aug_test: bool,
     amp: Amp | None,
@@ -231,7 +265,6 @@ def predict(
         model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    label_dtype = torch.uint8 if model.num_classes <= 256 else torch.int64
     pipeline = model.require_info().test_pipeline
     single = _is_single(images)
     inputs = [images] if single or torch.is_tensor(images) else list(images)
@@ -241,13 +274,40 @@ def predict(
         if isinstance(image, (str, Path)):
             what = f"{what} {image}"
         for array in _as_arrays(image, what, pipeline):
-            views, align_corners = _view_logits(model, [array], mode, aug_test, amp, channels_last, what)
-            size = array.shape[:2]
-            if return_scores:
-                scores = rescaled_scores(views, size, align_corners, averaged=aug_test)[0]
-                labels = scores.argmax(dim=0).to(label_dtype)
-                results.append(Prediction(labels.cpu().numpy(), scores.cpu()))
-            else:
-                labels = rescaled_labels(views, size, align_corners, averaged=aug_test, dtype=label_dtype)[0]
-                results.append(Prediction(labels.cpu().numpy()))
+            views = _view_logits(model, [array], mode, aug_test, amp, channels_last, what)
+            results.append(_prediction(model, views, array.shape[:2], aug_test, return_scores))
     return results[0] if single else results
+
+
+def _prediction(
+    model: EncoderDecoder,
+    views: tuple[Iterator[View], bool],
+    size: tuple[int, int],
+    aug_test: bool,
+    return_scores: bool,
+) -> Prediction:
+    """One image's :class:`Prediction` at ``size`` from its views' logits and their ``align_corners``."""
+    views, align_corners = views
+    label_dtype = torch.uint8 if model.num_classes <= 256 else torch.int64
+    if return_scores:
+        scores = rescaled_scores(views, size, align_corners, averaged=aug_test)[0]
+        return Prediction(scores.argmax(dim=0).to(label_dtype).cpu().numpy(), scores.cpu())
+    labels = rescaled_labels(views, size, align_corners, averaged=aug_test, dtype=label_dtype)[0]
+    return Prediction(labels.cpu().numpy())
+
+
+@torch.inference_mode()
+def predict_prepared(
+    model: EncoderDecoder,
+    prepared: PreparedImage,
+    mode: Mode | None = None,
+    amp: Amp | None = None,
+    channels_last: bool = False,
+    return_scores: bool = False,
+    what: str = "image",
+) -> Prediction:
+    """What ``predict(model, image, ...)`` returns for the image :func:`prepare_image` prepared (the plain test;
+    the aug-test's views are built from the image itself). The model is used where it is, in eval mode."""
+    model.eval()
+    views = _view_logits(model, prepared, mode, False, amp, channels_last, what)
+    return _prediction(model, views, prepared.size, False, return_scores)
