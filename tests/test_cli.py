@@ -101,7 +101,7 @@ def test_one_unreadable_image_never_costs_the_others(tmp_path, capsys):
     Image.new("RGB", (36, 36), (10, 80, 40)).save(folder / "c.png")
     out = tmp_path / "out"
     assert main(["predict", str(folder), "-m", name, "-c", str(ckpt), "-o", str(out), "--quiet"]) == 1
-    assert sorted(p.name for p in out.iterdir()) == [f"a_{name}.png", f"c_{name}.png"]
+    assert sorted(p.name for p in out.iterdir()) == [f"a_{name}_labels.png", f"c_{name}_labels.png"]
     err = capsys.readouterr().err
     assert f"segzoo: error: {folder / 'b.jpg'}: not an image (" in err and "Traceback" not in err
 
@@ -273,7 +273,7 @@ def test_predict_reports_an_image_too_elongated_and_a_broken_link_and_goes_on(tm
     Image.new("RGB", (36, 36), (10, 80, 40)).save(folder / "d.png")
     out = tmp_path / "out"
     assert main(["predict", str(folder), "-m", name, "-c", str(ckpt), "-o", str(out), "-q"]) == 1
-    assert sorted(p.name for p in out.iterdir()) == [f"a_{name}.png", f"d_{name}.png"]
+    assert sorted(p.name for p in out.iterdir()) == [f"a_{name}_labels.png", f"d_{name}_labels.png"]
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = err.splitlines()

@@ -38,7 +38,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     name = segzoo.model_info(args.model).name
     out = Path(args.out) if args.out else Path.cwd()
-    tasks = plan_tasks(args.images or [sample_image_path()], out, name, args.output, args.recursive, args.save_scores)
+    inputs = args.images or [sample_image_path()]
+    if args.output is None:  # a folder job's default is the label images; one image's, the overlay to look at
+        args.output = "labels" if any(Path(item).is_dir() for item in inputs) else "overlay"
+    tasks = plan_tasks(inputs, out, name, args.output, args.recursive, args.save_scores)
     device = args.device
     launched = _launched_by_torchrun()
     if launched:  # a group only to add up the summary and join the area table: counts travel by gloo
@@ -98,8 +101,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--output",
         choices=["overlay", "labels"],
-        default="overlay",
-        help="overlay: image with colored classes and a legend; labels: indexed PNG with the dataset palette",
+        help="overlay: image with colored classes and a legend; labels: indexed PNG with the dataset palette "
+        "(default: labels when a folder is among the inputs, else overlay)",
     )
     p.add_argument(
         "--recursive",

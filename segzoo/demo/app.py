@@ -64,7 +64,7 @@ def legend_html(result: Segmentation) -> str:
     """The classes present, largest first: colour swatch, name and share, as the overlay's legend lists them."""
     rows = "".join(
         f'<li><span class="swatch" style="background: rgb{area.color}"></span>'
-        f'<span class="name">{html.escape(area.name)}</span> <span class="share">{100 * area.share:.1f}%</span></li>'
+        f'<span class="name">{html.escape(area.name)}</span> <span class="share">{100 * area.fraction:.1f}%</span></li>'
         for area in result.areas
     )
     return f"<ul>{rows}</ul>"
@@ -94,7 +94,7 @@ def build_app(models: DemoModels, entries: Sequence[str], initial: str) -> gr.Bl
             f"Segmented {picture.width}x{picture.height} pixels in **{result.seconds:.2f} s** "
             f"({precision}: {PRECISIONS[precision]}; on {models.device})."
         )
-        rows = [[a.index, a.name, a.pixels, round(100 * a.share, 2)] for a in result.areas]
+        rows = [[a.index, a.name, a.pixels, round(100 * a.fraction, 2)] for a in result.areas]
         # The details go to the page in a second step, so that the API returns the two images alone
         return result.overlay, result.labels, (legend_html(result), rows, timing)
 

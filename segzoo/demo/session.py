@@ -7,21 +7,19 @@ import inspect
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from segzoo.datasets import dataset_metadata
 from segzoo.inference import load_image, predict
+from segzoo.jobs.outputs import ClassArea, ClassMeta, class_areas, label_image, overlay_image
 from segzoo.optimize import optimize_for_inference
 from segzoo.registry import create_model, model_info
-from segzoo.visualize import indexed_labels, legend_entries, render_overlay
 from segzoo.weights.errors import WeightsError
 from segzoo.zoo.records import ModelInfo
 
@@ -175,17 +173,6 @@ def read_upload(path: str | Path, shown_name: str, info: ModelInfo, max_pixels: 
 
 
 @dataclass(frozen=True)
-class ClassArea:
-    """One class present in a label map: its index, name, palette colour, pixel count and share of the image."""
-
-    index: int
-    name: str
-    color: tuple[int, int, int]
-    pixels: int
-    share: float
-
-
-@dataclass(frozen=True)
 class Segmentation:
     """What the page shows for one image: the overlay with its legend, the indexed label image, the classes
     present (largest first) and the seconds the model took."""
@@ -196,27 +183,15 @@ class Segmentation:
     seconds: float
 
 
-def class_areas(labels: np.ndarray, class_names: Sequence[str], palette: Sequence[tuple[int, int, int]]) -> tuple:
-    """The classes present in ``labels``, largest first, as :class:`ClassArea` records."""
-    return tuple(
-        ClassArea(c, class_names[c].strip(), tuple(palette[c]), round(share * labels.size), float(share))
-        for c, share in legend_entries(labels, len(class_names))
-    )
-
-
 def segment(model: nn.Module, image: Image.Image) -> Segmentation:
     """Segment ``image`` with ``model`` as the entry's test pipeline does, timing the model alone."""
     info = model.info
     start = time.perf_counter()
     labels = predict(model, image).labels
     seconds = time.perf_counter() - start
-    class_names, palette = dataset_metadata(info.dataset)
-    return Segmentation(
-        render_overlay(image, labels, class_names, palette),
-        indexed_labels(labels, palette),
-        class_areas(labels, class_names, palette),
-        seconds,
-    )
+    classes = ClassMeta.of(info)
+    areas = sorted(class_areas(labels, classes), key=lambda area: -area.pixels)
+    return Segmentation(overlay_image(image, labels, classes), label_image(labels, classes), tuple(areas), seconds)
 
 
 def card_markdown(loaded: LoadedModel) -> str:

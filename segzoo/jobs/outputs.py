@@ -57,27 +57,31 @@ def probabilities(scores: torch.Tensor, averaged: bool) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClassArea:
-    """Pixels of one class in one image."""
+    """Pixels of one class in one image, with the class's name and palette colour."""
 
-    class_index: int
+    index: int
+    name: str
+    color: tuple[int, int, int]
     pixels: int
     fraction: float
 
 
-def class_areas(labels: np.ndarray, num_classes: int) -> list[ClassArea]:
+def class_areas(labels: np.ndarray, classes: ClassMeta) -> list[ClassArea]:
     """The classes present in ``labels``, by class index, with their pixel counts and shares of the image."""
-    counts = np.bincount(labels.ravel().astype(np.int64), minlength=num_classes)
-    return [ClassArea(int(c), int(counts[c]), counts[c] / labels.size) for c in np.flatnonzero(counts)]
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(classes.names))
+    return [
+        ClassArea(int(c), classes.names[c].strip(), tuple(classes.palette[c]), int(counts[c]), counts[c] / labels.size)
+        for c in np.flatnonzero(counts)
+    ]
 
 
 def area_rows(source: Path, labels: np.ndarray, classes: ClassMeta) -> list[list[str]]:
     """The area table's rows (:data:`AREA_COLUMNS`) of one image."""
     height, width = labels.shape
     return [
-        [str(source), str(width), str(height), str(a.class_index), classes.names[a.class_index].strip(),
-         str(a.pixels), f"{a.fraction:.6f}"]
-        for a in class_areas(labels, len(classes.names))
-    ]  # fmt: skip
+        [str(source), str(width), str(height), str(a.index), a.name, str(a.pixels), f"{a.fraction:.6f}"]
+        for a in class_areas(labels, classes)
+    ]
 
 
 def write_atomically(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
