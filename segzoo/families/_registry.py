@@ -171,20 +171,29 @@ def without_classifier(state_dict: StateDict, classifier_keys: tuple[str, ...]) 
 
 class _MetaBuild(TorchFunctionMode):
     """Builds on the meta device without running initialization: tensor constructors given no device make meta
-    tensors (as ``with torch.device("meta")`` does) and ``torch.nn.init`` functions return at once (they would do
-    nothing on meta tensors but cost time on each of the model's layers). One mode doing both costs one pass
-    through Python per tensor operation of the constructors, not two; like any torch function mode, it is local
-    to the thread that enters it."""
+    tensors (as ``with torch.device("meta")`` does), and ``torch.nn.init`` functions and in-place value updates
+    of meta tensors return at once (they would do nothing on meta tensors but cost time on each of the model's
+    layers). One mode doing both costs one pass through Python per tensor operation of the constructors, not two;
+    like any torch function mode, it is local to the thread that enters it."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _INIT_FUNCTIONS:
             return args[0] if args else kwargs["tensor"]
+        if func in _VALUE_UPDATES and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
         if func in _CONSTRUCTORS and (kwargs is None or kwargs.get("device") is None):
             kwargs = {**(kwargs or {}), "device": _META}
         return func(*args, **(kwargs or {}))
 
 
 _INIT_FUNCTIONS = frozenset(getattr(nn.init, name) for name in nn.init.__all__ if name.endswith("_"))
+# In-place tensor methods that change values only, which layers' initialization calls directly (a batch norm's
+# running statistics, detectron2's He fill through ``normal_``, timm's truncated normal): on a meta tensor they
+# change nothing, yet torch runs some as Python decompositions.
+_VALUE_UPDATES = frozenset(
+    getattr(torch.Tensor, name)
+    for name in ("zero_", "fill_", "normal_", "uniform_", "copy_", "erfinv_", "mul_", "add_", "clamp_", "div_")
+)
 _CONSTRUCTORS = frozenset(_device_constructors())  # the functions torch.device(...) as a context gives a device
 _META = torch.device("meta")
 
