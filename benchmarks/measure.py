@@ -43,19 +43,21 @@ def interleaved_seconds(
     warmup: int = 1,
     device: torch.device | str | None = None,
     around: Callable[[str], AbstractContextManager] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Seconds of each runner's runs: ``warmup`` untimed rounds, then ``runs`` timed ones, every runner once per
     round in the mapping's order. ``around(name)``, where given, wraps each run outside the timed span (setting
-    a variant up, or watching its memory)."""
+    a variant up, or watching its memory). ``clock``: wall-clock by default; ``time.process_time`` gives this
+    process's CPU time, which other processes' load on a shared machine disturbs less."""
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(warmup + runs):
         for name, run in runners.items():
             with around(name) if around else contextlib.nullcontext():
                 synchronize(device)
-                start = time.perf_counter()
+                start = clock()
                 run()
                 synchronize(device)
-                elapsed = time.perf_counter() - start
+                elapsed = clock() - start
             if round_index >= warmup:
                 seconds[name].append(elapsed)
     return seconds

@@ -62,7 +62,15 @@ def _segment(path: Path, image, model, args: argparse.Namespace):
     import segzoo
 
     try:
-        return segzoo.predict(model, image, mode=args.mode, aug_test=args.aug_test, device=args.device, amp=args.amp)
+        return segzoo.predict(
+            model,
+            image,
+            mode=args.mode,
+            aug_test=args.aug_test,
+            device=args.device,
+            amp=args.amp,
+            precision=args.precision,
+        )
     except ValueError as err:  # e.g. too elongated for the entry's resize, or too small for the model
         print(f"segzoo: error: {path}: {err}", file=sys.stderr)
         return None
@@ -71,12 +79,14 @@ def _segment(path: Path, image, model, args: argparse.Namespace):
 def _predict(args: argparse.Namespace) -> int:
     import segzoo
     from segzoo.datasets import dataset_metadata
+    from segzoo.inference.predict import PRECISIONS
     from segzoo.visualize import indexed_labels, render_overlay
 
     files = _image_files(args.images) if args.images else [sample_image_path()]
     model = load_model(args, args.model)
-    if args.fast:
-        model = segzoo.optimize_for_inference(model.to(args.device), inplace=True)
+    if args.fast or args.precision != "fp32":
+        dtype = PRECISIONS[args.precision]
+        model = segzoo.optimize_for_inference(model.to(args.device), inplace=True, dtype=dtype)
     class_names, palette = dataset_metadata(model.info.dataset)
     out = Path(args.out) if args.out else Path.cwd()
     single_file = len(files) == 1 and out.suffix.lower() == ".png"
