@@ -163,3 +163,16 @@ def test_cli_refuses_an_unknown_precision(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["moganet_xt_fpn_ade20k", "emanet_r50_cityscapes", "regproxy_vit_ti16_ade20k"])
+def test_bf16_on_cuda_keeps_the_floor(name):
+    model = segzoo.create_model(name).cuda()
+    x = random_input(name).cuda()
+    with torch.inference_mode():
+        reference = model(x).double()
+        out = optimize_for_inference(model, dtype=BF16)(x)
+    assert out.dtype == torch.float32 and out.device.type == "cuda"
+    assert ((out.double() - reference).norm() / reference.norm()).item() < REL_ERROR_BOUND
