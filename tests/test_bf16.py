@@ -176,3 +176,10 @@ def test_bf16_on_cuda_keeps_the_floor(name):
         out = optimize_for_inference(model, dtype=BF16)(x)
     assert out.dtype == torch.float32 and out.device.type == "cuda"
     assert ((out.double() - reference).norm() / reference.norm()).item() < REL_ERROR_BOUND
+
+
+def test_float32_islands_keep_their_weights_unrounded(emanet):
+    fast = optimize_for_inference(emanet, dtype=BF16)
+    island = next(m for m in fast.modules() if isinstance(m, EMAUnit))
+    original = next(m for m in emanet.modules() if isinstance(m, EMAUnit))
+    assert torch.equal(island.mu, original.mu) and torch.equal(island.conv1.weight, original.conv1.weight)

@@ -375,24 +375,35 @@ def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool, dty
     return model
 
 
+def _cast_own_tensors(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the floating-point parameters and buffers ``module`` itself holds (not its children's) to ``dtype``."""
+    for name, parameter in module.named_parameters(recurse=False):
+        if parameter.is_floating_point():
+            setattr(module, name, nn.Parameter(parameter.detach().to(dtype), requires_grad=False))
+    for name, buffer in module.named_buffers(recurse=False):
+        if buffer.is_floating_point():
+            setattr(module, name, buffer.to(dtype))
+
+
 def _set_compute_dtype(model: nn.Module, dtype: torch.dtype) -> None:
     """Cast ``model`` to ``dtype`` but for its float32 islands, which cast their inputs up and their outputs back;
     the model casts its inputs to ``dtype`` and returns float32 (a segmentor's resize runs on float32 logits)."""
     parameter = next(model.parameters(), None)
     if dtype == torch.bfloat16 and (parameter is None or parameter.device.type == "cpu") and not cpu_computes_bf16():
         _warn_slow_bf16()
-    model.to(dtype)
     inside_island: set[int] = set()
     rounds_input = True
     for module in model.modules():
         island = next((i for i in _float32_islands() if i.matches(module)), None)
         if island is None or id(module) in inside_island:
             continue
-        module.float()
         inside_island.update(id(m) for m in module.modules())
         rounds_input = rounds_input and not island.takes_model_input
         module.register_forward_pre_hook(CastInputs(torch.float32))
         module.register_forward_hook(CastOutput(dtype))
+    for module in model.modules():  # the islands keep their float32 tensors as they are, never rounded
+        if id(module) not in inside_island:
+            _cast_own_tensors(module, dtype)
     if rounds_input:
         model.register_forward_pre_hook(CastInputs(dtype))
     model.register_forward_hook(CastOutput(torch.float32))
