@@ -92,10 +92,12 @@ class Rewrite:
 @dataclass(frozen=True)
 class PrefersChannelsLast:
     """A part of a segmentor (backbone, neck, head) that is, or holds, a module of one of ``types`` runs faster
-    channels-last on the device types ``devices`` (measured: ``benchmarks/RESULTS.md``)."""
+    channels-last on the device types ``devices`` (measured: ``benchmarks/RESULTS.md``), in a model computing in
+    one of ``dtypes`` (``None``: any)."""
 
     types: tuple[type, ...]
     devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...] | None = None
 
 
 def _qualified_name(cls: type) -> str:
@@ -291,16 +293,21 @@ def _parts(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-def _prefers_channels_last(part: nn.Module, device: torch.device) -> bool:
-    """Whether ``part`` runs faster channels-last on ``device``, as the architecture modules declare."""
-    types = tuple(t for fact in _channels_last_preferences() if device.type in fact.devices for t in fact.types)
+def _prefers_channels_last(part: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``part`` runs faster channels-last on ``device`` in ``dtype``, as the architecture modules declare."""
+    types = tuple(
+        t
+        for fact in _channels_last_preferences()
+        if device.type in fact.devices and (fact.dtypes is None or dtype in fact.dtypes)
+        for t in fact.types
+    )
     return any(isinstance(module, types) for module in part.modules())
 
 
-def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast) -> None:
+def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast, dtype: torch.dtype) -> None:
     device = next(model.parameters()).device
     for part in _parts(model):
-        wanted = _prefers_channels_last(part, device) if channels_last == "auto" else bool(channels_last)
+        wanted = _prefers_channels_last(part, device, dtype) if channels_last == "auto" else bool(channels_last)
         part.to(memory_format=_memory_format(wanted))
         part.register_forward_pre_hook(ConvertInputs(wanted))
 
@@ -368,7 +375,7 @@ def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool, dty
         model = copy.deepcopy(model)  # shares the immutable ``model.info``
     model = _apply_rewrites(model.eval(), PHASES, dtype)
     model.requires_grad_(False)
-    _set_memory_formats(model, channels_last)
+    _set_memory_formats(model, channels_last, dtype)
     model = model if isinstance(model, EvalOnly) else FastModule(model)
     if dtype != torch.float32:
         _set_compute_dtype(model, dtype)
