@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from segzoo.families import Family, build_architecture, convert_imagenet_state_dict, convert_state_dict, families
@@ -78,6 +79,7 @@ def create_model(
     progress: bool | None = None,
     verify: bool | None = None,
     fuse: bool = False,
+    dtype: torch.dtype = torch.float32,
     **kwargs: Any,
 ) -> EncoderDecoder:
     """Build a registered model, in eval mode, optionally with weights.
@@ -93,9 +95,12 @@ def create_model(
     ``SEGZOO_VERIFY=always``) re-hashes cached weight files on this load even
     when their size and mtime are unchanged. Other keyword arguments go to the
     architecture builder (e.g. ``drop_path_rate``). ``fuse=True`` returns the eval-only
-    inference fast path of :func:`segzoo.optimize_for_inference` (same outputs, faster).
+    inference fast path of :func:`segzoo.optimize_for_inference` (same outputs, faster); with it,
+    ``dtype=torch.bfloat16`` gives the bf16 fast path (bf16 weights and activations but where float32 is needed).
     """
     _check_num_classes(num_classes)
+    if dtype != torch.float32 and not fuse:
+        raise ValueError(f"dtype={dtype} needs fuse=True: only the inference fast path runs in another dtype")
     from_hub = name.startswith(HF_HUB_PREFIX)
     info = _hub_info(name) if from_hub else model_info(name)
     classes = info.num_classes if num_classes is None else num_classes
@@ -117,7 +122,7 @@ def create_model(
                 stacklevel=2,
             )
     if fuse:
-        return optimize_for_inference(model, inplace=True)
+        return optimize_for_inference(model, inplace=True, dtype=dtype)
     return model.eval()
 
 

@@ -63,7 +63,8 @@ def test_cards_render_what_the_detectron2_and_glore_entries_need():
 
 BENCHMARK_HEADER = (
     "name,family,resolution,mode,device,device_name,threads,images_per_s,latency_ms,peak_mem_mb,"
-    "gflops,gflop_per_s,peak_fraction,speedup_vs_eager,note"
+    "gflops,gflop_per_s,peak_fraction,speedup_vs_eager,bf16_max_err,bf16_rel_err,bf16_agreement,"
+    "bf16_agreement_clear,note"
 )
 
 
@@ -76,9 +77,11 @@ def zoo_csv(tmp_path):
         "\n".join(
             [
                 BENCHMARK_HEADER,
-                "moganet_xt_fpn_ade20k,moganet,512x512,eager,cpu,Xeon,2,2.50,400.0,310,25.1,62.8,0.10,1.00,",
-                "moganet_xt_fpn_ade20k,moganet,512x512,fast,cpu,Xeon,2,3.50,285.7,280,25.1,88.0,0.14,1.40,",
-                "regproxy_vit_ti16_ade20k,regproxy,512x512,bf16,cuda,,,,,,3.9,,,,needs a GPU",
+                "moganet_xt_fpn_ade20k,moganet,512x512,eager,cpu,Xeon,2,2.50,400.0,310,25.1,62.8,0.10,1.00,,,,,",
+                "moganet_xt_fpn_ade20k,moganet,512x512,fast,cpu,Xeon,2,3.50,285.7,280,25.1,88.0,0.14,1.40,,,,,",
+                "moganet_xt_fpn_ade20k,moganet,256x256 sample,bf16,cpu,Xeon,1,,95.0,,,,,3.10,0.02,0.004,99.10%,"
+                "100.00%,vs eager fp32",
+                "regproxy_vit_ti16_ade20k,regproxy,512x512,bf16,cuda,,,,,,3.9,,,,,,,,needs a GPU",
             ]
         )
         + "\n"
@@ -90,10 +93,16 @@ def test_cards_show_the_entrys_benchmark_rows_or_say_not_yet_measured(tmp_path, 
     (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
     files = expected_files(tmp_path)
     moganet = files[tmp_path / "model_cards" / "moganet_xt_fpn_ade20k.md"]
-    assert "| eager | Xeon | 2 | 512x512 | 2.50 | 400.0 | 310 | 25.1 | 62.8 | 0.10 | 1.00 | - |" in moganet
-    assert "| fast | Xeon | 2 | 512x512 | 3.50 | 285.7 | 280 | 25.1 | 88.0 | 0.14 | 1.40 | - |" in moganet
+    assert (
+        "| eager | Xeon | 2 | 512x512 | 2.50 | 400.0 | 310 | 25.1 | 62.8 | 0.10 | 1.00 | - | - | - | - | - |" in moganet
+    )
+    assert (
+        "| fast | Xeon | 2 | 512x512 | 3.50 | 285.7 | 280 | 25.1 | 88.0 | 0.14 | 1.40 | - | - | - | - | - |" in moganet
+    )
+    bf16 = "| bf16 | Xeon | 1 | 256x256 sample | - | 95.0 | - | - | - | - | 3.10 | 0.02 | 0.004 | 99.10% | 100.00% |"
+    assert f"{bf16} vs eager fp32 |" in moganet
     regproxy = files[tmp_path / "model_cards" / "regproxy_vit_ti16_ade20k.md"]
-    assert "| bf16 | cuda | - | 512x512 | - | - | - | 3.9 | - | - | - | needs a GPU |" in regproxy
+    assert "| bf16 | cuda | - | 512x512 | - | - | - | 3.9 | - | - | - | - | - | - | - | needs a GPU |" in regproxy
     assert "Not yet measured" in files[tmp_path / "model_cards" / "emanet_r50_coco.md"]
 
 

@@ -440,3 +440,16 @@ def test_eval_refuses_a_classifier_it_would_have_to_initialize_randomly(checkpoi
         f"segzoo: error: --num-classes 3: the classifier in {checkpoint} is for another number of classes, so eval "
         "would score a randomly initialized one; pass --checkpoint with the model fine-tuned for 3 classes\n"
     )
+
+
+def test_cli_eval_records_the_precision(square_root, checkpoint, tmp_path, monkeypatch):
+    from segzoo import optimize
+
+    monkeypatch.setattr(optimize, "cpu_computes_bf16", lambda: True)
+    outs = {p: tmp_path / f"{p}.json" for p in ("fp32", "bf16")}
+    for precision, out in outs.items():
+        argv = ["eval", NAME, "--data-root", str(square_root), "-c", str(checkpoint), "--limit", "1", "--quiet"]
+        assert main([*argv, "--precision", precision, "--out", str(out)]) == 0
+    results = {p: json.loads(out.read_text()) for p, out in outs.items()}
+    assert results["fp32"]["settings"]["precision"] == "fp32" and results["bf16"]["settings"]["precision"] == "bf16"
+    assert 0 <= results["bf16"]["measured"]["mIoU"] <= 100

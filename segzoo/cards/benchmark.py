@@ -22,8 +22,14 @@ BENCHMARK_COLUMNS = (
     "gflop_per_s",
     "peak_fraction",
     "speedup_vs_eager",
+    "bf16_max_err",
+    "bf16_rel_err",
+    "bf16_agreement",
+    "bf16_agreement_clear",
     "note",
 )
+"""``bf16_*``: a bf16 row's distance from eager fp32 (``benchmarks/bf16_fidelity.py`` writes them): largest and
+relative logit error, label agreement over all pixels and where fp32's top-2 margin is clear."""
 BenchmarkRow = Mapping[str, str]
 
 

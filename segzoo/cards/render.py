@@ -165,6 +165,10 @@ _BENCHMARK_HEADINGS = {
     "gflop_per_s": "GFLOP/s",
     "peak_fraction": "Of peak",
     "speedup_vs_eager": "vs eager",
+    "bf16_max_err": "Max logit err",
+    "bf16_rel_err": "Rel logit err",
+    "bf16_agreement": "Label agreement",
+    "bf16_agreement_clear": "Agreement (clear margin)",
     "note": "Note",
 }
 
@@ -181,7 +185,10 @@ def _benchmark_section(rows: Sequence[BenchmarkRow]) -> list[str]:
     if not rows:
         return lines + ["Not yet measured (`python benchmarks/zoo.py` measures it on your machine).", ""]
     return lines + [
-        "As measured by `benchmarks/zoo.py` (`benchmarks/zoo.csv`); batch 1, fp32 unless the mode says otherwise.",
+        "As measured by `benchmarks/zoo.py` and `benchmarks/bf16_fidelity.py` (`benchmarks/zoo.csv`); batch 1, fp32 "
+        "unless the mode says otherwise. The CPU bf16 rows compare `optimize_for_inference(model, "
+        "dtype=torch.bfloat16)` with eager fp32: logit error, and label agreement over all pixels and where fp32's "
+        "top-2 margin is clear.",
         "",
         "| " + " | ".join(_BENCHMARK_HEADINGS.values()) + " |",
         "|" + "---|" * len(_BENCHMARK_HEADINGS),

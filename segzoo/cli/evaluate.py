@@ -46,6 +46,7 @@ def _eval(args: argparse.Namespace) -> int:
     from segzoo.datasets.check import check_custom_data
     from segzoo.datasets.folders import CustomFolder, open_data
     from segzoo.evaluation.runner import evaluate, format_report
+    from segzoo.inference.predict import model_for_precision
 
     device = args.device
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun
@@ -60,9 +61,9 @@ def _eval(args: argparse.Namespace) -> int:
         )  # before downloads
         if isinstance(dataset, CustomFolder):
             check_custom_data([dataset], progress=progress(args) if not launched or dist.get_rank() == 0 else False)
-        model = _scoring_model(args)
+        model = model_for_precision(_scoring_model(args).to(device), args.precision)
         result = evaluate(
-            model.to(device),
+            model,
             dataset,
             mode=args.mode,
             aug_test=args.aug_test,

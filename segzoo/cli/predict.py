@@ -33,6 +33,7 @@ def _predict(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     import segzoo
+    from segzoo.inference.predict import PRECISIONS
     from segzoo.jobs.files import plan_tasks
     from segzoo.jobs.folder import part_path, run_tasks
 
@@ -50,8 +51,8 @@ def _predict(args: argparse.Namespace) -> int:
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     try:
         model = load_model(args, args.model).to(device)
-        if args.fast:
-            model = segzoo.optimize_for_inference(model, inplace=True)
+        if args.fast or args.precision != "fp32":
+            model = segzoo.optimize_for_inference(model, inplace=True, dtype=PRECISIONS[args.precision])
         bar = not args.quiet and sys.stderr.isatty()
         summary = run_tasks(
             model,

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from segzoo.datasets.folders import SegmentationFolder
 from segzoo.evaluation.cityscapes import CityscapesEvaluation
 from segzoo.evaluation.metrics import ConfusionMatrix, detectron2_2019_metrics, mmseg_metrics
-from segzoo.inference.predict import Amp, Mode, infer_labels
+from segzoo.inference.predict import PRECISIONS, Amp, Mode, infer_labels
+from segzoo.optimize import compute_dtype
 from segzoo.segmentors import EncoderDecoder
 from segzoo.visualize import indexed_labels
 from segzoo.zoo.records import ModelInfo
@@ -186,6 +187,7 @@ def evaluate(
         "mode": mode or info.test_pipeline.mode,
         "aug_test": aug_test,
         "amp": amp,
+        "precision": next(name for name, dtype in PRECISIONS.items() if dtype == compute_dtype(model)),
         "batch_size": batch_size,
         "limit": limit,
         "world_size": world_size,

@@ -15,7 +15,7 @@ from PIL import Image
 from segzoo.inference.modes import slide_logits
 from segzoo.inference.pipeline import check_aspect_ratio, load_image, preprocess
 from segzoo.inference.rescale import View, rescaled_labels, rescaled_scores
-from segzoo.optimize import EvalOnly
+from segzoo.optimize import EvalOnly, compute_dtype, optimize_for_inference
 from segzoo.registry import create_model
 from segzoo.segmentors import EncoderDecoder
 from segzoo.zoo.records import InferencePipeline, ModelInfo
@@ -24,6 +24,8 @@ ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 Mode = Literal["whole", "slide"]
 Amp = Literal["bf16", "fp16"]
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _ACCEPTED = (
     "a path, a PIL image, an (H, W, 3) uint8 RGB array, a (3, H, W) or (N, 3, H, W) tensor of 0-255 RGB values, "
     "or a list of them"
@@ -124,6 +126,23 @@ def prepare_image(image: np.ndarray, info: ModelInfo, what: str = "image") -> Pr
     except ValueError as err:  # too elongated for the entry's resize
         raise _sized_error(what, size, err) from err
     return PreparedImage(size, pixels)
+
+
+def model_for_precision(model: EncoderDecoder, precision: Precision) -> EncoderDecoder:
+    """``model`` computing in ``precision``: an fp32 model as it is, a model already optimized for that dtype as
+    it is, an eager model optimized for it (a copy: ``model`` is left as it is); an error for a fast model of
+    another dtype."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if compute_dtype(model) == dtype:
+        return model
+    if isinstance(model, EvalOnly):
+        raise ValueError(
+            f"this model was optimized for inference in {compute_dtype(model)}; for precision={precision!r} pass "
+            f"the eager model (segzoo.create_model) or optimize it with dtype={dtype}"
+        )
+    return optimize_for_inference(model, dtype=dtype)
 
 
 def _run_views(
@@ -241,6 +260,7 @@ def predict(
     amp: Amp | None = None,
     channels_last: bool = False,
     return_scores: bool = False,
+    precision: Precision = "fp32",
 ) -> Prediction | list[Prediction]:
     """Segment images as the entry's upstream test pipeline does; results are at each image's own size.
 
@@ -252,7 +272,11 @@ def predict(
     :class:`Prediction`. Images are resized as uint8, bit-identical to the
     upstream pipeline's input. ``mode`` overrides the entry's inference mode;
     ``aug_test`` runs mmseg's multi-scale + flip test; ``amp``
-    (``"bf16"``/``"fp16"``) runs under autocast. Labels are computed from the
+    (``"bf16"``/``"fp16"``) runs under autocast; ``precision="bf16"`` runs the
+    bf16 fast path (:func:`segzoo.optimize_for_inference` with
+    ``dtype=torch.bfloat16``; built once per call from an eager model, so pass a
+    model optimized that way for many calls), the final resize and argmax in
+    float32; the default ``"fp32"`` runs the model as it is. Labels are computed from the
     logits a band of rows at a time, so memory does not grow with classes x
     image pixels; ``return_scores=True`` also builds the full ``(C, H, W)``
     scores. A name builds the pretrained model; ``device`` moves the model
@@ -263,6 +287,7 @@ def predict(
     model = model_or_name.eval()
     if device is not None:
         model.to(device)
+    model = model_for_precision(model, precision)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     pipeline = model.require_info().test_pipeline

@@ -47,8 +47,10 @@ import copy
 import functools
 import importlib
 import pkgutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar
 
 import torch
@@ -56,7 +58,7 @@ from torch import nn
 
 from segzoo.segmentors import EncoderDecoder
 
-__all__ = ["EvalOnly", "fold", "optimize_for_inference"]
+__all__ = ["EvalOnly", "Float32Island", "compute_dtype", "cpu_computes_bf16", "fold", "optimize_for_inference"]
 
 ChannelsLast = Literal["auto"] | bool
 FastT = TypeVar("FastT", bound="EvalOnly")
@@ -81,6 +83,7 @@ class Rewrite:
     targets: tuple[type | str, ...]
     apply: Callable[[nn.Module], nn.Module]
     devices: tuple[str, ...] | None = None
+    dtypes: tuple[torch.dtype, ...] | None = None
 
     def target_names(self) -> frozenset[str]:
         return frozenset(t if isinstance(t, str) else _qualified_name(t) for t in self.targets)
@@ -89,10 +92,12 @@ class Rewrite:
 @dataclass(frozen=True)
 class PrefersChannelsLast:
     """A part of a segmentor (backbone, neck, head) that is, or holds, a module of one of ``types`` runs faster
-    channels-last on the device types ``devices`` (measured: ``benchmarks/RESULTS.md``)."""
+    channels-last on the device types ``devices`` (measured: ``benchmarks/RESULTS.md``), in a model computing in
+    one of ``dtypes`` (``None``: any)."""
 
     types: tuple[type, ...]
     devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...] | None = None
 
 
 def _qualified_name(cls: type) -> str:
@@ -124,12 +129,36 @@ def _channels_last_preferences() -> tuple[PrefersChannelsLast, ...]:
     return tuple(fact for module in _architecture_modules() for fact in getattr(module, "CHANNELS_LAST", ()))
 
 
-def _apply_rewrites(model: nn.Module, phases: tuple[str, ...]) -> nn.Module:
-    """``model`` after the table's rewrites of ``phases``; submodules are replaced in place, the root returned."""
+@dataclass(frozen=True)
+class Float32Island:
+    """Modules of one of ``types`` (classes or ``"module.QualName"`` names, as in :class:`Rewrite`) run in float32
+    in a bf16 model: measured to lose too much in bf16. ``takes_model_input``: the island is the first thing the
+    model's input meets (a hybrid ViT's CNN stem), so a model holding one takes its input unrounded."""
+
+    types: tuple[type | str, ...]
+    takes_model_input: bool = False
+
+    def matches(self, module: nn.Module) -> bool:
+        names = {t if isinstance(t, str) else _qualified_name(t) for t in self.types}
+        return any(_qualified_name(cls) in names for cls in type(module).__mro__)
+
+
+@functools.cache
+def _float32_islands() -> tuple[Float32Island, ...]:
+    return tuple(island for module in _architecture_modules() for island in getattr(module, "FLOAT32_ISLANDS", ()))
+
+
+def _apply_rewrites(model: nn.Module, phases: tuple[str, ...], dtype: torch.dtype = torch.float32) -> nn.Module:
+    """``model`` after the table's rewrites of ``phases`` for a model to run in ``dtype``; submodules are replaced
+    in place, the root returned."""
     parameter = next(model.parameters(), None)
     device_type = parameter.device.type if parameter is not None else "cpu"
     for rewrite in rewrite_table():
-        if rewrite.phase not in phases or (rewrite.devices is not None and device_type not in rewrite.devices):
+        if (
+            rewrite.phase not in phases
+            or (rewrite.devices is not None and device_type not in rewrite.devices)
+            or (rewrite.dtypes is not None and dtype not in rewrite.dtypes)
+        ):
             continue
         names = rewrite.target_names()
         for path, module in list(model.named_modules()):
@@ -222,6 +251,34 @@ class ConvertInputs:
         return value
 
 
+@dataclass(frozen=True)
+class CastInputs:
+    """A forward pre-hook that casts the floating-point tensor inputs (or lists of them) to ``dtype``."""
+
+    dtype: torch.dtype
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return tuple(_cast(a, self.dtype) for a in args)
+
+
+@dataclass(frozen=True)
+class CastOutput:
+    """A forward hook that casts the floating-point tensor output (or a list of them) to ``dtype``."""
+
+    dtype: torch.dtype
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        return _cast(output, self.dtype)
+
+
+def _cast(value, dtype: torch.dtype):
+    if torch.is_tensor(value) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
+
+
 def _memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -236,18 +293,53 @@ def _parts(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-def _prefers_channels_last(part: nn.Module, device: torch.device) -> bool:
-    """Whether ``part`` runs faster channels-last on ``device``, as the architecture modules declare."""
-    types = tuple(t for fact in _channels_last_preferences() if device.type in fact.devices for t in fact.types)
+def _prefers_channels_last(part: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``part`` runs faster channels-last on ``device`` in ``dtype``, as the architecture modules declare."""
+    types = tuple(
+        t
+        for fact in _channels_last_preferences()
+        if device.type in fact.devices and (fact.dtypes is None or dtype in fact.dtypes)
+        for t in fact.types
+    )
     return any(isinstance(module, types) for module in part.modules())
 
 
-def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast) -> None:
+def _set_memory_formats(model: nn.Module, channels_last: ChannelsLast, dtype: torch.dtype) -> None:
     device = next(model.parameters()).device
     for part in _parts(model):
-        wanted = _prefers_channels_last(part, device) if channels_last == "auto" else bool(channels_last)
+        wanted = _prefers_channels_last(part, device, dtype) if channels_last == "auto" else bool(channels_last)
         part.to(memory_format=_memory_format(wanted))
         part.register_forward_pre_hook(ConvertInputs(wanted))
+
+
+@functools.cache
+def cpu_computes_bf16() -> bool | None:
+    """Whether this CPU has bf16 arithmetic instructions (x86: AVX512-BF16 or AMX-BF16; Arm: BF16), as
+    ``/proc/cpuinfo`` lists them; ``None`` where that file is not there to tell."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = {flag for line in text.splitlines() if line.startswith(("flags", "Features")) for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def _warn_slow_bf16() -> None:
+    """Say once per process that this CPU has no bf16 instructions (or none that can be confirmed)."""
+    known = cpu_computes_bf16()
+    what = "has no bf16 instructions" if known is False else "cannot be confirmed to have bf16 instructions"
+    warnings.warn(
+        f"this CPU {what} (AVX512-BF16, AMX-BF16 or Arm BF16): the bf16 model runs, but emulated, and may be "
+        f"slower than float32; use float32 (the default) for speed here",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a model from :func:`optimize_for_inference` computes in (float32 for any other model)."""
+    return getattr(model, "compute_dtype", torch.float32)
 
 
 def optimize_for_inference(
@@ -256,6 +348,7 @@ def optimize_for_inference(
     channels_last: ChannelsLast = "auto",
     compile: bool = False,
     inplace: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """An eval-only model computing the same function as ``model`` in eval mode, faster.
 
@@ -263,20 +356,62 @@ def optimize_for_inference(
     1x1 convolutions, and each architecture's costliest parts are rewritten into cheaper forms of the same
     function (see :mod:`segzoo.optimize`). ``channels_last``: ``"auto"`` picks the memory format per part
     (backbone, neck, heads) for the device the model is on now (optimize after moving it), ``True``/``False``
-    force it for every part. ``compile`` wraps the result in ``torch.compile``. The result has no gradients and refuses
-    ``.train()``; ``model`` itself is left untouched unless ``inplace``.
+    force it for every part. ``compile`` wraps the result in ``torch.compile``. ``dtype``: ``torch.float32`` (the
+    default: the eager function to float32 rounding) or ``torch.bfloat16`` (bf16 weights and activations except the
+    float32 islands the module docstring lists; takes and returns float32; put the model on its device first). The
+    result has no gradients and refuses ``.train()``; ``model`` itself is left untouched unless ``inplace``.
     """
     if channels_last not in ("auto", True, False):
         raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
     with torch.inference_mode(False), torch.no_grad():  # parameters stay normal tensors inside inference_mode
-        model = _optimized(model, channels_last, inplace)
+        model = _optimized(model, channels_last, inplace, dtype)
     return torch.compile(model) if compile else model
 
 
-def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool) -> nn.Module:
+def _optimized(model: nn.Module, channels_last: ChannelsLast, inplace: bool, dtype: torch.dtype) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)  # shares the immutable ``model.info``
-    model = _apply_rewrites(model.eval(), PHASES)
+    model = _apply_rewrites(model.eval(), PHASES, dtype)
     model.requires_grad_(False)
-    _set_memory_formats(model, channels_last)
-    return model if isinstance(model, EvalOnly) else FastModule(model)
+    _set_memory_formats(model, channels_last, dtype)
+    model = model if isinstance(model, EvalOnly) else FastModule(model)
+    if dtype != torch.float32:
+        _set_compute_dtype(model, dtype)
+    return model
+
+
+def _cast_own_tensors(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the floating-point parameters and buffers ``module`` itself holds (not its children's) to ``dtype``."""
+    for name, parameter in module.named_parameters(recurse=False):
+        if parameter.is_floating_point():
+            setattr(module, name, nn.Parameter(parameter.detach().to(dtype), requires_grad=False))
+    for name, buffer in module.named_buffers(recurse=False):
+        if buffer.is_floating_point():
+            setattr(module, name, buffer.to(dtype))
+
+
+def _set_compute_dtype(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast ``model`` to ``dtype`` but for its float32 islands, which cast their inputs up and their outputs back;
+    the model casts its inputs to ``dtype`` and returns float32 (a segmentor's resize runs on float32 logits)."""
+    parameter = next(model.parameters(), None)
+    if dtype == torch.bfloat16 and (parameter is None or parameter.device.type == "cpu") and not cpu_computes_bf16():
+        _warn_slow_bf16()
+    inside_island: set[int] = set()
+    rounds_input = True
+    for module in model.modules():
+        island = next((i for i in _float32_islands() if i.matches(module)), None)
+        if island is None or id(module) in inside_island:
+            continue
+        inside_island.update(id(m) for m in module.modules())
+        rounds_input = rounds_input and not island.takes_model_input
+        module.register_forward_pre_hook(CastInputs(torch.float32))
+        module.register_forward_hook(CastOutput(dtype))
+    for module in model.modules():  # the islands keep their float32 tensors as they are, never rounded
+        if id(module) not in inside_island:
+            _cast_own_tensors(module, dtype)
+    if rounds_input:
+        model.register_forward_pre_hook(CastInputs(dtype))
+    model.register_forward_hook(CastOutput(torch.float32))
+    model.compute_dtype = dtype

@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from segzoo.layers import ConvNormAct
-from segzoo.optimize import Rewrite
+from segzoo.optimize import PrefersChannelsLast, Rewrite
 
 
 def bn_affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,3 +130,7 @@ REWRITES = (
         rewrite_standardized_conv,
     ),
 )
+
+CHANNELS_LAST = (PrefersChannelsLast((nn.Conv2d,), ("cpu",), dtypes=(torch.bfloat16,)),)
+"""In bf16 on the CPU every part with a convolution runs channels-last: oneDNN's bf16 convolutions (AMX) take
+channels-last operands and reorder any other layout on every call (``benchmarks/RESULTS.md``)."""

@@ -8,7 +8,7 @@ import torch
 from segzoo.heads.glore import GloReFCNHead, GloReUnit2d
 from segzoo.optimize import EvalOnly, Rewrite
 from segzoo.optimize.folding import conv_bn_rewrite
-from segzoo.optimize.resnet import rewrite_winograd_convs
+from segzoo.optimize.resnet import FLOAT32, rewrite_winograd_convs
 
 
 class FastGloReUnit2d(EvalOnly, GloReUnit2d):
@@ -45,5 +45,6 @@ REWRITES = (
         (GloReFCNHead,),
         rewrite_winograd_convs,
         devices=("cpu",),
+        dtypes=FLOAT32,
     ),
 )

@@ -68,10 +68,21 @@ def rewrite_winograd_convs(part: nn.Module) -> nn.Module:
     return part
 
 
+FLOAT32 = (torch.float32,)
+"""The dtypes Winograd runs in: its transforms cost bf16 too much accuracy, and oneDNN's direct bf16
+convolution is the faster one there (``benchmarks/RESULTS.md``)."""
+
 REWRITES = (
     conv_bn_rewrite(Bottleneck, ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
     conv_bn_rewrite(DilatedResNet, ("conv1.6", "bn1")),
-    Rewrite("Winograd 3x3 convs", "rewrite blocks", (DilatedResNet,), rewrite_winograd_convs, devices=("cpu",)),
+    Rewrite(
+        "Winograd 3x3 convs",
+        "rewrite blocks",
+        (DilatedResNet,),
+        rewrite_winograd_convs,
+        devices=("cpu",),
+        dtypes=FLOAT32,
+    ),
 )
 # Channels-last: the dilated ResNets on the CPU and the GPU, and on the CPU every part whose 3x3 convolutions run
 # by Winograd (its transforms read whole channel vectors).

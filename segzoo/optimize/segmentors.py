@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import torch
+
 from segzoo.features import FeatureExtractor
 from segzoo.optimize import EvalOnly, Rewrite
 from segzoo.segmentors import EncoderDecoder
 
 
 class FastEncoderDecoder(EvalOnly, EncoderDecoder):
-    """An :class:`~segzoo.segmentors.EncoderDecoder` after :func:`~segzoo.optimize.optimize_for_inference`."""
+    """An :class:`~segzoo.segmentors.EncoderDecoder` after :func:`~segzoo.optimize.optimize_for_inference`; a bf16
+    model resizes its logits to the input size in float32."""
+
+    def _to_input_size(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return super()._to_input_size(logits.float(), images)
 
 
 class FastFeatureExtractor(EvalOnly, FeatureExtractor):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.heads.proxy import NEIGHBOURS, ProxyHead
-from segzoo.optimize import EvalOnly, Rewrite
+from segzoo.optimize import EvalOnly, Float32Island, Rewrite
 
 ONEDNN_MAX_WIDTH = 768
 _VIT = "segzoo.backbones.vit.ViT"  # named, not imported: its module imports timm, which this one must not
@@ -173,3 +173,7 @@ REWRITES = (
     Rewrite("ViT blocks", "rewrite blocks", (_VIT,), rewrite_vit),
     Rewrite("RegionProxy head", "rewrite blocks", (ProxyHead,), FastProxyHead.from_module),
 )
+
+FLOAT32_ISLANDS = (Float32Island(("timm.layers.hybrid_embed.HybridEmbed",), takes_model_input=True),)
+"""In a bf16 model, the hybrid ViTs' ResNetV2 stem (with its projection to tokens) runs in float32 on the unrounded
+image: the stem's response to the image's bf16 rounding alone reaches several percent of the features."""
