@@ -2,8 +2,8 @@
 
 Timing: the variants compared (eager and fast, two memory formats, a baseline and segzoo) run interleaved in
 one process, each once per round, so that load from other processes on a shared machine hits them alike;
-compare them by :func:`pair_ratios`, the ratio within each round. Times are wall-clock seconds, the GPU
-synchronized before and after each run.
+compare them by :func:`pair_ratios`, the ratio within each round. Times are wall-clock seconds by default (the
+process's CPU time with ``clock=time.process_time``), the GPU synchronized before and after each run.
 
 Peak memory: ``segzoo.training.run_log.peak_memory_mb`` (the training loop's, which the scripts use) is the peak
 so far of the whole process (run the work in a fresh process with :func:`run_fresh` to make it the work's own);
@@ -43,19 +43,21 @@ def interleaved_seconds(
     warmup: int = 1,
     device: torch.device | str | None = None,
     around: Callable[[str], AbstractContextManager] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Seconds of each runner's runs: ``warmup`` untimed rounds, then ``runs`` timed ones, every runner once per
     round in the mapping's order. ``around(name)``, where given, wraps each run outside the timed span (setting
-    a variant up, or watching its memory)."""
+    a variant up, or watching its memory). ``clock``: wall-clock by default; ``time.process_time`` gives the
+    process's CPU time, which other processes' load on a shared machine disturbs less."""
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(warmup + runs):
         for name, run in runners.items():
             with around(name) if around else contextlib.nullcontext():
                 synchronize(device)
-                start = time.perf_counter()
+                start = clock()
                 run()
                 synchronize(device)
-                elapsed = time.perf_counter() - start
+                elapsed = clock() - start
             if round_index >= warmup:
                 seconds[name].append(elapsed)
     return seconds
