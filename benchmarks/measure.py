@@ -2,8 +2,8 @@
 
 Timing: the variants compared (eager and fast, two memory formats, a baseline and segzoo) run interleaved in
 one process, each once per round, so that load from other processes on a shared machine hits them alike;
-compare them by :func:`pair_ratios`, the ratio within each round. Times are wall-clock seconds, the GPU
-synchronized before and after each run.
+compare them by :func:`pair_ratios`, the ratio within each round. Times are wall-clock seconds by default (the
+process's CPU time with ``clock=time.process_time``), the GPU synchronized before and after each run.
 
 Peak memory: ``segzoo.training.run_log.peak_memory_mb`` (the training loop's, which the scripts use) is the peak
 so far of the whole process (run the work in a fresh process with :func:`run_fresh` to make it the work's own);

@@ -21,6 +21,7 @@ def load_benchmark(name):
     try:
         spec = importlib.util.spec_from_file_location(f"{name}_benchmark", REPO / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it loads
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(folder)
@@ -135,3 +136,16 @@ def test_start_up_benchmark_runs_each_segzoo_command():
     for name, command in cli_start.COMMANDS.items():
         if name.startswith("segzoo"):
             cli_start.run(command)
+
+
+@pytest.mark.slow  # the ONNX export alone takes about 20 s
+def test_runtime_benchmark_times_every_column_on_the_export_of_a_tiny_input(monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    runtimes = load_benchmark("runtimes")
+    monkeypatch.setitem(runtimes.COLUMNS, "eager again", runtimes.eager)  # a column is one entry
+    (row,) = runtimes.main(["--entries", "moganet_xt_fpn_ade20k", "--size", "64", "--runs", "1", "--warmup", "0"])
+    assert set(row.speedups) | set(row.missing) == set(runtimes.COLUMNS) and row.speedups["eager"] == 1.0
+    for column in ("fast", "onnxruntime", "eager again"):
+        assert row.speedups[column] > 0 and row.differences[column] < 1e-4
+    lines = capsys.readouterr().out.splitlines()
+    assert "eager again (speed-up; diff)" in lines[1] and lines[3].startswith("| moganet_xt_fpn_ade20k | 64x64 |")

@@ -1,5 +1,5 @@
 """MogaNet's fast-path rewrites compute the eager block's function: pre-padded dilated conv, fused fc2 and
-decompose, the hidden map in channel slices."""
+decompose, the hidden map in channel slices, the FFN's depth-wise conv and GELU as one oneDNN op."""
 
 import pytest
 import torch
@@ -12,8 +12,16 @@ from segzoo.heads import FPNHead, FPNNeck
 from segzoo.optimize import moganet as optimize_moganet
 from segzoo.optimize import optimize_for_inference
 from segzoo.optimize.fpn import FastFPNHead, FastFPNNeck
-from segzoo.optimize.moganet import FastMogaBlock, _move_excess_padding
+from segzoo.optimize.moganet import FastMogaBlock, _move_excess_padding, onednn_conv_gelu_available
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
+
+FUSE_GELU = [
+    False,
+    pytest.param(
+        True,
+        marks=pytest.mark.skipif(not onednn_conv_gelu_available(), reason="oneDNN's fused conv is not in this build"),
+    ),
+]
 
 
 def random_block(channels: int, ffn_ratio: int, seed: int) -> tuple[MogaBlock, nn.BatchNorm2d]:
@@ -44,26 +52,30 @@ def test_padding_within_the_kernel_is_kept():
     assert _move_excess_padding(conv) == (0, 0, 0, 0) and conv.padding == (4, 4)
 
 
+@pytest.mark.parametrize("fuse_gelu", FUSE_GELU)
 @pytest.mark.parametrize("closing", [False, True])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_folded_block_equals_block(closing, memory_format):
+def test_folded_block_equals_block(closing, memory_format, fuse_gelu):
     block, norm = random_block(16, 4, seed=3)
     x = torch.randn(2, 16, 11, 14, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         reference = block(x)
         reference = norm(reference) if closing else reference
         folded = FastMogaBlock(block, norm if closing else None).to(memory_format=memory_format)
+        folded.fuse_gelu = fuse_gelu
         out = folded(x.contiguous(memory_format=memory_format))
     assert relative_error(out, reference) < RTOL
 
 
+@pytest.mark.parametrize("fuse_gelu", FUSE_GELU)
 @pytest.mark.parametrize("max_bytes", [64 * 11 * 14 * 4 // 2, 1000, 1])  # 2 slices, 40 uneven ones, 1 per channel
-def test_hidden_map_in_channel_slices(monkeypatch, max_bytes):
+def test_hidden_map_in_channel_slices(monkeypatch, max_bytes, fuse_gelu):
     block, norm = random_block(8, 8, seed=5)
     x = torch.randn(1, 8, 11, 14, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         reference = norm(block(x))
         folded = FastMogaBlock(block, norm)
+        folded.fuse_gelu = fuse_gelu
         whole = folded(x)
         monkeypatch.setattr(optimize_moganet, "MAX_HIDDEN_BYTES", max_bytes)
         sliced = folded(x)
@@ -88,6 +100,7 @@ def test_rewrites_applied_to_the_entry(xt_fpn):
     for block in blocks:
         assert block.high_conv.padding == (6, 6) and block.high_padding == (3, 3, 3, 3)
         assert block.fc2_decompose.out_channels == block.channels + 1
+        assert block.fuse_gelu == onednn_conv_gelu_available()
 
 
 @pytest.mark.slow

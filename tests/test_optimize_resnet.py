@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import segzoo
+from segzoo.backbones.resnet_dilated import Bottleneck
 from segzoo.heads.glore import GloReUnit2d
 from segzoo.optimize import optimize_for_inference, winograd
 from segzoo.optimize.glore import FastGloReUnit2d
-from segzoo.optimize.resnet import WinogradConv2d, winograd_applies
+from segzoo.optimize.resnet import FastBottleneck, WinogradConv2d, winograd_applies
 from segzoo.optimize.winograd import transform_weight, winograd_conv3x3
 from tests.test_optimize import RTOL, randomize_folded_statistics, relative_error
 
@@ -69,6 +70,28 @@ def test_winograd_replaces_the_wide_3x3_convolutions(emanet_coco):
     assert replaced == backbone | {"decode_head.reduced_conv", "decode_head.predictor_conv"}
     assert [m.dilation for m in fast.backbone.layer4.modules() if isinstance(m, WinogradConv2d)] == [4, 8, 16]
     assert fast.decode_head.reduced_conv.relu
+
+
+def test_every_bottleneck_adds_its_shortcut_in_place(emanet_coco):
+    fast = optimize_for_inference(emanet_coco)
+    blocks = [m for m in fast.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 16 and all(type(b) is FastBottleneck for b in blocks)
+    assert not any(isinstance(m, FastBottleneck) for m in emanet_coco.modules()), "eager changed"
+
+
+@pytest.mark.parametrize("downsample", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_bottleneck_equals_bottleneck(downsample, channels_last):
+    shortcut = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16)) if downsample else None
+    block = Bottleneck(8 if downsample else 16, 4, dilation=2, downsample=shortcut).eval()
+    randomize_folded_statistics(block)
+    x = torch.randn(2, block.conv1.in_channels, 9, 11, generator=torch.Generator().manual_seed(2))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.inference_mode():
+        ref = block(x)
+        fast = optimize_for_inference(block).to(memory_format=memory_format)
+        assert type(fast) is FastBottleneck
+        assert relative_error(fast(x.contiguous(memory_format=memory_format)), ref) < RTOL
 
 
 @pytest.mark.parametrize(("batch", "size"), [(2, (64, 96)), (1, (65, 97))])

@@ -114,7 +114,7 @@ def test_resized_position_embedding_follows_the_grid(vit_ti):
 
 
 def test_wide_vits_keep_plain_linear(vit_ti, monkeypatch):
-    """Above ONEDNN_MAX_WIDTH MKL's GEMM is the faster one (ViT-L): those blocks take F.linear."""
+    """Above ONEDNN_MAX_WIDTH MKL's GEMM is the faster one (ViT-B and wider): those blocks take F.linear."""
     monkeypatch.setattr("segzoo.optimize.vit.ONEDNN_MAX_WIDTH", vit_ti.backbone.out_channels[0] - 1)
     assert not any(block.onednn for block in optimize_for_inference(vit_ti).backbone.blocks)
 

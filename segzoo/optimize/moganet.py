@@ -1,7 +1,15 @@
 """MogaNet's fast path: its blocks with their norms, layer scales and element scales folded into the 1x1
-convolutions, and its embeddings' conv-BN pairs."""
+convolutions, and its embeddings' conv-BN pairs.
+
+On the CPU in float32 the FFN's depth-wise conv and the GELU after it run as one oneDNN op (GELU applied as
+the conv writes its output, instead of a second pass over the wide hidden map), reached through the internal
+``torch.ops.mkldnn._convolution_pointwise``: used only when a probe at optimize time finds it and finds it equal
+to ``F.conv2d`` and ``F.gelu``.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +27,25 @@ a map past the C library allocator's 32 MiB ceiling gets fresh pages from the sy
 whose page faults cost as much as the GELU on it; slices below it reuse freed memory."""
 
 
+@functools.cache
+def onednn_conv_gelu_available() -> bool:
+    """Whether oneDNN's fused convolution op exists here and computes what a depth-wise conv and GELU do."""
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise
+        g = torch.Generator().manual_seed(0)
+        weight, bias = torch.randn(8, 1, 3, 3, generator=g), torch.randn(8, generator=g)
+        nchw = torch.randn(1, 8, 6, 7, generator=g)
+        with torch.no_grad():
+            for x in (nchw, nchw.contiguous(memory_format=torch.channels_last)):
+                out = op(x, weight, bias, [1, 1], [1, 1], [1, 1], 8, "gelu", [], "none")
+                reference = F.gelu(F.conv2d(x, weight, bias, padding=1, groups=8))
+                if out.shape != reference.shape or not torch.allclose(out, reference, rtol=1e-5, atol=1e-5):
+                    return False
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def _even_slices(total: int, pieces: int) -> list[tuple[int, int]]:
     bounds = [total * i // pieces for i in range(pieces + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
@@ -31,7 +58,12 @@ class FastMogaBlock(EvalOnly, nn.Module):
     With ``n1 = a1 x + b1`` (``norm1``), the gated aggregation's shortcut and layer scale give
     ``y = (1 + ls1 a1) x + ls1 (proj_2(...) + b1)``; the FFN's ``fc2((1 + s) h - s gelu(d))`` is
     ``fc2'(h) - (W2 s) gelu(d)``, a one-channel map times a vector on the narrow output.
+
+    ``fuse_gelu``: run the FFN's depth-wise conv and its GELU as one oneDNN op (CPU, float32, not under
+    ``torch.compile``; otherwise ``F.conv2d`` and ``F.gelu``).
     """
+
+    fuse_gelu: bool = False
 
     def __init__(self, block: MogaBlock, closing_norm: _BatchNorm | None = None) -> None:
         super().__init__()
@@ -47,6 +79,7 @@ class FastMogaBlock(EvalOnly, nn.Module):
         self.split_sizes = [value.low_channels, value.mid_channels, value.high_channels]
         self.high_padding = _move_excess_padding(self.high_conv)
         self.fc1, self.dwconv = mlp.fc1, mlp.dwconv
+        self.fuse_gelu = onednn_conv_gelu_available()
         layer_scale_1 = block.layer_scale_1.detach().double().flatten()
         layer_scale_2 = block.layer_scale_2.detach().double().flatten()
         # gated aggregation: norm1 into proj_1; the shortcut (the normed input) and layer scale 1 into proj_2
@@ -89,6 +122,29 @@ class FastMogaBlock(EvalOnly, nn.Module):
         high = self.high_conv(F.pad(high, self.high_padding))
         return self.value_mix(torch.cat([low, self.mid_conv(mid), high], dim=1))
 
+    def _dwconv_gelu(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``gelu(dwconv(hidden))`` with ``dwconv``'s parameters, or the slice of them given."""
+        conv, groups = self.dwconv, weight.shape[0]
+        if (
+            self.fuse_gelu
+            and hidden.device.type == "cpu"
+            and hidden.dtype == torch.float32
+            and not torch.compiler.is_compiling()
+        ):
+            return torch.ops.mkldnn._convolution_pointwise(
+                hidden,
+                weight,
+                bias,
+                list(conv.padding),
+                list(conv.stride),
+                list(conv.dilation),
+                groups,
+                "gelu",
+                [],
+                "none",
+            )
+        return F.gelu(F.conv2d(hidden, weight, bias, conv.stride, conv.padding, conv.dilation, groups))
+
     def _ffn(self, y: torch.Tensor) -> torch.Tensor:
         """``fc2_decompose(gelu(dwconv(fc1(y))))``, over slices of the hidden channels when the wide hidden map
         would exceed ``MAX_HIDDEN_BYTES`` (the slices' products summed: the same sums, reassociated)."""
@@ -96,19 +152,14 @@ class FastMogaBlock(EvalOnly, nn.Module):
         hidden_bytes = y[:, :1].numel() * hidden_channels * y.element_size()
         pieces = min(-(-hidden_bytes // MAX_HIDDEN_BYTES), hidden_channels)
         if pieces == 1:
-            return self.fc2_decompose(F.gelu(self.dwconv(self.fc1(y))))
+            return self.fc2_decompose(self._dwconv_gelu(self.fc1(y), self.dwconv.weight, self.dwconv.bias))
         out = None
         for start, end in _even_slices(hidden_channels, pieces):
             hidden = F.conv2d(y, self.fc1.weight[start:end], self.fc1.bias[start:end])
-            hidden = F.conv2d(
-                hidden,
-                self.dwconv.weight[start:end],
-                self.dwconv.bias[start:end],
-                padding=self.dwconv.padding,
-                groups=end - start,
-            )
+            dw_bias = self.dwconv.bias[start:end] if self.dwconv.bias is not None else None
+            hidden = self._dwconv_gelu(hidden, self.dwconv.weight[start:end], dw_bias)
             bias = self.fc2_decompose.bias if out is None else None
-            part = F.conv2d(F.gelu(hidden), self.fc2_decompose.weight[:, start:end], bias)
+            part = F.conv2d(hidden, self.fc2_decompose.weight[:, start:end], bias)
             out = part if out is None else out.add_(part)
         return out
 

@@ -10,6 +10,9 @@ channels-last convolution (512x512 input, one thread, interleaved; a loaded mach
 at 32x32 (dilation 2-8) 1.3-1.6x, at 64x64 (dilation 4-16) 0.9-1.3x, 2048->512 at 32x32 and 64x64 1.4-1.5x
 (two threads). CPU only: on a GPU cuDNN picks its own algorithm (Winograd among them) and the model is left as
 it is.
+
+Each folded bottleneck adds its shortcut into its last convolution's output in place (:class:`FastBottleneck`):
+the eager sum is a new map as large as the block's output, whose fresh pages cost more than the addition.
 """
 
 from __future__ import annotations
@@ -42,6 +45,17 @@ class WinogradConv2d(EvalOnly, nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, dilation={self.dilation}, relu={self.relu}"
+
+
+class FastBottleneck(EvalOnly, Bottleneck):
+    """A :class:`~segzoo.backbones.resnet_dilated.Bottleneck` with its BatchNorms folded that adds the shortcut
+    into the expanding convolution's output in place, then applies ReLU in place (the same sums)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out)).add_(shortcut).relu_()
 
 
 def winograd_applies(conv: nn.Module) -> bool:
@@ -83,6 +97,7 @@ REWRITES = (
         devices=("cpu",),
         dtypes=FLOAT32,
     ),
+    Rewrite("bottleneck residual in place", "rewrite blocks", (Bottleneck,), FastBottleneck.from_module),
 )
 # Channels-last: the dilated ResNets on the CPU and the GPU, and on the CPU every part whose 3x3 convolutions run
 # by Winograd (its transforms read whole channel vectors).

@@ -5,10 +5,10 @@ head's pixel mixing as one batched matmul.
   of ``norm1`` and ``norm2`` is folded into ``qkv`` and ``fc1`` (``W (g * n + b) + c = (W g) n + (W b + c)``),
   so the norms only normalize; on the CPU in float32 the linear layers run through oneDNN with the GELU after
   ``fc1`` and the residual adds after ``proj`` and ``fc2`` fused into them, for ViTs up to
-  :data:`ONEDNN_MAX_WIDTH` wide (whole model against the same folded blocks on ``F.linear``, 2 threads, quiet
-  machine: ViT-Ti 1.09x, ViT-B 1.04x, ViT-L 0.85x, where MKL's ``addmm`` is the faster GEMM). The attention stays
-  ``scaled_dot_product_attention``: with explicit matmuls and softmax instead, a block runs 1.4-1.8x slower at
-  1025 tokens (head width 64).
+  :data:`ONEDNN_MAX_WIDTH` wide (wider, MKL's ``addmm`` is the faster GEMM). The attention stays
+  ``scaled_dot_product_attention``, faster than explicit matmuls and softmax, whole or in query blocks.
+  What each part is worth, and why the whole stays near eager's speed in float32 (the matrix products and the
+  attention kernel are what the time goes to, and eager runs them already): ``benchmarks/RESULTS.md``.
 - A ViT whose input gives another token count than its training crop (the Cityscapes models at 512x512)
   resizes its position embedding once per token grid instead of once per forward
   (:class:`~segzoo.optimize._vit_backbone.FastViT`); the blocks not rewritten run fused attention.
@@ -32,7 +32,7 @@ from torch import nn
 from segzoo.heads.proxy import NEIGHBOURS, ProxyHead
 from segzoo.optimize import EvalOnly, Float32Island, Rewrite
 
-ONEDNN_MAX_WIDTH = 768
+ONEDNN_MAX_WIDTH = 384
 _VIT = "segzoo.backbones.vit.ViT"  # named, not imported: its module imports timm, which this one must not
 
 
