@@ -17,7 +17,8 @@ from every public submodule and runs them phase by phase, in the order of :data:
    slices, and the dilated depth-wise conv is pre-padded so that oneDNN's fast kernel takes it
    (:mod:`segzoo.optimize.moganet`);
 3. ``rewrite blocks``, on folded weights: the dilated ResNets' wide 3x3 convolutions by Winograd F(2x2, 3x3)
-   on the CPU (:mod:`segzoo.optimize.resnet`), and those of the heads on them (:mod:`.emanet`, :mod:`.glore`);
+   on the CPU and their bottlenecks adding the shortcut in place (:mod:`segzoo.optimize.resnet`), and the
+   heads' wide 3x3 convolutions on them (:mod:`.emanet`, :mod:`.glore`);
    the GloRe unit's 1x1 projections on the node side of its graph products (:mod:`segzoo.optimize.glore`);
    the Semantic-FPN neck's output convs split into a conv of the narrow input and a stride-2 transposed conv
    of the coarser sum, and the FPN head's coarse levels sharing their
@@ -36,7 +37,8 @@ part (``channels_last`` where it is faster on the device) and, optionally, the r
 Every rewrite replaces a module by an instance of an importable class of this package (``Fast<Original>``
 for the fast form of a class, a name of its own for a module computing another algorithm, such as
 :class:`~segzoo.optimize.resnet.WinogradConv2d`) or folds in place, so fast models pickle, deep-copy and
-save with ``torch.save``. GELU, SiLU, softmax and every nonlinearity stay as they are. Outputs equal the
+save with ``torch.save``. GELU, SiLU, softmax and every nonlinearity compute as they are (MogaNet's GELU in
+the depth-wise conv's oneDNN op, on the CPU in float32). Outputs equal the
 eager model's to float32 rounding (within 1e-5 relative on every registry entry, tested); folding changes
 the order of float operations, so they are not bitwise equal.
 """
