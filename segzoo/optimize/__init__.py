@@ -24,10 +24,8 @@ from every public submodule and runs them phase by phase, in the order of :data:
    of the coarser sum, and the FPN head's coarse levels sharing their
    last upsampling (:mod:`segzoo.optimize.fpn`); UperNet's 3x3 fusion convolution on the coarse levels
    before upsampling them (:mod:`segzoo.optimize.uper`: the convolution's channel mix commutes with the
-   bilinear resize); the ViT blocks with their LayerNorm affines folded into the linear layers after them,
-   fused attention (``scaled_dot_product_attention``) and oneDNN's fused linear where torch has it, the
-   resized position embedding cached, the RegionProxy head's mixing batched (:mod:`segzoo.optimize.vit`);
-   the segmentor itself made eval-only (:mod:`segzoo.optimize.segmentors`).
+   bilinear resize); the segmentor itself made eval-only (:mod:`segzoo.optimize.segmentors`). RegionProxy's
+   ViTs have no rewrite of their own: none measured faster than eager (:mod:`segzoo.optimize.vit`).
 
 Within a phase the rewrites commute (each changes only modules of its own types, which no other rewrite of
 the phase reads), so the table's order inside a phase is irrelevant. Then the memory format is picked per
