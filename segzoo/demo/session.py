@@ -207,7 +207,7 @@ def card_markdown(loaded: LoadedModel) -> str:
             f"- **Paper:** [{info.paper.title}](https://arxiv.org/abs/{info.paper.arxiv_id}) ({info.paper.venue})",
             f"- **Reported:** {reported}",
             f"- **Dataset:** {info.dataset}, {info.num_classes} classes; test: {info.test_pipeline.mode} inference",
-            f"- **License:** {info.license}; full card: `model_cards/{info.name}.md`",
+            f"- **License:** {info.license}; everything segzoo records about it: `segzoo info {info.name}`",
             "",
             loaded.weights.markdown,
         ]
