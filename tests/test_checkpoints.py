@@ -354,6 +354,14 @@ def test_mapped_safetensors_leave_odd_files_to_the_library(tmp_path):
     _write_safetensors_by_hand(path, header, data)
     assert torch.equal(read_state_dict(path)["b"], torch.arange(3.0))  # unaligned: the library copies it
 
+    header["b"]["data_offsets"] = [4, 16.0]  # not a JSON integer: the library decides
+    data = b"\x01\x00\x00\x00" + torch.arange(3.0).numpy().tobytes()
+    _write_safetensors_by_hand(path, header, data)
+    with pytest.raises(CheckpointError, match="cannot read .*odd.safetensors as safetensors"):
+        read_state_dict(path)
+
+    header["b"]["data_offsets"] = [1, 13]
+    data = b"\x01" + torch.arange(3.0).numpy().tobytes()
     header["b"]["shape"] = [4]  # 16 bytes claimed, 12 there
     _write_safetensors_by_hand(path, header, data)
     with pytest.raises(CheckpointError, match="cannot read .*odd.safetensors as safetensors"):

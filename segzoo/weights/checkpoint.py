@@ -263,9 +263,10 @@ def _mapped_safetensors(path: Path, header_length: int) -> dict[str, torch.Tenso
             continue
         try:
             dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = [int(side) for side in entry["shape"]]
-            begin, end = (int(offset) for offset in entry["data_offsets"])
+            shape, (begin, end) = list(entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
+            return None
+        if not all(type(number) is int for number in (*shape, begin, end)):  # JSON integers only, no 1.5 or true
             return None
         itemsize = dtype.itemsize
         fits = 0 <= begin <= end <= size - data_start and min(shape, default=0) >= 0
