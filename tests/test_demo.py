@@ -5,7 +5,6 @@ test needs Chromium and its driver (Debian: ``apt-get install chromium chromium-
 (``pip install selenium``); ``.ci/run`` installs them, and the test is skipped with that hint where they are missing.
 """
 
-import inspect
 import shutil
 import socket
 import subprocess
@@ -21,7 +20,7 @@ import segzoo
 from segzoo.cli import main
 from segzoo.datasets import dataset_metadata
 from segzoo.demo import session
-from segzoo.demo.session import DemoInputError, DemoModels, available_precisions, card_markdown, load_entry, read_upload
+from segzoo.demo.session import DemoInputError, DemoModels, card_markdown, load_entry, read_upload
 from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
 
 ENTRY = "moganet_xt_fpn_ade20k"
@@ -36,11 +35,6 @@ def _photo(path, size=(64, 48), seed=0):
     width, height = size
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
     return path
-
-
-def test_bf16_is_offered_exactly_where_the_fast_path_takes_a_dtype():
-    takes_dtype = "dtype" in inspect.signature(segzoo.optimize_for_inference).parameters
-    assert available_precisions() == (("fp32", "fast", "bf16") if takes_dtype else ("fp32", "fast"))
 
 
 def test_without_weights_the_model_is_random_and_says_so(offline):

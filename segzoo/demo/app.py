@@ -18,7 +18,6 @@ from segzoo.demo.session import (
     DemoInputError,
     DemoModels,
     Segmentation,
-    available_precisions,
     card_markdown,
     read_upload,
     segment,
@@ -72,7 +71,6 @@ def legend_html(result: Segmentation) -> str:
 
 def build_app(models: DemoModels, entries: Sequence[str], initial: str) -> gr.Blocks:
     """The page for ``entries`` (a dropdown) starting at ``initial``; ``models`` loads and keeps them."""
-    precisions = available_precisions()
 
     def show_card(name: str) -> str:
         try:
@@ -107,7 +105,7 @@ def build_app(models: DemoModels, entries: Sequence[str], initial: str) -> gr.Bl
         with gr.Row():
             with gr.Column():
                 entry = gr.Dropdown(list(entries), value=initial, label="Model")
-                precision = gr.Radio(list(precisions), value="fp32", label="Precision", elem_id="precision")
+                precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision", elem_id="precision")
                 image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="image")
                 run = gr.Button("Segment", variant="primary", elem_id="segment")
                 card = gr.Markdown(show_card(initial), elem_id="card")

@@ -3,7 +3,6 @@ image within the demo's limits, segment it and describe the result."""
 
 from __future__ import annotations
 
-import inspect
 import math
 import threading
 import time
@@ -35,21 +34,13 @@ PRECISIONS = {
 }
 
 
-def available_precisions() -> tuple[str, ...]:
-    """fp32 and fast always; bf16 where this segzoo's ``optimize_for_inference`` takes a ``dtype``."""
-    takes_dtype = "dtype" in inspect.signature(optimize_for_inference).parameters
-    return tuple(p for p in PRECISIONS if p != "bf16" or takes_dtype)
-
-
 def _in_precision(model: nn.Module, precision: str) -> nn.Module:
     """``model`` (eval mode, float32) as it runs in ``precision``; the eager model itself for fp32."""
-    if precision not in available_precisions():
-        raise ValueError(f"precision {precision!r} is not one this segzoo offers: {', '.join(available_precisions())}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one the page offers: {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return model
-    if precision == "fast":
-        return optimize_for_inference(model)
-    return optimize_for_inference(model, dtype=torch.bfloat16)
+    return optimize_for_inference(model, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
 class DemoInputError(ValueError):
