@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from segzoo.inference import load_image, predict
+from segzoo.jobs.files import decoder_reason
 from segzoo.jobs.outputs import ClassArea, ClassMeta, class_areas, label_image, overlay_image
 from segzoo.optimize import optimize_for_inference
 from segzoo.registry import create_model, model_info
@@ -149,7 +150,7 @@ def read_upload(path: str | Path, shown_name: str, info: ModelInfo, max_pixels: 
         with Image.open(path) as opened:  # reads the header only: the size is known before any pixel is decoded
             width, height = opened.size
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
-        reason = str(err).replace(str(path), "").strip(" :'") or type(err).__name__
+        reason = decoder_reason(err, path)
         raise DemoInputError(f"{shown_name} is not an image ({reason}); drop a PNG, JPEG, WebP, BMP or TIFF") from None
     if width * height > max_pixels:
         side = math.isqrt(max_pixels)

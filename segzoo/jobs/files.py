@@ -141,5 +141,9 @@ def read_image(path: Path, pipeline: InferencePipeline | None) -> np.ndarray:
             f"too large to decode safely ({err}); downscale it (or crop it into tiles) first"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        reason = str(err).replace(str(path), "").strip(" :'") or type(err).__name__
-        raise UnreadableImageError(f"not an image ({reason})") from None
+        raise UnreadableImageError(f"not an image ({decoder_reason(err, path)})") from None
+
+
+def decoder_reason(err: Exception, path: str | Path) -> str:
+    """Why an image decoder refused ``path``, without the path (the message names the image its own way)."""
+    return str(err).replace(str(path), "").strip(" :'") or type(err).__name__
