@@ -40,13 +40,7 @@ TARGETS = {
 
 
 def best_gflops(fn, flops: float, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return flops / min(times) / 1e9
+    return flops / min(interleaved_seconds({"peak": fn}, repeats, clock=time.process_time)["peak"]) / 1e9
 
 
 def peaks() -> dict[str, float]:

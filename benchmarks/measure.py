@@ -18,17 +18,29 @@ import ctypes.util
 import gc
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import torch
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+
+
+def cpu_name() -> str:
+    """The CPU's model name as ``/proc/cpuinfo`` gives it (``platform`` where there is none), for the record of
+    what a measurement ran on."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def synchronize(device: torch.device | str | None) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure import interleaved_seconds, pair_ratios
+from measure import cpu_name, interleaved_seconds, pair_ratios
 from PIL import Image
 
 import segzoo
@@ -54,13 +53,6 @@ def sequential(model, paths: list[Path], out: Path) -> None:
         image = load_image(path, model.info.test_pipeline)
         labels = segzoo.predict(model, image).labels
         indexed_labels(labels, palette).save(out / f"{path.stem}_{MODEL}_labels.png")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def cpu_seconds() -> float:
@@ -112,7 +104,7 @@ def main() -> None:
             for out in list(outs.values())[1:]
             for p in out.iterdir()
         )
-    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_model()
+    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_name()
     print(f"{args.images} images, {device_name}, torch {torch.__version__}, {args.threads} forward thread(s)")
     print("| variant | seconds per round | images/s | speed-up vs sequential (per round) | CPU s per round |")
     print("|---|---:|---:|---|---:|")

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure import interleaved_seconds
+from measure import cpu_name, interleaved_seconds
 from PIL import Image
 
 import segzoo
@@ -87,15 +86,6 @@ class Variant:
             torch.cuda.reset_peak_memory_stats(self.device)
         yield
         self.peak_mb = max(self.peak_mb, peak_memory_mb(self.device))
-
-
-def cpu_name() -> str:
-    """The CPU's model name as ``/proc/cpuinfo`` gives it (``platform`` where there is none)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, object]:

@@ -35,10 +35,8 @@ are kept, so a long sweep can run in parts. The markdown table of all rows goes 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import fnmatch
-import platform
 import statistics
 from collections.abc import Callable
 from functools import partial
@@ -46,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure import PeakMemory, interleaved_seconds, pair_ratios, synchronize
+from measure import PeakMemory, cpu_name, interleaved_seconds, pair_ratios, synchronize
 from torch.utils.flop_counter import FlopCounterMode
 
 import segzoo
@@ -66,13 +64,7 @@ TEST_PHOTOS = {"ADE20K": (512, 683), "Cityscapes": (1024, 2048), "COCO-Stuff54":
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return cpu
+    return cpu_name()
 
 
 def measured_peak_gflops(device: torch.device) -> dict[str, float]:
