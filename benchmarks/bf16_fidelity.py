@@ -6,10 +6,12 @@ upstream manifest, saved in the published container and loaded by ``create_model
 entry has a case, else random initialization (seed 0); without ``../shared/golden`` every entry is random.
 
 Inputs, one row each: ``sample`` the bundled sample photo (``segzoo/assets/sample.png``) resized to ``--size``
-square as uint8 and normalized as the entry's pipeline normalizes; ``golden`` the golden case's input
-(``synth.synth_input``, 256x256) where there is one, else ``synth_input`` at ``--size``. Each input is one forward
-of the model (no pre- or post-processing), at ``--size`` (default 256; the full sweep of 31 entries at 512x512 on
-one thread takes hours).
+square as uint8 and normalized as the entry's pipeline normalizes; ``ade20k-like`` and ``cityscapes-like`` the
+first validation image of the synthetic ADE20K and Cityscapes folders the tests build (coloured blocks, 64x64 and
+64x96), resized to ``--size`` rows with their aspect ratio and normalized the same way; ``golden`` the golden
+case's input (``synth.synth_input``, 256x256) where there is one, else ``synth_input`` at ``--size``. Each input
+is one forward of the model (no pre- or post-processing), at ``--size`` (default 256; the full sweep of 31 entries
+at 512x512 on one thread takes hours).
 
 Columns: ``bf16_max_err`` the largest absolute logit difference, ``bf16_rel_err`` ``||bf16 - fp32|| / ||fp32||``
 over all logits, ``bf16_agreement`` the share of pixels whose argmax is the same, ``bf16_agreement_clear`` the same
@@ -19,7 +21,7 @@ note). ``speedup_vs_eager`` is eager fp32 / bf16 process CPU time on one thread,
 rounds in this process; ``latency_ms`` the bf16 median.
 
     PYTHONPATH=. python benchmarks/bf16_fidelity.py [--entries 'moganet_*'] [--size 256] [--runs 3]
-        [--out benchmarks/zoo.csv]
+        [--inputs sample ade20k-like cityscapes-like golden] [--out benchmarks/zoo.csv]
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ import segzoo
 from segzoo.cli import sample_image_path
 from segzoo.inference.pipeline import normalize
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO.parent / "shared" / "golden"
+INPUTS = ("sample", "ade20k-like", "cityscapes-like", "golden")
 CLEAR_MARGIN = 0.1
 """A pixel's fp32 margin is clear when its top-2 logit gap exceeds this many standard deviations of the logits."""
 
@@ -71,18 +75,45 @@ def build_model(name: str) -> tuple[torch.nn.Module, str, dict | None]:
         return segzoo.create_model(name, checkpoint_path=path), "golden synthetic weights", spec
 
 
-def inputs_for(model: torch.nn.Module, spec: dict | None, size: int) -> dict[str, torch.Tensor]:
+def _test_scenes(size: int) -> dict[str, np.ndarray]:
+    """The first validation image of the synthetic ADE20K and Cityscapes folders the tests build (coloured
+    blocks: ``tests/test_training_loop.py``'s ``make_ade20k``, ``tests/test_evaluation.py``'s
+    ``make_official_cityscapes``), resized to ``size`` rows with their aspect ratio."""
+    sys.path.insert(0, str(REPO))
+    from tests.test_evaluation import make_official_cityscapes
+    from tests.test_training_loop import make_ade20k
+
+    scenes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ade = make_ade20k(Path(tmp) / "ade", train_images=0, val_images=1)
+        city = make_official_cityscapes(Path(tmp) / "cityscapes")
+        for label, path in (
+            ("ade20k-like", sorted((ade / "images" / "validation").glob("*.jpg"))[0]),
+            ("cityscapes-like", sorted((city / "leftImg8bit" / "val").rglob("*.png"))[0]),
+        ):
+            with Image.open(path) as image:
+                width = round(image.width * size / image.height)
+                scenes[label] = np.asarray(image.convert("RGB").resize((width, size), Image.BILINEAR))
+    return scenes
+
+
+def inputs_for(model: torch.nn.Module, spec: dict | None, size: int, kinds: list[str]) -> dict[str, torch.Tensor]:
+    """The model inputs of ``kinds`` (of :data:`INPUTS`), normalized as the entry's pipeline normalizes."""
     info = model.info
-    photo = np.asarray(Image.open(sample_image_path()).convert("RGB").resize((size, size), Image.BILINEAR))
-    sample = normalize(photo, info.test_pipeline, info.normalization)
-    if GOLDEN.is_dir():
+    photos = {}
+    if "sample" in kinds:
+        photo = Image.open(sample_image_path()).convert("RGB").resize((size, size), Image.BILINEAR)
+        photos["sample"] = np.asarray(photo)
+    if {"ade20k-like", "cityscapes-like"} & set(kinds):
+        photos.update((k, v) for k, v in _test_scenes(size).items() if k in kinds)
+    inputs = {k: normalize(photo, info.test_pipeline, info.normalization) for k, photo in photos.items()}
+    if "golden" in kinds and GOLDEN.is_dir():
         sys.path.insert(0, str(GOLDEN))
         from synth import synth_input
 
         cases = (spec or {}).get("cases") or [{"input_shape": [1, 3, size, size]}]
-        golden = synth_input(cases[0]["input_shape"], cases[0].get("input_seed", 1))
-        return {"sample": sample, "golden": golden}
-    return {"sample": sample}
+        inputs["golden"] = synth_input(cases[0]["input_shape"], cases[0].get("input_seed", 1))
+    return inputs
 
 
 def fidelity(reference: torch.Tensor, output: torch.Tensor) -> dict[str, float]:
@@ -99,11 +130,11 @@ def fidelity(reference: torch.Tensor, output: torch.Tensor) -> dict[str, float]:
     }
 
 
-def measure(name: str, size: int, runs: int) -> list[dict]:
+def measure(name: str, size: int, runs: int, kinds: list[str]) -> list[dict]:
     eager, weights, spec = build_model(name)
     bf16 = segzoo.optimize_for_inference(eager, dtype=torch.bfloat16)
     rows = []
-    for label, x in inputs_for(eager, spec, size).items():
+    for label, x in inputs_for(eager, spec, size, kinds).items():
         with torch.inference_mode():
             seconds = interleaved_seconds(
                 {"eager": partial(eager, x), "bf16": partial(bf16, x)}, runs, clock=time.process_time
@@ -137,13 +168,14 @@ def main() -> None:
     parser.add_argument("--entries", default="*", help="fnmatch pattern of registry names (default: all)")
     parser.add_argument("--size", type=int, default=256, help="square side of the sample input (default 256)")
     parser.add_argument("--runs", type=int, default=3, help="timed interleaved rounds after one warm-up")
+    parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS), help="which inputs (default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("zoo.csv"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     header = machine_header(machine_lines(args.out.with_suffix(".md")))
     rows = read_rows(args.out)
     for name in (n for n in segzoo.list_models() if fnmatch.fnmatchcase(n, args.entries)):
-        measured = measure(name, args.size, args.runs)
+        measured = measure(name, args.size, args.runs, args.inputs)
         rows, _ = merge_rows(rows, measured, [])
         for row in measured:
             print(json.dumps(row), flush=True)

@@ -10,8 +10,9 @@ Two resolutions per entry:
 
 Modes: ``eager`` (the model ``create_model`` returns, fp32), ``fast`` (``optimize_for_inference``), ``fast+compile``
 (the same plus ``torch.compile``), and on a GPU ``bf16`` (fast path, channels_last, bf16 autocast),
-``bf16+compile`` (the same plus ``torch.compile``) and ``bf16+cuda-graphs`` (the bf16 forward captured in a
-CUDA graph). Without a GPU the GPU rows are written with the note "needs GPU" (a measured GPU row already in
+``bf16+compile`` (the same plus ``torch.compile``) and ``bf16+cuda-graphs`` (the bf16 forward replayed from a
+CUDA graph, :mod:`segzoo.inference.graphs`; at the test resolution ``predict``'s default on a GPU, which the other
+rows turn off). Without a GPU the GPU rows are written with the note "needs GPU" (a measured GPU row already in
 ``--out`` is kept). All modes of one entry and resolution run in one process, interleaved run by run;
 ``speedup_vs_eager`` is the median over runs of eager fp32 time / mode time. Latency is the median run.
 Peak memory: on the CPU the largest resident-set size seen (sampled every 2 ms) during one run of the mode
@@ -49,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import segzoo
 from segzoo.cards import BENCHMARK_COLUMNS
+from segzoo.inference.graphs import capture
 
 COLUMNS = list(BENCHMARK_COLUMNS)  # the layout the model cards read
 CPU_MODES = ["eager", "fast", "fast+compile"]
@@ -89,27 +91,6 @@ def measured_peak_gflops(device: torch.device) -> dict[str, float]:
     return peaks
 
 
-def cuda_graph_runner(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable:
-    """``forward`` on ``x``'s shape captured once in a CUDA graph; the runner copies its input in and replays."""
-    static_input = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):  # warm-up on a side stream, as capture requires
-            forward(static_input)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_output = forward(static_input)
-
-    def run(inputs: torch.Tensor) -> torch.Tensor:
-        static_input.copy_(inputs)
-        graph.replay()
-        return static_output
-
-    return run
-
-
 def failure_note(err: Exception) -> str:
     return f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
 
@@ -136,7 +117,7 @@ def build_runners(
         def make_input() -> torch.Tensor:
             return torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)).to(device)
 
-        def call(model: torch.nn.Module, x: torch.Tensor, amp: bool = False) -> torch.Tensor:
+        def call(model: torch.nn.Module, x: torch.Tensor, amp: bool = False, graphs: bool = False) -> torch.Tensor:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 return model(x)
     else:
@@ -145,8 +126,8 @@ def build_runners(
         def make_input() -> np.ndarray:
             return np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
 
-        def call(model: torch.nn.Module, x: np.ndarray, amp: bool = False):
-            return segzoo.predict(model, x, amp="bf16" if amp else None)
+        def call(model: torch.nn.Module, x: np.ndarray, amp: bool = False, graphs: bool = False):
+            return segzoo.predict(model, x, amp="bf16" if amp else None, cuda_graphs=graphs)
 
     runners: dict[str, Callable | None] = {}
     notes = dict.fromkeys(modes, "")
@@ -155,14 +136,13 @@ def build_runners(
             runners[mode] = lambda x, m=models[mode]: call(m, x)
         elif mode in ("bf16", "bf16+compile"):
             runners[mode] = lambda x, m=models[mode]: call(m, x, amp=True)
+        elif mode == "bf16+cuda-graphs" and resolution != "512x512":  # predict's own graphs (its default)
+            runners[mode] = lambda x, m=models["bf16"]: call(m, x, amp=True, graphs=True)
         elif mode == "bf16+cuda-graphs":
             runners[mode] = None
-            if resolution != "512x512":  # predict's pre/post-processing runs on the host: not graph-capturable
-                notes[mode] = "CUDA graphs cover the 512x512 forward only"
-                continue
             try:
                 with torch.inference_mode():
-                    runners[mode] = cuda_graph_runner(lambda x, m=models["bf16"]: call(m, x, amp=True), make_input())
+                    runners[mode] = capture(lambda x, m=models["bf16"]: call(m, x, amp=True), make_input(), None)
             except Exception as err:  # e.g. a data-dependent graph that synchronizes with the host
                 notes[mode] = failure_note(err)
     return runners, notes, make_input

@@ -219,3 +219,20 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+_GPU_TESTS_NOT_RUN: list[pytest.Item] = []
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _GPU_TESTS_NOT_RUN.extend(item for item in items if item.get_closest_marker("gpu"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how many CUDA tests the default selection left out, and how to run them: never silently."""
+    if _GPU_TESTS_NOT_RUN:
+        here = "this machine has one" if torch.cuda.is_available() else "this machine has none"
+        terminalreporter.write_line(
+            f"not selected: {len(_GPU_TESTS_NOT_RUN)} of the tests marked gpu (CUDA paths); run "
+            f"`python -m pytest -m gpu` on a machine with a CUDA device ({here})"
+        )

@@ -453,3 +453,19 @@ def test_cli_eval_records_the_precision(square_root, checkpoint, tmp_path, monke
     results = {p: json.loads(out.read_text()) for p, out in outs.items()}
     assert results["fp32"]["settings"]["precision"] == "fp32" and results["bf16"]["settings"]["precision"] == "bf16"
     assert 0 <= results["bf16"]["measured"]["mIoU"] <= 100
+
+
+def test_evaluation_at_batch_1_replays_cuda_graphs_by_default_and_counts_the_same(small_model, ade_root, monkeypatch):
+    from segzoo.inference import graphs
+    from tests.test_cuda_graphs import StandInCapture
+
+    capture = StandInCapture()
+    monkeypatch.setattr(graphs, "GRAPH_DEVICES", ("cuda", "cpu"))  # the CPU stands in for a GPU
+    monkeypatch.setattr(graphs, "capture", capture)
+    dataset = open_dataset("ADE20K", ade_root)
+    eager = evaluate(small_model, dataset, progress=False, cuda_graphs=False)
+    assert capture.captured == [] and eager.settings["cuda_graphs"] is False
+    graphed = evaluate(small_model, dataset, progress=False)
+    assert graphed.settings["cuda_graphs"] is True and capture.replays > 0
+    assert graphed.metrics == eager.metrics
+    assert evaluate(small_model, dataset, batch_size=2, progress=False).settings["cuda_graphs"] is False

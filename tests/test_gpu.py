@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import segzoo
+from segzoo.datasets.folders import open_dataset
+from segzoo.evaluation.runner import evaluate
+from segzoo.inference import graphs
 from tests.conftest import ONE_PER_ARCHITECTURE, synthetic_state_dict
-from tests.test_benchmarks import load_benchmark
 from tests.test_optimize import input_size, randomize_folded_statistics, relative_error
 
 pytestmark = [
@@ -86,5 +89,58 @@ def test_forward_replays_as_one_cuda_graph(name, no_tf32):
     model = segzoo.create_model(name).eval().to("cuda")
     first, second = (torch.randn(1, 3, *input_size(name), device="cuda") for _ in range(2))
     with torch.no_grad():
-        run = load_benchmark("zoo").cuda_graph_runner(model, first)
-        assert relative_error(run(second).clone(), model(second)) < 1e-5
+        run = graphs.capture(model, first, None)
+        assert relative_error(run(second), model(second)) < 1e-5
+
+
+@pytest.mark.parametrize("name", ONE_PER_ARCHITECTURE)
+def test_predict_replays_cuda_graphs_by_default_at_batch_1(name, no_tf32):
+    """predict's default on a GPU: the first image of a size runs eagerly, the next ones replay its graph (EurNet's
+    kNN graph built on the device included), with the eager labels."""
+    model = segzoo.create_model(name)
+    randomize_folded_statistics(model)
+    model = model.eval().to("cuda")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    eager = segzoo.predict(model, images, cuda_graphs=False, return_scores=True)
+    graphed = segzoo.predict(model, images, return_scores=True)
+    runner = graphs.graphed_forward(model)
+    assert runner.refused is None and len(runner.graphs) == 1
+    for a, b in zip(eager, graphed):
+        assert relative_error(b.scores, a.scores) < 1e-5
+        assert (a.labels == b.labels).mean() > 0.999
+
+
+def test_evaluation_replays_cuda_graphs_at_batch_1(model, tmp_path):
+    root = tmp_path / "ADEChallengeData2016"
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        for sub, suffix, array in (
+            ("images", ".jpg", rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)),
+            ("annotations", ".png", rng.integers(0, 151, (64, 96), dtype=np.uint8)),
+        ):
+            (root / sub / "validation").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / sub / "validation" / f"ADE_val_{i:08d}{suffix}")
+    dataset = open_dataset("ADE20K", root)
+    model.to("cuda")
+    eager = evaluate(model, dataset, progress=False, cuda_graphs=False)
+    graphed = evaluate(model, dataset, progress=False)
+    model.to("cpu")
+    assert graphed.settings["cuda_graphs"] is True and eager.settings["cuda_graphs"] is False
+    assert graphed.metrics["mIoU"] == pytest.approx(eager.metrics["mIoU"], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["moganet_xt_fpn_ade20k", "emanet_r50_cityscapes", "regproxy_r26_vit_s32_ade20k"])
+def test_bf16_mode_on_cuda_against_eager_fp32(name, no_tf32):
+    """optimize_for_inference(dtype=torch.bfloat16) on the GPU: bf16 weights and activations, float32 islands,
+    float32 logits, close to eager fp32."""
+    eager = segzoo.create_model(name)
+    randomize_folded_statistics(eager)
+    eager = eager.eval().to("cuda")
+    x = torch.randn(1, 3, *input_size(name), device="cuda")
+    with torch.inference_mode():
+        ref = eager(x)
+        out = segzoo.optimize_for_inference(eager, dtype=torch.bfloat16)(x)
+    assert out.dtype == torch.float32
+    assert relative_error(out, ref) < 3e-2
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.9

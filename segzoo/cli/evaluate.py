@@ -72,6 +72,7 @@ def _eval(args: argparse.Namespace) -> int:
             amp=args.amp,
             progress=progress(args),
             save_predictions=Path(args.save_predictions) if args.save_predictions else None,
+            cuda_graphs=args.cuda_graphs,
         )
         if not launched or dist.get_rank() == 0:
             print(format_report(result))

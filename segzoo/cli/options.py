@@ -106,6 +106,14 @@ def add_inference(parser: argparse.ArgumentParser) -> None:
         help="fp32 (default, exact) or bf16: the inference fast path in bf16 (several times faster on CPUs with "
         "AVX512-BF16/AMX; float32 where bf16 loses too much; labels can differ at near-ties)",
     )
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_const",
+        const=False,
+        help="on a GPU, run every forward eagerly (default: at batch 1 each input size's forward is replayed from a "
+        "CUDA graph once it has run once)",
+    )
 
 
 def load_model(args: argparse.Namespace, name: str):

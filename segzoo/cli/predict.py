@@ -66,6 +66,7 @@ def _predict(args: argparse.Namespace) -> int:
             amp=args.amp,
             progress=bar,
             on_written=None if bar else _print_written,
+            cuda_graphs=args.cuda_graphs,
         )
     finally:
         if launched:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from segzoo.datasets.folders import SegmentationFolder
 from segzoo.evaluation.cityscapes import CityscapesEvaluation
 from segzoo.evaluation.metrics import ConfusionMatrix, detectron2_2019_metrics, mmseg_metrics
+from segzoo.inference.graphs import use_cuda_graphs
 from segzoo.inference.predict import PRECISIONS, Amp, Mode, infer_labels
 from segzoo.optimize import compute_dtype
 from segzoo.segmentors import EncoderDecoder
@@ -145,6 +146,7 @@ def evaluate(
     amp: Amp | None = None,
     progress: bool | None = None,
     save_predictions: Path | None = None,
+    cuda_graphs: bool | None = None,
 ) -> EvalResult:
     """Run ``model`` over ``dataset`` (its first ``limit`` samples) and compute the entry's metrics.
 
@@ -152,7 +154,8 @@ def evaluate(
     initialized ``torch.distributed`` process group each process takes its own
     shard and the counts are summed, so the result equals a single process's.
     ``save_predictions`` writes each label map as an indexed PNG named after the
-    sample.
+    sample. ``cuda_graphs`` as in :func:`segzoo.predict`: by default the
+    forward is replayed from CUDA graphs on a GPU at ``batch_size=1``.
     """
     info = model.require_info()
     if model.num_classes != len(dataset.classes):
@@ -161,6 +164,7 @@ def evaluate(
         )
     evaluator = evaluator_for(info, dataset)
     device = next(model.parameters()).device
+    graphed = use_cuda_graphs(cuda_graphs, device, batch_size)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     count = len(dataset) if limit is None else min(limit, len(dataset))
@@ -176,7 +180,7 @@ def evaluate(
     ) as bar:
         for batch in _batches(dataset, indices, batch_size):
             pixels = torch.stack([torch.from_numpy(s["image"]).permute(2, 0, 1) for s in batch]).float().to(device)
-            predictions = infer_labels(model, pixels, mode, aug_test, amp)
+            predictions = infer_labels(model, pixels, mode, aug_test, amp, cuda_graphs=graphed)
             evaluation.update(predictions, batch)
             if save_predictions is not None:
                 for sample, prediction in zip(batch, predictions.cpu().numpy()):
@@ -189,6 +193,7 @@ def evaluate(
         "amp": amp,
         "precision": next(name for name, dtype in PRECISIONS.items() if dtype == compute_dtype(model)),
         "batch_size": batch_size,
+        "cuda_graphs": graphed,
         "limit": limit,
         "world_size": world_size,
         "device": str(device),

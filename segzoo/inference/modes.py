@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 SlideWindows = Literal["shift", "pad"]
 
 
 def slide_logits(
-    model: nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     num_classes: int,
     crop_size: tuple[int, int],

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from segzoo.inference.graphs import Forward, forward_for
 from segzoo.inference.modes import slide_logits
 from segzoo.inference.pipeline import check_aspect_ratio, load_image, preprocess
 from segzoo.inference.rescale import View, rescaled_labels, rescaled_scores
@@ -152,10 +153,12 @@ def _run_views(
     mode: Mode,
     amp: Amp | None,
     channels_last: bool,
+    cuda_graphs: bool | None,
     what: str,
 ) -> Iterator[View]:
     """The ``(N, C, h, w)`` logits of each ``(ratio, flip)`` view of same-sized images, one view at a time
-    (of a prepared image, its one plain view).
+    (of a prepared image, its one plain view), the forward replayed from CUDA graphs where ``cuda_graphs`` says
+    (:func:`segzoo.inference.graphs.use_cuda_graphs`).
 
     An image the pipeline or the model cannot take raises a ValueError that names it (``what``) and its size.
     """
@@ -166,6 +169,7 @@ def _run_views(
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=_AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
     size = images.size if isinstance(images, PreparedImage) else images[0].shape[:2]
+    forward: Forward = forward_for(model, cuda_graphs, 1 if isinstance(images, PreparedImage) else len(images))
     try:
         check_aspect_ratio(*size, pipeline, tuple(ratio for ratio, _ in views))
         for ratio, flip in views:
@@ -179,9 +183,9 @@ def _run_views(
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 if mode == "whole":
-                    logits = model(x)
+                    logits = forward(x)
                 else:
-                    logits = slide_logits(model, x, model.num_classes, crop, stride, pipeline.slide_windows)
+                    logits = slide_logits(forward, x, model.num_classes, crop, stride, pipeline.slide_windows)
             # The final resize runs on contiguous float32 logits, as upstream's does; a fast-path model equals its
             # eager model to float32 rounding only, so its logits keep their memory format (saves a full-size copy)
             logits = logits.float()
@@ -198,6 +202,7 @@ def _view_logits(
     aug_test: bool,
     amp: Amp | None,
     channels_last: bool,
+    cuda_graphs: bool | None,
     what: str = "image",
 ) -> tuple[Iterator[View], bool]:
     """Each test view's ``(N, C, h, w)`` logits at the model's input size for same-sized images, computed as
@@ -210,7 +215,7 @@ def _view_logits(
     flips = (False, True) if pipeline.aug_flip else (False,)
     views = [(r, f) for r in pipeline.aug_ratios for f in flips] if aug_test else [(1.0, False)]
     align_corners = model.align_corners if pipeline.rescale_align_corners is None else pipeline.rescale_align_corners
-    return _run_views(model, images, views, mode, amp, channels_last, what), align_corners
+    return _run_views(model, images, views, mode, amp, channels_last, cuda_graphs, what), align_corners
 
 
 def _pixel_arrays(pixels: torch.Tensor) -> list[np.ndarray]:
@@ -227,12 +232,15 @@ def infer_scores(
     aug_test: bool = False,
     amp: Amp | None = None,
     channels_last: bool = False,
+    cuda_graphs: bool | None = None,
 ) -> torch.Tensor:
     """``(N, C, H, W)`` scores at the pixels' own size for a batch of same-sized ``(N, 3, H, W)`` 0-255 RGB images.
 
     Full-size scores take ``C x H x W`` floats per image; for labels alone use :func:`infer_labels`.
+    ``cuda_graphs`` as in :func:`predict`, where batch 1 means ``N == 1``.
     """
-    views, align_corners = _view_logits(model, _pixel_arrays(pixels), mode, aug_test, amp, channels_last, "pixels")
+    arrays = _pixel_arrays(pixels)
+    views, align_corners = _view_logits(model, arrays, mode, aug_test, amp, channels_last, cuda_graphs, "pixels")
     return rescaled_scores(views, tuple(pixels.shape[2:]), align_corners, averaged=aug_test).to(pixels.device)
 
 
@@ -244,9 +252,12 @@ def infer_labels(
     aug_test: bool = False,
     amp: Amp | None = None,
     channels_last: bool = False,
+    cuda_graphs: bool | None = None,
 ) -> torch.Tensor:
-    """``(N, H, W)`` int64 labels, equal to ``infer_scores(...).argmax(1)``, in bounded memory (bands of rows)."""
-    views, align_corners = _view_logits(model, _pixel_arrays(pixels), mode, aug_test, amp, channels_last, "pixels")
+    """``(N, H, W)`` int64 labels, equal to ``infer_scores(...).argmax(1)``, in bounded memory (bands of rows).
+    ``cuda_graphs`` as in :func:`infer_scores`."""
+    arrays = _pixel_arrays(pixels)
+    views, align_corners = _view_logits(model, arrays, mode, aug_test, amp, channels_last, cuda_graphs, "pixels")
     return rescaled_labels(views, tuple(pixels.shape[2:]), align_corners, averaged=aug_test).to(pixels.device)
 
 
@@ -261,6 +272,7 @@ def predict(
     channels_last: bool = False,
     return_scores: bool = False,
     precision: Precision = "fp32",
+    cuda_graphs: bool | None = None,
 ) -> Prediction | list[Prediction]:
     """Segment images as the entry's upstream test pipeline does; results are at each image's own size.
 
@@ -280,7 +292,10 @@ def predict(
     logits a band of rows at a time, so memory does not grow with classes x
     image pixels; ``return_scores=True`` also builds the full ``(C, H, W)``
     scores. A name builds the pretrained model; ``device`` moves the model
-    there (default: where it is).
+    there (default: where it is). On a GPU the forward is replayed from a
+    CUDA graph per input size once that size has been run once (batch 1 is
+    launch-bound there; :mod:`segzoo.inference.graphs`); ``cuda_graphs=False``
+    runs it eagerly, ``True`` insists (an error off the GPU).
     """
     if isinstance(model_or_name, str):
         model_or_name = create_model(model_or_name, pretrained=True)
@@ -299,7 +314,7 @@ def predict(
         if isinstance(image, (str, Path)):
             what = f"{what} {image}"
         for array in _as_arrays(image, what, pipeline):
-            views = _view_logits(model, [array], mode, aug_test, amp, channels_last, what)
+            views = _view_logits(model, [array], mode, aug_test, amp, channels_last, cuda_graphs, what)
             results.append(_prediction(model, views, array.shape[:2], aug_test, return_scores))
     return results[0] if single else results
 
@@ -330,9 +345,10 @@ def predict_prepared(
     channels_last: bool = False,
     return_scores: bool = False,
     what: str = "image",
+    cuda_graphs: bool | None = None,
 ) -> Prediction:
     """What ``predict(model, image, ...)`` returns for the image :func:`prepare_image` prepared (the plain test;
     the aug-test's views are built from the image itself). The model is used where it is, in eval mode."""
     model.eval()
-    views = _view_logits(model, prepared, mode, False, amp, channels_last, what)
+    views = _view_logits(model, prepared, mode, False, amp, channels_last, cuda_graphs, what)
     return _prediction(model, views, prepared.size, False, return_scores)

@@ -226,6 +226,7 @@ def predict_folder(
     progress: bool | None = None,
     on_error: Callable[[Failure], None] | None = print_failure,
     on_written: Callable[[ImageTask], None] | None = None,
+    cuda_graphs: bool | None = None,
 ) -> FolderSummary:
     """Segment every image of ``inputs`` (files and folders) and write each one's outputs under ``out_dir``.
 
@@ -238,8 +239,8 @@ def predict_folder(
     written atomically; ``skip_existing`` leaves images whose outputs all exist alone (a killed job, run
     again, does only what is missing). An image that cannot be read or segmented is passed to ``on_error``
     and skipped. Under ``torchrun`` (or with ``RANK`` and ``WORLD_SIZE`` set) this process does its shard;
-    with an initialized process group the summary counts all processes. ``mode``, ``aug_test``, ``amp`` and
-    ``channels_last`` are :func:`segzoo.predict`'s; ``device`` moves the model there.
+    with an initialized process group the summary counts all processes. ``mode``, ``aug_test``, ``amp``,
+    ``channels_last`` and ``cuda_graphs`` are :func:`segzoo.predict`'s; ``device`` moves the model there.
     """
     if device is not None:
         model.to(device)
@@ -249,7 +250,7 @@ def predict_folder(
     tasks = plan_tasks(inputs, Path(out_dir), model.require_info().name, output, recursive, save_scores)
     return run_tasks(
         model, tasks, output, workers, skip_existing, summary, mode, aug_test, amp, channels_last, progress, on_error,
-        on_written,
+        on_written, cuda_graphs,
     )  # fmt: skip
 
 
@@ -268,6 +269,7 @@ def run_tasks(
     progress: bool | None = None,
     on_error: Callable[[Failure], None] | None = print_failure,
     on_written: Callable[[ImageTask], None] | None = None,
+    cuda_graphs: bool | None = None,
 ) -> FolderSummary:
     """:func:`predict_folder` for tasks :func:`segzoo.jobs.files.plan_tasks` listed (the command line lists
     them before it loads the model, so that a mistyped folder costs no download), with the model where it is."""
@@ -309,7 +311,7 @@ def run_tasks(
                     continue
                 loaded = next(loaded_images)
                 failure = _segment_and_write(
-                    model, loaded, task, output, classes, table, mode, aug_test, amp, channels_last
+                    model, loaded, task, output, classes, table, mode, aug_test, amp, channels_last, cuda_graphs
                 )
                 if failure is None:
                     done += 1
@@ -347,6 +349,7 @@ def _segment_and_write(
     aug_test: bool,
     amp: Amp | None,
     channels_last: bool,
+    cuda_graphs: bool | None,
 ) -> Failure | None:
     """Segment one loaded image and write its outputs; the failure, if the model cannot take it."""
     if loaded.error is not None:
@@ -354,10 +357,19 @@ def _segment_and_write(
     save_scores = task.scores is not None
     try:
         if loaded.prepared is not None:
-            prediction = predict_prepared(model, loaded.prepared, mode, amp, channels_last, save_scores)
+            prediction = predict_prepared(
+                model, loaded.prepared, mode, amp, channels_last, save_scores, cuda_graphs=cuda_graphs
+            )
         else:
             prediction = predict(
-                model, loaded.image, mode, aug_test, amp=amp, channels_last=channels_last, return_scores=save_scores
+                model,
+                loaded.image,
+                mode,
+                aug_test,
+                amp=amp,
+                channels_last=channels_last,
+                return_scores=save_scores,
+                cuda_graphs=cuda_graphs,
             )
     except ValueError as err:  # e.g. too small for the model
         return Failure(task.source, str(err))
