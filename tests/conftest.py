@@ -233,6 +233,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if _GPU_TESTS_NOT_RUN:
         here = "this machine has one" if torch.cuda.is_available() else "this machine has none"
         terminalreporter.write_line(
-            f"not selected: {len(_GPU_TESTS_NOT_RUN)} of the tests marked gpu (CUDA paths); run "
+            f"gpu tests not selected: {len(_GPU_TESTS_NOT_RUN)} (CUDA paths); run "
             f"`python -m pytest -m gpu` on a machine with a CUDA device ({here})"
         )

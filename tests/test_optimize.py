@@ -67,6 +67,7 @@ def check_fast_path(name: str) -> None:
         fast = optimize_for_inference(model)
         out = fast(x)
         assert relative_error(out, ref) < RTOL
+        assert out.is_contiguous(memory_format=torch.channels_last), "the CPU's final resize runs channels-last"
         assert torch.equal(model(x), ref), "the original model must be left as it was"
     assert not any(isinstance(m, _BatchNorm) for m in fast.modules()), "a BatchNorm was left unfolded"
     assert not any(p.requires_grad for p in fast.parameters())

@@ -12,10 +12,15 @@ from segzoo.segmentors import EncoderDecoder
 
 class FastEncoderDecoder(EvalOnly, EncoderDecoder):
     """An :class:`~segzoo.segmentors.EncoderDecoder` after :func:`~segzoo.optimize.optimize_for_inference`; a bf16
-    model resizes its logits to the input size in float32."""
+    model resizes its logits to the input size in float32.
+
+    On the CPU the logits are resized channels-last: PyTorch's channels-last bilinear kernel runs along the
+    classes in vector registers, and its results differ from the contiguous kernel's by float32 rounding (the
+    measurement: ``benchmarks/RESULTS.md``, "The final resize channels-last")."""
 
     def _to_input_size(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return super()._to_input_size(logits.float(), images)
+        layout = torch.channels_last if logits.device.type == "cpu" else torch.preserve_format
+        return super()._to_input_size(logits.to(torch.float32, memory_format=layout), images)
 
 
 class FastFeatureExtractor(EvalOnly, FeatureExtractor):
