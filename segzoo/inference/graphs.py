@@ -17,6 +17,7 @@ while capturing; the model then runs eagerly, with one warning.
 from __future__ import annotations
 
 import itertools
+import threading
 import warnings
 import weakref
 from collections import OrderedDict
@@ -148,12 +149,16 @@ class GraphedForward:
         """Why the model's forward cannot be captured, once CUDA refused it; then it runs eagerly."""
         self._seen: set[Hashable] = set()
         self._pool: tuple | None = None
+        self._lock = threading.Lock()  # a replay's input, graph and output are one per signature: one thread at a time
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         model = self._model()
         if self.refused or model.training or torch.is_grad_enabled() or x.device.type not in GRAPH_DEVICES:
             return model(x)
-        signature = _signature(x)
+        with self._lock:
+            return self._run(model, x, _signature(x))
+
+    def _run(self, model: nn.Module, x: torch.Tensor, signature: Hashable) -> torch.Tensor:
         if signature in self.graphs:
             self.graphs.move_to_end(signature)
             return self.graphs[signature](x)
@@ -170,7 +175,7 @@ class GraphedForward:
             warnings.warn(
                 f"{name}: CUDA cannot capture this model's forward as a graph ({self.refused}); it runs eagerly "
                 f"(pass cuda_graphs=False, or --no-cuda-graphs, to skip the attempt)",
-                stacklevel=2,
+                stacklevel=3,
             )
             return model(x)
         if self._pool is None:
