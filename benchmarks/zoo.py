@@ -117,7 +117,7 @@ def build_runners(
         def make_input() -> torch.Tensor:
             return torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)).to(device)
 
-        def call(model: torch.nn.Module, x: torch.Tensor, amp: bool = False, graphs: bool = False) -> torch.Tensor:
+        def call(model: torch.nn.Module, x: torch.Tensor, amp: bool = False) -> torch.Tensor:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 return model(x)
     else:
