@@ -105,7 +105,7 @@ def test_predict_replays_cuda_graphs_by_default_at_batch_1(name, no_tf32):
     eager = segzoo.predict(model, images, cuda_graphs=False, return_scores=True)
     graphed = segzoo.predict(model, images, return_scores=True)
     runner = graphs.graphed_forward(model)
-    assert runner.refused is None and len(runner.graphs) == 1
+    assert runner.refused is None and runner.graphs  # one graph per window or image size
     for a, b in zip(eager, graphed):
         assert relative_error(b.scores, a.scores) < 1e-5
         assert (a.labels == b.labels).mean() > 0.999
