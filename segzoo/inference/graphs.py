@@ -33,7 +33,8 @@ GRAPH_DEVICES = ("cuda",)
 """Device types whose forwards are captured (tests on a machine without a GPU add ``cpu`` with a stand-in capture)."""
 MAX_GRAPHS = 8
 """Graphs kept per model, the least recently used dropped first: each holds its input and output; their
-intermediate memory is one pool, shared."""
+intermediate memory is one pool, shared. Sharing is safe in any replay order for graphs that never run at once and
+never read each other's outputs: a lock serializes the replays, and each output is copied out before the next."""
 MAX_SIGNATURES_SEEN = 256
 """Signatures remembered as seen once (run eagerly) before the memory of them starts afresh."""
 
