@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import segzoo
 from segzoo import optimize
@@ -16,7 +15,6 @@ from segzoo.heads.ema import EMAUnit
 from segzoo.inference.predict import model_for_precision
 from segzoo.optimize import compute_dtype, optimize_for_inference
 from segzoo.optimize.resnet import WinogradConv2d
-from tests.conftest import save_mmseg_checkpoint, synthetic_state_dict
 from tests.test_optimize import PER_ARCHITECTURE, random_input, randomize_folded_statistics
 
 BF16 = torch.bfloat16
@@ -142,21 +140,6 @@ def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
     cpuinfo.unlink()
     assert optimize.cpu_computes_bf16() is None
     optimize.cpu_computes_bf16.cache_clear()
-
-
-def test_cli_predict_precision(tmp_path):
-    name = "moganet_xt_fpn_ade20k"
-    ckpt = save_mmseg_checkpoint(tmp_path / "ckpt.pth", synthetic_state_dict(name))
-    image = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 110, 3), dtype=np.uint8)).save(image)
-    outputs = {}
-    for precision in ("fp32", "bf16"):
-        out = tmp_path / f"{precision}.png"
-        argv = ["predict", str(image), "-m", name, "-c", str(ckpt), "--output", "labels", "-o", str(out)]
-        assert main([*argv, "--precision", precision]) == 0
-        outputs[precision] = np.asarray(Image.open(out))
-    assert outputs["bf16"].shape == outputs["fp32"].shape
-    assert (outputs["bf16"] == outputs["fp32"]).mean() > 0.9
 
 
 def test_cli_refuses_an_unknown_precision(capsys):
